@@ -1,0 +1,231 @@
+// CPU convolution kernels. Two algorithms, the same math:
+//  - naive: the seven nested loops, one output element at a time;
+//  - im2col: unfold each image into a (C*R*S, OH*OW) matrix of input patches, then one GEMM
+//    with the (K, C*R*S) filter matrix gives the (K, OH*OW) output.
+// Work is split over images (forward, backward-data), output channels (naive
+// backward-filter) or fixed-size chunks of the batch (im2col backward-filter), so every
+// output element is summed in the same order whatever the thread count.
+#include <algorithm>
+#include <cstring>
+
+#include "core/parallel.h"
+#include "cpu/gemm.h"
+#include "ops/conv.h"
+
+namespace pylenet::cpu {
+namespace {
+
+// Images per partial sum in the im2col backward-filter: fixed, so the summation order of
+// dw does not depend on the thread count.
+constexpr int64_t kFilterChunk = 8;
+
+inline bool inside(int64_t i, int64_t n) { return i >= 0 && i < n; }
+
+// cols (C*R*S, OH*OW) <- patches of one image x (C, H, W); zeros where the window hangs
+// over the padding.
+void im2col(const ConvShape& s, const float* x, float* cols) {
+  const int64_t ohw = s.oh * s.ow;
+  for (int64_t c = 0; c < s.c; ++c)
+    for (int64_t r = 0; r < s.r; ++r)
+      for (int64_t q = 0; q < s.s; ++q) {
+        float* dst = cols + ((c * s.r + r) * s.s + q) * ohw;
+        for (int64_t oh = 0; oh < s.oh; ++oh) {
+          const int64_t ih = oh * s.sh - s.ph + r;
+          float* row = dst + oh * s.ow;
+          if (!inside(ih, s.h)) {
+            std::fill(row, row + s.ow, 0.0f);
+            continue;
+          }
+          const float* src = x + (c * s.h + ih) * s.w;
+          for (int64_t ow = 0; ow < s.ow; ++ow) {
+            const int64_t iw = ow * s.sw - s.pw + q;
+            row[ow] = inside(iw, s.w) ? src[iw] : 0.0f;
+          }
+        }
+      }
+}
+
+// The adjoint of im2col: dx (C, H, W) += cols scattered back to the pixels they came from.
+void col2im(const ConvShape& s, const float* cols, float* dx) {
+  const int64_t ohw = s.oh * s.ow;
+  for (int64_t c = 0; c < s.c; ++c)
+    for (int64_t r = 0; r < s.r; ++r)
+      for (int64_t q = 0; q < s.s; ++q) {
+        const float* src = cols + ((c * s.r + r) * s.s + q) * ohw;
+        for (int64_t oh = 0; oh < s.oh; ++oh) {
+          const int64_t ih = oh * s.sh - s.ph + r;
+          if (!inside(ih, s.h)) continue;
+          float* dst = dx + (c * s.h + ih) * s.w;
+          for (int64_t ow = 0; ow < s.ow; ++ow) {
+            const int64_t iw = ow * s.sw - s.pw + q;
+            if (inside(iw, s.w)) dst[iw] += src[oh * s.ow + ow];
+          }
+        }
+      }
+}
+
+// Per-worker scratch of the im2col kernels: one column matrix plus the GEMM's packing space.
+int64_t im2col_worker_floats(ConvPass pass, const ConvShape& s) {
+  const int64_t crs = s.col_rows(), ohw = s.col_cols();
+  int64_t gemm = 0;
+  switch (pass) {
+    case ConvPass::Forward: gemm = sgemm_workspace_floats(s.k, ohw, crs); break;
+    case ConvPass::BackwardData: gemm = sgemm_workspace_floats(crs, ohw, s.k); break;
+    case ConvPass::BackwardFilter: gemm = sgemm_workspace_floats(s.k, crs, ohw); break;
+  }
+  // Round to 16 floats so every worker's slice stays 64-byte aligned.
+  return (crs * ohw + gemm + 15) / 16 * 16;
+}
+
+int64_t filter_chunks(const ConvShape& s) { return (s.n + kFilterChunk - 1) / kFilterChunk; }
+
+}  // namespace
+
+int64_t conv_im2col_workspace_floats(ConvPass pass, const ConvShape& s, int threads) {
+  if (pass == ConvPass::BackwardFilter) {
+    const int64_t chunks = filter_chunks(s);
+    const int64_t partials = chunks > 1 ? chunks * s.k * s.col_rows() : 0;
+    return (partials + 15) / 16 * 16 + workers_for(threads, chunks) * im2col_worker_floats(pass, s);
+  }
+  return workers_for(threads, s.n) * im2col_worker_floats(pass, s);
+}
+
+// ---------------------------------------------------------------- forward
+void conv_forward_naive(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                        int threads) {
+  parallel_for(threads, s.n * s.k, [&](int64_t nk, int) {
+    const int64_t n = nk / s.k, k = nk % s.k;
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) {
+        float acc = b ? b[k] : 0.0f;
+        for (int64_t c = 0; c < s.c; ++c)
+          for (int64_t r = 0; r < s.r; ++r)
+            for (int64_t q = 0; q < s.s; ++q) {
+              const int64_t ih = oh * s.sh - s.ph + r, iw = ow * s.sw - s.pw + q;
+              if (inside(ih, s.h) && inside(iw, s.w))
+                acc += x[((n * s.c + c) * s.h + ih) * s.w + iw] * w[((k * s.c + c) * s.r + r) * s.s + q];
+            }
+        y[((n * s.k + k) * s.oh + oh) * s.ow + ow] = acc;
+      }
+  });
+}
+
+void conv_forward_im2col(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                         float* ws, int threads) {
+  const int64_t crs = s.col_rows(), ohw = s.col_cols();
+  const int64_t per = im2col_worker_floats(ConvPass::Forward, s);
+  // With fewer images than threads, the threads go into the GEMM instead.
+  const int gemm_threads = workers_for(threads, s.n) == 1 ? threads : 1;
+  parallel_for(threads, s.n, [&](int64_t n, int tid) {
+    float* cols = ws + tid * per;
+    float* yn = y + n * s.k * ohw;
+    im2col(s, x + n * s.c * s.h * s.w, cols);
+    sgemm(false, false, s.k, ohw, crs, 1.0f, w, crs, cols, ohw, 0.0f, yn, ohw, cols + crs * ohw, gemm_threads);
+    if (b)
+      for (int64_t k = 0; k < s.k; ++k)
+        for (int64_t i = 0; i < ohw; ++i) yn[k * ohw + i] += b[k];
+  });
+}
+
+// ---------------------------------------------------------------- backward data
+void conv_backward_data_naive(const ConvShape& s, const float* w, const float* dy, float* dx, int threads) {
+  parallel_for(threads, s.n, [&](int64_t n, int) {
+    float* dxn = dx + n * s.c * s.h * s.w;
+    std::fill(dxn, dxn + s.c * s.h * s.w, 0.0f);
+    // Each output gradient flows back to every input pixel its window touched.
+    for (int64_t k = 0; k < s.k; ++k)
+      for (int64_t oh = 0; oh < s.oh; ++oh)
+        for (int64_t ow = 0; ow < s.ow; ++ow) {
+          const float g = dy[((n * s.k + k) * s.oh + oh) * s.ow + ow];
+          for (int64_t c = 0; c < s.c; ++c)
+            for (int64_t r = 0; r < s.r; ++r)
+              for (int64_t q = 0; q < s.s; ++q) {
+                const int64_t ih = oh * s.sh - s.ph + r, iw = ow * s.sw - s.pw + q;
+                if (inside(ih, s.h) && inside(iw, s.w))
+                  dxn[(c * s.h + ih) * s.w + iw] += g * w[((k * s.c + c) * s.r + r) * s.s + q];
+              }
+        }
+  });
+}
+
+void conv_backward_data_im2col(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                               int threads) {
+  const int64_t crs = s.col_rows(), ohw = s.col_cols();
+  const int64_t per = im2col_worker_floats(ConvPass::BackwardData, s);
+  const int gemm_threads = workers_for(threads, s.n) == 1 ? threads : 1;
+  parallel_for(threads, s.n, [&](int64_t n, int tid) {
+    float* dcols = ws + tid * per;
+    float* dxn = dx + n * s.c * s.h * s.w;
+    // dcols (CRS, OHW) = w^T (CRS, K) . dy[n] (K, OHW)
+    sgemm(true, false, crs, ohw, s.k, 1.0f, w, crs, dy + n * s.k * ohw, ohw, 0.0f, dcols, ohw,
+          dcols + crs * ohw, gemm_threads);
+    std::fill(dxn, dxn + s.c * s.h * s.w, 0.0f);
+    col2im(s, dcols, dxn);
+  });
+}
+
+// ---------------------------------------------------------------- backward filter
+void conv_backward_filter_naive(const ConvShape& s, const float* x, const float* dy, float* dw, int threads) {
+  parallel_for(threads, s.k, [&](int64_t k, int) {
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t r = 0; r < s.r; ++r)
+        for (int64_t q = 0; q < s.s; ++q) {
+          float acc = 0.0f;
+          for (int64_t n = 0; n < s.n; ++n)
+            for (int64_t oh = 0; oh < s.oh; ++oh)
+              for (int64_t ow = 0; ow < s.ow; ++ow) {
+                const int64_t ih = oh * s.sh - s.ph + r, iw = ow * s.sw - s.pw + q;
+                if (inside(ih, s.h) && inside(iw, s.w))
+                  acc += dy[((n * s.k + k) * s.oh + oh) * s.ow + ow] * x[((n * s.c + c) * s.h + ih) * s.w + iw];
+              }
+          dw[((k * s.c + c) * s.r + r) * s.s + q] = acc;
+        }
+  });
+}
+
+void conv_backward_filter_im2col(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                 int threads) {
+  const int64_t crs = s.col_rows(), ohw = s.col_cols();
+  const int64_t chunks = filter_chunks(s);
+  // One partial dw per chunk of kFilterChunk images, summed in chunk order at the end.
+  float* partials = ws;
+  float* scratch = ws + (chunks > 1 ? (chunks * s.k * crs + 15) / 16 * 16 : 0);
+  const int64_t per = im2col_worker_floats(ConvPass::BackwardFilter, s);
+  const int gemm_threads = workers_for(threads, chunks) == 1 ? threads : 1;
+  parallel_for(threads, chunks, [&](int64_t chunk, int tid) {
+    float* cols = scratch + tid * per;
+    float* out = chunks > 1 ? partials + chunk * s.k * crs : dw;
+    const int64_t n0 = chunk * kFilterChunk, n1 = std::min(s.n, n0 + kFilterChunk);
+    for (int64_t n = n0; n < n1; ++n) {
+      im2col(s, x + n * s.c * s.h * s.w, cols);
+      // out (K, CRS) += dy[n] (K, OHW) . cols^T (OHW, CRS)
+      sgemm(false, true, s.k, crs, ohw, 1.0f, dy + n * s.k * ohw, ohw, cols, ohw, n == n0 ? 0.0f : 1.0f, out,
+            crs, cols + crs * ohw, gemm_threads);
+    }
+  });
+  if (chunks > 1)
+    parallel_for(threads, s.k, [&](int64_t k, int) {
+      for (int64_t i = k * crs; i < (k + 1) * crs; ++i) {
+        float acc = 0.0f;
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) acc += partials[chunk * s.k * crs + i];
+        dw[i] = acc;
+      }
+    });
+}
+
+// ---------------------------------------------------------------- backward bias
+void conv_backward_bias(const ConvShape& s, const float* dy, float* db, int threads) {
+  const int64_t ohw = s.oh * s.ow;
+  parallel_for(threads, s.k, [&](int64_t k, int) {
+    double acc = 0.0;  // long sums over the batch: double keeps them exact enough
+    for (int64_t n = 0; n < s.n; ++n) {
+      const float* p = dy + (n * s.k + k) * ohw;
+      float plane = 0.0f;
+      for (int64_t i = 0; i < ohw; ++i) plane += p[i];
+      acc += plane;
+    }
+    db[k] = static_cast<float>(acc);
+  });
+}
+
+}  // namespace pylenet::cpu

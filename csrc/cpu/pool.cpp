@@ -1,0 +1,81 @@
+// CPU pooling kernels: one (n, c) plane per work item.
+#include <algorithm>
+#include <cmath>
+
+#include "core/parallel.h"
+#include "ops/pool.h"
+
+namespace pylenet::cpu {
+namespace {
+
+// Index within the plane of the window's first maximum (NaN counts as the maximum).
+inline int64_t argmax_in_window(const PoolShape& s, const float* plane, int64_t oh, int64_t ow) {
+  const int64_t h0 = oh * s.sh - s.ph, w0 = ow * s.sw - s.pw;
+  int64_t best = -1;
+  float best_v = 0.0f;
+  for (int64_t i = std::max<int64_t>(h0, 0); i < std::min(h0 + s.kh, s.h); ++i)
+    for (int64_t j = std::max<int64_t>(w0, 0); j < std::min(w0 + s.kw, s.w); ++j) {
+      const float v = plane[i * s.w + j];
+      if (best < 0 || v > best_v || (std::isnan(v) && !std::isnan(best_v))) {
+        best = i * s.w + j;
+        best_v = v;
+      }
+    }
+  return best;  // >= 0: padding <= kernel/2 leaves every window at least one real cell
+}
+
+}  // namespace
+
+void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads) {
+  parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
+    const float* plane = x + p * s.h * s.w;
+    float* out = y + p * s.oh * s.ow;
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) out[oh * s.ow + ow] = plane[argmax_in_window(s, plane, oh, ow)];
+  });
+}
+
+void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads) {
+  parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
+    const float* plane = x + p * s.h * s.w;
+    const float* g = dy + p * s.oh * s.ow;
+    float* d = dx + p * s.h * s.w;
+    std::fill(d, d + s.h * s.w, 0.0f);
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) d[argmax_in_window(s, plane, oh, ow)] += g[oh * s.ow + ow];
+  });
+}
+
+void avg_pool_forward(const PoolShape& s, const float* x, float* y, int threads) {
+  const float scale = 1.0f / static_cast<float>(s.kh * s.kw);
+  parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
+    const float* plane = x + p * s.h * s.w;
+    float* out = y + p * s.oh * s.ow;
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) {
+        const int64_t h0 = oh * s.sh - s.ph, w0 = ow * s.sw - s.pw;
+        float acc = 0.0f;
+        for (int64_t i = std::max<int64_t>(h0, 0); i < std::min(h0 + s.kh, s.h); ++i)
+          for (int64_t j = std::max<int64_t>(w0, 0); j < std::min(w0 + s.kw, s.w); ++j) acc += plane[i * s.w + j];
+        out[oh * s.ow + ow] = acc * scale;
+      }
+  });
+}
+
+void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, int threads) {
+  const float scale = 1.0f / static_cast<float>(s.kh * s.kw);
+  parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
+    const float* g = dy + p * s.oh * s.ow;
+    float* d = dx + p * s.h * s.w;
+    std::fill(d, d + s.h * s.w, 0.0f);
+    for (int64_t oh = 0; oh < s.oh; ++oh)
+      for (int64_t ow = 0; ow < s.ow; ++ow) {
+        const int64_t h0 = oh * s.sh - s.ph, w0 = ow * s.sw - s.pw;
+        const float v = g[oh * s.ow + ow] * scale;
+        for (int64_t i = std::max<int64_t>(h0, 0); i < std::min(h0 + s.kh, s.h); ++i)
+          for (int64_t j = std::max<int64_t>(w0, 0); j < std::min(w0 + s.kw, s.w); ++j) d[i * s.w + j] += v;
+      }
+  });
+}
+
+}  // namespace pylenet::cpu

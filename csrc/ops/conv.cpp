@@ -1,0 +1,164 @@
+// The convolution op layer: checks descriptors, sizes the workspace, resolves "auto" by
+// measuring, and dispatches to the backend kernels.
+#include "ops/conv.h"
+
+#include <algorithm>
+#include <chrono>
+#include <limits>
+
+#include "core/error.h"
+#include "core/simd.h"
+
+namespace pylenet {
+
+const char* conv_algo_name(ConvAlgo algo) {
+  switch (algo) {
+    case ConvAlgo::Naive: return "naive";
+    case ConvAlgo::Im2col: return "im2col";
+    case ConvAlgo::Auto: return "auto";
+  }
+  return "?";
+}
+
+ConvAlgo conv_algo_from_name(const std::string& name) {
+  if (name == "naive") return ConvAlgo::Naive;
+  if (name == "im2col") return ConvAlgo::Im2col;
+  if (name == "auto") return ConvAlgo::Auto;
+  fail(ErrorKind::InvalidArgument, "conv2d: unknown algorithm '", name, "' (expected naive, im2col or auto)");
+}
+
+ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc& w, const ConvDesc& conv) {
+  x.check(op, "input", 4, "(N, C, H, W)");
+  const FilterDesc f = FilterDesc::from(w, op);
+  PYL_CHECK_ARG(conv.stride.h >= 1 && conv.stride.w >= 1, op, ": stride must be >= 1, got (", conv.stride.h,
+                ", ", conv.stride.w, ")");
+  PYL_CHECK_ARG(conv.pad.h >= 0 && conv.pad.w >= 0, op, ": padding must be >= 0, got (", conv.pad.h, ", ",
+                conv.pad.w, ")");
+  PYL_CHECK_ARG(f.c == x.c(), op, ": input has ", x.c(), " channels but weight ", w.str(), " expects ", f.c,
+                " (input shape ", x.str(), ")");
+  const int64_t hp = x.h() + 2 * conv.pad.h, wp = x.w() + 2 * conv.pad.w;
+  PYL_CHECK_ARG(f.r <= hp && f.s <= wp, op, ": kernel ", f.r, "x", f.s, " is larger than the padded input ", hp,
+                "x", wp, " (input ", x.str(), ", padding (", conv.pad.h, ", ", conv.pad.w, "))");
+  ConvShape s{x.n(), x.c(), x.h(), x.w(), f.k, f.r, f.s, (hp - f.r) / conv.stride.h + 1,
+              (wp - f.s) / conv.stride.w + 1, conv.pad.h, conv.pad.w, conv.stride.h, conv.stride.w};
+  s.y_desc().check(op, "output", 4);
+  return s;
+}
+
+size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads) {
+  switch (algo) {
+    case ConvAlgo::Naive: return 0;
+    case ConvAlgo::Im2col: return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
+    case ConvAlgo::Auto: {
+      size_t most = 0;
+      for (ConvAlgo a : kConvAlgos) most = std::max(most, conv_workspace_size(a, pass, s, threads));
+      return most;
+    }
+  }
+  return 0;
+}
+
+namespace {
+
+// Runs one pass with one concrete algorithm; `out` is y, dx or dw.
+void run_pass(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
+              const float* bias, const float* dy, float* out) {
+  float* ws = h.workspace(conv_workspace_size(algo, pass, s, h.threads()));
+  const int t = h.threads();
+  switch (pass) {
+    case ConvPass::Forward:
+      if (algo == ConvAlgo::Naive) cpu::conv_forward_naive(s, x, w, bias, out, t);
+      else cpu::conv_forward_im2col(s, x, w, bias, out, ws, t);
+      return;
+    case ConvPass::BackwardData:
+      if (algo == ConvAlgo::Naive) cpu::conv_backward_data_naive(s, w, dy, out, t);
+      else cpu::conv_backward_data_im2col(s, w, dy, out, ws, t);
+      return;
+    case ConvPass::BackwardFilter:
+      if (algo == ConvAlgo::Naive) cpu::conv_backward_filter_naive(s, x, dy, out, t);
+      else cpu::conv_backward_filter_im2col(s, x, dy, out, ws, t);
+      return;
+  }
+}
+
+std::string cache_key(ConvPass pass, const ConvShape& s, int threads) {
+  return str_cat("conv/", static_cast<int>(pass), "/", s.n, ",", s.c, ",", s.h, ",", s.w, "/", s.k, ",", s.r,
+                 ",", s.s, "/", s.sh, ",", s.sw, ",", s.ph, ",", s.pw, "/t", threads, "/",
+                 simd::name(simd::active()));
+}
+
+// Resolves Auto to the measured-fastest algorithm for this pass and shape (cached).
+ConvAlgo resolve(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
+                 const float* dy, float* out) {
+  if (algo != ConvAlgo::Auto) return algo;
+  auto& cache = h.algo_cache();
+  const std::string key = cache_key(pass, s, h.threads());
+  auto it = cache.find(key);
+  if (it != cache.end()) return static_cast<ConvAlgo>(it->second);
+  const ConvAlgo best = conv_find_algorithms(h, pass, s, x, w, dy, out).front().algo;
+  cache[key] = static_cast<int>(best);
+  return best;
+}
+
+}  // namespace
+
+std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const ConvShape& s, const float* x,
+                                               const float* w, const float* dy, float* out) {
+  std::vector<ConvAlgoPerf> perf;
+  for (ConvAlgo a : kConvAlgos) {
+    double best = std::numeric_limits<double>::infinity();
+    // One untimed run warms caches and the workspace; then the best of two runs. The
+    // slow naive loops get a single timed run on big shapes.
+    const int runs = (a == ConvAlgo::Naive && s.flops(pass) > 5e7) ? 1 : 2;
+    run_pass(h, a, pass, s, x, w, nullptr, dy, out);
+    for (int i = 0; i < runs; ++i) {
+      auto t0 = std::chrono::steady_clock::now();
+      run_pass(h, a, pass, s, x, w, nullptr, dy, out);
+      best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    perf.push_back({a, best, conv_workspace_size(a, pass, s, h.threads())});
+  }
+  std::stable_sort(perf.begin(), perf.end(), [](auto& a, auto& b) { return a.seconds < b.seconds; });
+  return perf;
+}
+
+void conv_forward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& wd,
+                  const float* w, const TensorDesc& bd, const float* bias, const ConvDesc& conv,
+                  const TensorDesc& yd, float* y) {
+  const ConvShape s = ConvShape::make("conv2d", xd, wd, conv);
+  if (bias)
+    PYL_CHECK_ARG(bd == TensorDesc{s.k}, "conv2d: bias must have shape (", s.k, ",) for weight ", wd.str(),
+                  ", got ", bd.str());
+  PYL_CHECK_ARG(yd == s.y_desc(), "conv2d: output must have shape ", s.y_desc().str(), ", got ", yd.str());
+  algo = resolve(h, algo, ConvPass::Forward, s, x, w, nullptr, y);
+  run_pass(h, algo, ConvPass::Forward, s, x, w, bias, nullptr, y);
+}
+
+void conv_backward_data(Handle& h, ConvAlgo algo, const TensorDesc& wd, const float* w, const TensorDesc& dyd,
+                        const float* dy, const ConvDesc& conv, const TensorDesc& dxd, float* dx) {
+  const ConvShape s = ConvShape::make("conv2d_backward", dxd, wd, conv);
+  PYL_CHECK_ARG(dyd == s.y_desc(), "conv2d_backward: grad_output must have shape ", s.y_desc().str(),
+                " (the conv2d output for input ", dxd.str(), " and weight ", wd.str(), "), got ", dyd.str());
+  algo = resolve(h, algo, ConvPass::BackwardData, s, nullptr, w, dy, dx);
+  run_pass(h, algo, ConvPass::BackwardData, s, nullptr, w, nullptr, dy, dx);
+}
+
+void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
+                          const float* dy, const ConvDesc& conv, const TensorDesc& dwd, float* dw) {
+  const ConvShape s = ConvShape::make("conv2d_backward", xd, dwd, conv);
+  PYL_CHECK_ARG(dyd == s.y_desc(), "conv2d_backward: grad_output must have shape ", s.y_desc().str(),
+                " (the conv2d output for input ", xd.str(), " and weight ", dwd.str(), "), got ", dyd.str());
+  algo = resolve(h, algo, ConvPass::BackwardFilter, s, x, nullptr, dy, dw);
+  run_pass(h, algo, ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
+}
+
+void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db) {
+  dyd.check("conv2d_backward", "grad_output", 4, "(N, K, OH, OW)");
+  PYL_CHECK_ARG(dbd == TensorDesc{dyd.c()}, "conv2d_backward: bias gradient must have shape (", dyd.c(),
+                ",), got ", dbd.str());
+  ConvShape s{};
+  s.n = dyd.n(); s.k = dyd.c(); s.oh = dyd.h(); s.ow = dyd.w();
+  cpu::conv_backward_bias(s, dy, db, h.threads());
+}
+
+}  // namespace pylenet

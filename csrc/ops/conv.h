@@ -1,0 +1,97 @@
+// 2-D convolution (cross-correlation, as in PyTorch and cuDNN), NCHW, float32.
+//
+//   y[n,k,oh,ow] = b[k] + sum_{c,r,s} x[n, c, oh*sh - ph + r, ow*sw - pw + s] * w[k,c,r,s]
+//   OH = (H + 2*ph - R) / sh + 1,   OW = (W + 2*pw - S) / sw + 1   (zero padding)
+//
+// Entry points follow cuDNN: forward, backward-data (dx), backward-filter (dw) and
+// backward-bias (db), each taking descriptors, pointers and drawing scratch space from the
+// handle's workspace. All backward functions OVERWRITE their outputs (=, never +=).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/handle.h"
+#include "ops/tensor.h"
+
+namespace pylenet {
+
+enum class ConvAlgo {
+  Naive = 0,   // the seven nested loops: the reference a reader compares against
+  Im2col = 1,  // unfold the input into columns, then one GEMM per image
+  Auto = -1,   // measure each algorithm once per shape and keep the fastest
+};
+constexpr ConvAlgo kConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col};
+const char* conv_algo_name(ConvAlgo algo);
+ConvAlgo conv_algo_from_name(const std::string& name);  // "naive", "im2col", "auto"
+
+enum class ConvPass { Forward = 0, BackwardData = 1, BackwardFilter = 2 };
+
+struct ConvDesc {
+  Pair stride{1, 1};
+  Pair pad{0, 0};
+};
+
+// Everything a kernel needs, resolved and checked once. Plain data, so the CUDA kernels
+// can take it by value.
+struct ConvShape {
+  int64_t n, c, h, w;  // input  (N, C, H, W)
+  int64_t k, r, s;     // filter (K, C, R, S)
+  int64_t oh, ow;      // output (N, K, OH, OW)
+  int64_t ph, pw, sh, sw;
+
+  // Checks ranks, channel agreement, stride >= 1, padding >= 0 and that the kernel fits
+  // in the padded input; names `op` and the shapes in any error.
+  static ConvShape make(const char* op, const TensorDesc& x, const TensorDesc& w, const ConvDesc& conv);
+  TensorDesc x_desc() const { return TensorDesc{n, c, h, w}; }
+  TensorDesc w_desc() const { return TensorDesc{k, c, r, s}; }
+  TensorDesc y_desc() const { return TensorDesc{n, k, oh, ow}; }
+  int64_t col_rows() const { return c * r * s; }  // rows of the unfolded input
+  int64_t col_cols() const { return oh * ow; }
+  double flops(ConvPass pass) const { (void)pass; return 2.0 * n * k * oh * ow * c * r * s; }
+};
+
+size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads);
+
+void conv_forward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& wd,
+                  const float* w, const TensorDesc& bd, const float* bias /* (K,) or null */,
+                  const ConvDesc& conv, const TensorDesc& yd, float* y);
+void conv_backward_data(Handle& h, ConvAlgo algo, const TensorDesc& wd, const float* w, const TensorDesc& dyd,
+                        const float* dy, const ConvDesc& conv, const TensorDesc& dxd, float* dx);
+void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
+                          const float* dy, const ConvDesc& conv, const TensorDesc& dwd, float* dw);
+void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db);
+
+// Like cudnnFindConvolution*Algorithm: runs every algorithm for this pass on the given
+// buffers (whose outputs are overwritten) and returns them fastest first.
+struct ConvAlgoPerf {
+  ConvAlgo algo;
+  double seconds;
+  size_t workspace_bytes;
+};
+std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const ConvShape& s, const float* x,
+                                               const float* w, const float* dy, float* out);
+
+// ---- backend kernels (csrc/cpu/conv.cpp; csrc/cuda/conv.cu mirrors these names) ----
+namespace cpu {
+// y (N,K,OH,OW) = conv(x (N,C,H,W), w (K,C,R,S)) + b (K,) [b may be null]
+void conv_forward_naive(const ConvShape& s, const float* x, const float* w, const float* b, float* y, int threads);
+void conv_forward_im2col(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                         float* ws, int threads);
+// dx (N,C,H,W) = conv_transpose(dy (N,K,OH,OW), w)
+void conv_backward_data_naive(const ConvShape& s, const float* w, const float* dy, float* dx, int threads);
+void conv_backward_data_im2col(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                               int threads);
+// dw (K,C,R,S) = sum over the batch of dy (x) x
+void conv_backward_filter_naive(const ConvShape& s, const float* x, const float* dy, float* dw, int threads);
+void conv_backward_filter_im2col(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                 int threads);
+// db (K,) = dy summed over N, OH, OW
+void conv_backward_bias(const ConvShape& s, const float* dy, float* db, int threads);
+// Floats of workspace the im2col kernels need.
+int64_t conv_im2col_workspace_floats(ConvPass pass, const ConvShape& s, int threads);
+}  // namespace cpu
+
+}  // namespace pylenet

@@ -1,0 +1,48 @@
+#include "ops/pool.h"
+
+#include "core/error.h"
+
+namespace pylenet {
+
+const char* pool_op_name(PoolMode mode, bool backward) {
+  if (mode == PoolMode::Max) return backward ? "max_pool2d_backward" : "max_pool2d";
+  return backward ? "avg_pool2d_backward" : "avg_pool2d";
+}
+
+PoolShape PoolShape::make(const char* op, const TensorDesc& x, const PoolDesc& p) {
+  x.check(op, "input", 4, "(N, C, H, W)");
+  PYL_CHECK_ARG(p.kernel.h >= 1 && p.kernel.w >= 1, op, ": kernel_size must be >= 1, got (", p.kernel.h, ", ",
+                p.kernel.w, ")");
+  PYL_CHECK_ARG(p.stride.h >= 1 && p.stride.w >= 1, op, ": stride must be >= 1, got (", p.stride.h, ", ",
+                p.stride.w, ")");
+  PYL_CHECK_ARG(p.pad.h >= 0 && p.pad.w >= 0 && 2 * p.pad.h <= p.kernel.h && 2 * p.pad.w <= p.kernel.w, op,
+                ": padding must be between 0 and half the kernel size, got padding (", p.pad.h, ", ", p.pad.w,
+                ") for kernel (", p.kernel.h, ", ", p.kernel.w, ")");
+  const int64_t hp = x.h() + 2 * p.pad.h, wp = x.w() + 2 * p.pad.w;
+  PYL_CHECK_ARG(p.kernel.h <= hp && p.kernel.w <= wp, op, ": kernel ", p.kernel.h, "x", p.kernel.w,
+                " is larger than the padded input ", hp, "x", wp, " (input ", x.str(), ")");
+  return PoolShape{x.n(), x.c(), x.h(), x.w(), (hp - p.kernel.h) / p.stride.h + 1, (wp - p.kernel.w) / p.stride.w + 1,
+                   p.kernel.h, p.kernel.w, p.stride.h, p.stride.w, p.pad.h, p.pad.w};
+}
+
+void pool_forward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& yd,
+                  float* y) {
+  const char* op = pool_op_name(p.mode, false);
+  const PoolShape s = PoolShape::make(op, xd, p);
+  PYL_CHECK_ARG(yd == s.y_desc(), op, ": output must have shape ", s.y_desc().str(), ", got ", yd.str());
+  if (p.mode == PoolMode::Max) cpu::max_pool_forward(s, x, y, h.threads());
+  else cpu::avg_pool_forward(s, x, y, h.threads());
+}
+
+void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
+                   const float* dy, const TensorDesc& dxd, float* dx) {
+  const char* op = pool_op_name(p.mode, true);
+  const PoolShape s = PoolShape::make(op, xd, p);
+  PYL_CHECK_ARG(dyd == s.y_desc(), op, ": grad_output must have shape ", s.y_desc().str(), " for input ",
+                xd.str(), ", got ", dyd.str());
+  PYL_CHECK_ARG(dxd == xd, op, ": grad_input must have the input's shape ", xd.str(), ", got ", dxd.str());
+  if (p.mode == PoolMode::Max) cpu::max_pool_backward(s, x, dy, dx, h.threads());
+  else cpu::avg_pool_backward(s, dy, dx, h.threads());
+}
+
+}  // namespace pylenet

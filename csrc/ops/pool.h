@@ -1,0 +1,45 @@
+// 2-D max and average pooling, NCHW, float32.
+//   y[n,c,oh,ow] = max / mean of x[n, c, oh*sh - ph + i, ow*sw - pw + j], 0 <= i < kh, 0 <= j < kw
+// Max: padded cells never win; ties go to the FIRST maximum in row-major window order; a
+// NaN in the window wins (it propagates, as in PyTorch). Average: padded cells count as
+// zeros (PyTorch's count_include_pad=True), divisor kh*kw.
+// Backward recomputes the max positions from x and OVERWRITES dx; overlapping windows add.
+#pragma once
+
+#include "core/handle.h"
+#include "ops/tensor.h"
+
+namespace pylenet {
+
+enum class PoolMode { Max = 0, Avg = 1 };
+
+struct PoolDesc {
+  PoolMode mode = PoolMode::Max;
+  Pair kernel{2, 2};
+  Pair stride{2, 2};
+  Pair pad{0, 0};
+};
+
+struct PoolShape {
+  int64_t n, c, h, w;
+  int64_t oh, ow;
+  int64_t kh, kw, sh, sw, ph, pw;
+  static PoolShape make(const char* op, const TensorDesc& x, const PoolDesc& p);
+  TensorDesc y_desc() const { return TensorDesc{n, c, oh, ow}; }
+};
+
+const char* pool_op_name(PoolMode mode, bool backward);
+
+void pool_forward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& yd,
+                  float* y);
+void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
+                   const float* dy, const TensorDesc& dxd, float* dx);
+
+namespace cpu {
+void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads);
+void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads);
+void avg_pool_forward(const PoolShape& s, const float* x, float* y, int threads);
+void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, int threads);
+}  // namespace cpu
+
+}  // namespace pylenet

@@ -1,0 +1,316 @@
+// pybind11 bindings: pylenet._C. Marshalling only: NumPy arrays become descriptors and
+// pointers, outputs are allocated as NumPy arrays of the shape the op layer computes, the
+// GIL is released around every kernel, and pylenet::Error becomes a Python exception.
+// All checking lives in csrc/ops/; the Python layer (pylenet/functional.py) converts dtypes.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <tuple>
+
+#include "core/allocator.h"
+#include "core/error.h"
+#include "core/handle.h"
+#include "core/parallel.h"
+#include "core/simd.h"
+#include "ops/activation.h"
+#include "ops/conv.h"
+#include "ops/linear.h"
+#include "ops/loss.h"
+#include "ops/optim.h"
+#include "ops/pool.h"
+
+namespace py = pybind11;
+using namespace pylenet;
+
+namespace {
+
+using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Shape = std::vector<int64_t>;
+using PairT = std::tuple<int64_t, int64_t>;
+
+TensorDesc desc_of(const py::array& a) {
+  return TensorDesc(Shape(a.shape(), a.shape() + a.ndim()));
+}
+Pair pair_of(const PairT& p) { return Pair{std::get<0>(p), std::get<1>(p)}; }
+FArray empty_like_desc(const TensorDesc& d) { return FArray(d.dims()); }
+const float* ptr_or_null(const std::optional<FArray>& a) { return a ? a->data() : nullptr; }
+TensorDesc desc_or_empty(const std::optional<FArray>& a) { return a ? desc_of(*a) : TensorDesc(); }
+
+ConvDesc conv_desc(const PairT& stride, const PairT& pad) { return ConvDesc{pair_of(stride), pair_of(pad)}; }
+PoolDesc pool_desc(const std::string& mode, const PairT& k, const PairT& s, const PairT& p) {
+  PYL_CHECK_ARG(mode == "max" || mode == "avg", "pool2d: mode must be 'max' or 'avg', got '", mode, "'");
+  return PoolDesc{mode == "max" ? PoolMode::Max : PoolMode::Avg, pair_of(k), pair_of(s), pair_of(p)};
+}
+Activation activation_of(const std::string& name) {
+  if (name == "relu") return Activation::ReLU;
+  if (name == "tanh") return Activation::Tanh;
+  if (name == "identity") return Activation::Identity;
+  fail(ErrorKind::InvalidArgument, "unknown activation '", name, "' (expected relu, tanh or identity)");
+}
+ConvPass pass_of(const std::string& name) {
+  if (name == "forward") return ConvPass::Forward;
+  if (name == "backward_data") return ConvPass::BackwardData;
+  if (name == "backward_filter") return ConvPass::BackwardFilter;
+  fail(ErrorKind::InvalidArgument, "conv2d: unknown pass '", name,
+       "' (expected forward, backward_data or backward_filter)");
+}
+
+Handle& default_handle() {
+  static Handle handle;
+  return handle;
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = PYLENET_VERSION;
+#if defined(__clang__)
+  info["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+  info["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+  info["compiler"] = "unknown";
+#endif
+  py::dict simd_info;
+  py::list compiled, supported;
+  for (auto l : simd::compiled()) compiled.append(simd::name(l));
+  for (auto l : simd::available()) supported.append(simd::name(l));
+  simd_info["compiled"] = compiled;
+  simd_info["supported"] = supported;
+  simd_info["active"] = simd::name(simd::active());
+  info["simd"] = simd_info;
+  info["threads"] = default_handle().threads();
+  info["hardware_threads"] = hardware_threads();
+#ifdef _OPENMP
+  info["openmp"] = true;
+#else
+  info["openmp"] = false;
+#endif
+  info["cuda"] = false;
+  return info;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "pylenet native core: handle, descriptors and hand-written kernels";
+
+  py::register_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const Error& e) {
+      switch (e.kind()) {
+        case ErrorKind::InvalidArgument: PyErr_SetString(PyExc_ValueError, e.what()); return;
+        case ErrorKind::OutOfMemory: PyErr_SetString(PyExc_MemoryError, e.what()); return;
+        case ErrorKind::Runtime: PyErr_SetString(PyExc_RuntimeError, e.what()); return;
+      }
+    }
+  });
+
+  py::class_<Handle>(m, "Handle", "Device, threads, workspace and algorithm cache that ops run on.")
+      .def(py::init<>())
+      .def_property("threads", &Handle::threads, &Handle::set_threads)
+      .def_property_readonly("workspace_bytes", &Handle::workspace_bytes)
+      .def("release_workspace", &Handle::release_workspace)
+      .def("clear_algo_cache", [](Handle& h) { h.algo_cache().clear(); })
+      .def_property_readonly("algo_cache", [](Handle& h) {
+        py::dict d;
+        for (auto& [k, v] : h.algo_cache()) d[py::str(k)] = conv_algo_name(static_cast<ConvAlgo>(v));
+        return d;
+      });
+  m.def("default_handle", &default_handle, py::return_value_policy::reference);
+
+  m.def("build_info", &build_info);
+  m.def("simd_available", [] {
+    std::vector<std::string> v;
+    for (auto l : simd::available()) v.push_back(simd::name(l));
+    return v;
+  });
+  m.def("simd_get", [] { return std::string(simd::name(simd::active())); });
+  m.def("simd_set", [](const std::string& name) { simd::set_active(simd::parse(name)); });
+  m.def("host_memory_stats", [] {
+    auto s = host::stats();
+    py::dict d;
+    d["bytes_in_use"] = s.bytes_in_use;
+    d["peak_bytes"] = s.peak_bytes;
+    d["num_allocs"] = s.num_allocs;
+    d["num_frees"] = s.num_frees;
+    return d;
+  });
+
+  // ---- convolution
+  m.def("conv2d_output_shape", [](const Shape& x, const Shape& w, const PairT& stride, const PairT& pad) {
+    return ConvShape::make("conv2d", TensorDesc(x), TensorDesc(w), conv_desc(stride, pad)).y_desc().dims();
+  });
+  m.def("conv2d_workspace_size", [](Handle& h, const std::string& algo, const std::string& pass, const Shape& x,
+                                    const Shape& w, const PairT& stride, const PairT& pad) {
+    auto s = ConvShape::make("conv2d", TensorDesc(x), TensorDesc(w), conv_desc(stride, pad));
+    return conv_workspace_size(conv_algo_from_name(algo), pass_of(pass), s, h.threads());
+  });
+  m.def("conv2d_forward", [](Handle& h, const FArray& x, const FArray& w, const std::optional<FArray>& b,
+                             const PairT& stride, const PairT& pad, const std::string& algo) {
+    const ConvDesc cd = conv_desc(stride, pad);
+    const ConvAlgo a = conv_algo_from_name(algo);
+    const TensorDesc yd = ConvShape::make("conv2d", desc_of(x), desc_of(w), cd).y_desc();
+    FArray y = empty_like_desc(yd);
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    conv_forward(h, a, desc_of(x), x.data(), desc_of(w), w.data(), desc_or_empty(b), ptr_or_null(b), cd, yd, yp);
+    return y;
+  });
+  m.def("conv2d_backward_data", [](Handle& h, const FArray& w, const FArray& dy, const Shape& x_shape,
+                                   const PairT& stride, const PairT& pad, const std::string& algo) {
+    const ConvAlgo a = conv_algo_from_name(algo);
+    const TensorDesc xd(x_shape);
+    ConvShape::make("conv2d_backward", xd, desc_of(w), conv_desc(stride, pad));
+    FArray dx = empty_like_desc(xd);
+    float* dxp = dx.mutable_data();
+    py::gil_scoped_release nogil;
+    conv_backward_data(h, a, desc_of(w), w.data(), desc_of(dy), dy.data(), conv_desc(stride, pad), xd, dxp);
+    return dx;
+  });
+  m.def("conv2d_backward_filter", [](Handle& h, const FArray& x, const FArray& dy, const Shape& w_shape,
+                                     const PairT& stride, const PairT& pad, const std::string& algo) {
+    const ConvAlgo a = conv_algo_from_name(algo);
+    const TensorDesc wd(w_shape);
+    ConvShape::make("conv2d_backward", desc_of(x), wd, conv_desc(stride, pad));
+    FArray dw = empty_like_desc(wd);
+    float* dwp = dw.mutable_data();
+    py::gil_scoped_release nogil;
+    conv_backward_filter(h, a, desc_of(x), x.data(), desc_of(dy), dy.data(), conv_desc(stride, pad), wd, dwp);
+    return dw;
+  });
+  m.def("conv2d_backward_bias", [](Handle& h, const FArray& dy) {
+    desc_of(dy).check("conv2d_backward", "grad_output", 4, "(N, K, OH, OW)");
+    const TensorDesc dbd{desc_of(dy).c()};
+    FArray db = empty_like_desc(dbd);
+    float* dbp = db.mutable_data();
+    py::gil_scoped_release nogil;
+    conv_backward_bias(h, desc_of(dy), dy.data(), dbd, dbp);
+    return db;
+  });
+  m.def("conv2d_find_algorithms", [](Handle& h, const std::string& pass, const FArray& x, const FArray& w,
+                                     const PairT& stride, const PairT& pad) {
+    const ConvShape s = ConvShape::make("conv2d", desc_of(x), desc_of(w), conv_desc(stride, pad));
+    const ConvPass p = pass_of(pass);
+    FArray dy = empty_like_desc(s.y_desc());
+    std::fill(dy.mutable_data(), dy.mutable_data() + s.y_desc().numel(), 1.0f);
+    FArray out = empty_like_desc(p == ConvPass::Forward ? s.y_desc() : p == ConvPass::BackwardData ? s.x_desc() : s.w_desc());
+    std::vector<ConvAlgoPerf> perf;
+    {
+      py::gil_scoped_release nogil;
+      perf = conv_find_algorithms(h, p, s, x.data(), w.data(), dy.data(), out.mutable_data());
+    }
+    py::list result;
+    for (auto& r : perf) result.append(py::make_tuple(conv_algo_name(r.algo), r.seconds, r.workspace_bytes));
+    return result;
+  });
+
+  // ---- pooling
+  m.def("pool2d_forward", [](Handle& h, const std::string& mode, const FArray& x, const PairT& k, const PairT& s,
+                             const PairT& p) {
+    const PoolDesc pd = pool_desc(mode, k, s, p);
+    const TensorDesc yd = PoolShape::make(pool_op_name(pd.mode, false), desc_of(x), pd).y_desc();
+    FArray y = empty_like_desc(yd);
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    pool_forward(h, pd, desc_of(x), x.data(), yd, yp);
+    return y;
+  });
+  m.def("pool2d_backward", [](Handle& h, const std::string& mode, const FArray& x, const FArray& dy, const PairT& k,
+                              const PairT& s, const PairT& p) {
+    const PoolDesc pd = pool_desc(mode, k, s, p);
+    FArray dx = empty_like_desc(desc_of(x));
+    float* dxp = dx.mutable_data();
+    py::gil_scoped_release nogil;
+    pool_backward(h, pd, desc_of(x), x.data(), desc_of(dy), dy.data(), desc_of(x), dxp);
+    return dx;
+  });
+
+  // ---- linear
+  m.def("linear_forward", [](Handle& h, const FArray& x, const FArray& w, const std::optional<FArray>& b) {
+    const TensorDesc yd = LinearShape::make("linear", desc_of(x), desc_of(w)).y_desc();
+    FArray y = empty_like_desc(yd);
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    linear_forward(h, desc_of(x), x.data(), desc_of(w), w.data(), desc_or_empty(b), ptr_or_null(b), yd, yp);
+    return y;
+  });
+  m.def("linear_backward_data", [](Handle& h, const FArray& dy, const FArray& w, const Shape& x_shape) {
+    const TensorDesc xd(x_shape);
+    LinearShape::make("linear_backward", xd, desc_of(w));
+    FArray dx = empty_like_desc(xd);
+    float* dxp = dx.mutable_data();
+    py::gil_scoped_release nogil;
+    linear_backward_data(h, desc_of(dy), dy.data(), desc_of(w), w.data(), xd, dxp);
+    return dx;
+  });
+  m.def("linear_backward_weight", [](Handle& h, const FArray& dy, const FArray& x, const Shape& w_shape) {
+    const TensorDesc wd(w_shape);
+    LinearShape::make("linear_backward", desc_of(x), wd);
+    FArray dw = empty_like_desc(wd);
+    float* dwp = dw.mutable_data();
+    py::gil_scoped_release nogil;
+    linear_backward_weight(h, desc_of(dy), dy.data(), desc_of(x), x.data(), wd, dwp);
+    return dw;
+  });
+  m.def("linear_backward_bias", [](Handle& h, const FArray& dy) {
+    desc_of(dy).check("linear_backward", "grad_output", 2, "(N, out_features)");
+    const TensorDesc dbd{desc_of(dy).dim(1)};
+    FArray db = empty_like_desc(dbd);
+    float* dbp = db.mutable_data();
+    py::gil_scoped_release nogil;
+    linear_backward_bias(h, desc_of(dy), dy.data(), dbd, dbp);
+    return db;
+  });
+
+  // ---- activations, loss, optimizer
+  m.def("activation_forward", [](Handle& h, const std::string& name, const FArray& x) {
+    const Activation a = activation_of(name);
+    FArray y = empty_like_desc(desc_of(x));
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    activation_forward(h, a, desc_of(x), x.data(), yp);
+    return y;
+  });
+  m.def("activation_backward", [](Handle& h, const std::string& name, const FArray& y, const FArray& dy) {
+    const Activation a = activation_of(name);
+    PYL_CHECK_ARG(desc_of(y) == desc_of(dy), name, "_backward: grad_output shape ", desc_of(dy).str(),
+                  " differs from the input shape ", desc_of(y).str());
+    FArray dx = empty_like_desc(desc_of(y));
+    float* dxp = dx.mutable_data();
+    py::gil_scoped_release nogil;
+    activation_backward(h, a, desc_of(y), y.data(), dy.data(), dxp);
+    return dx;
+  });
+  m.def("softmax_cross_entropy", [](Handle& h, const FArray& logits,
+                                    const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& labels) {
+    FArray dlogits = empty_like_desc(desc_of(logits));
+    float* dp = dlogits.mutable_data();
+    double loss;
+    {
+      py::gil_scoped_release nogil;
+      loss = softmax_cross_entropy(h, desc_of(logits), logits.data(), desc_of(labels), labels.data(), dp);
+    }
+    return py::make_tuple(loss, dlogits);
+  });
+  m.def(
+      "sgd_step",
+      [](Handle& h, py::array_t<float, py::array::c_style> param, const FArray& grad,
+         std::optional<py::array_t<float, py::array::c_style>> velocity, float lr, float momentum,
+         float weight_decay, bool nesterov) {
+        const TensorDesc pd = desc_of(param);
+        PYL_CHECK_ARG(desc_of(grad) == pd, "sgd_step: grad shape ", desc_of(grad).str(), " differs from param shape ",
+                      pd.str());
+        if (velocity)
+          PYL_CHECK_ARG(desc_of(*velocity) == pd, "sgd_step: velocity shape ", desc_of(*velocity).str(),
+                        " differs from param shape ", pd.str());
+        float* pp = param.mutable_data();
+        float* vp = velocity ? velocity->mutable_data() : nullptr;
+        py::gil_scoped_release nogil;
+        sgd_step(h, pd, pp, grad.data(), vp, SgdParams{lr, momentum, weight_decay, nesterov});
+      },
+      py::arg("handle"), py::arg("param").noconvert(), py::arg("grad"), py::arg("velocity").noconvert(),
+      py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"));
+}

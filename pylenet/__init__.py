@@ -1,0 +1,62 @@
+"""pylenet: a small-CNN training runtime with hand-written CPU (and CUDA) kernels.
+
+The native core lives in ``pylenet._C`` (C++, bound with pybind11); this package is the thin
+Python layer over it. ``pylenet.functional`` exposes every op on NumPy arrays.
+"""
+from . import _C
+from . import functional
+
+__version__ = _C.build_info()["version"]
+
+
+def build_info():
+    """What was compiled in and what is used: version, compiler, SIMD levels, threads, CUDA."""
+    return _C.build_info()
+
+
+def available_simd():
+    """SIMD levels this build and this processor can run, slowest first (``scalar`` always)."""
+    return list(_C.simd_available())
+
+
+def get_simd():
+    """The SIMD level the kernels use now."""
+    return _C.simd_get()
+
+
+def set_simd(name):
+    """Switch every kernel to one SIMD level: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
+
+    The environment variable ``PYLENET_SIMD`` sets the level at import time.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"set_simd: expected a level name (str), got {type(name).__name__}")
+    _C.simd_set(name)
+
+
+def get_num_threads():
+    """Worker threads used by the kernels (default: all cores, or ``$PYLENET_NUM_THREADS``)."""
+    return _C.default_handle().threads
+
+
+def set_num_threads(n):
+    """Set the number of worker threads (results are identical for any count)."""
+    if isinstance(n, bool) or not isinstance(n, int):
+        try:
+            import numpy as np
+            if not isinstance(n, np.integer):
+                raise TypeError
+        except TypeError:
+            raise TypeError(f"set_num_threads: expected an int, got {type(n).__name__}") from None
+    _C.default_handle().threads = int(n)
+
+
+def host_memory_stats():
+    """Bytes pylenet holds in host memory now, its peak, and allocation counts."""
+    return dict(_C.host_memory_stats())
+
+
+__all__ = [
+    "functional", "build_info", "available_simd", "get_simd", "set_simd",
+    "get_num_threads", "set_num_threads", "host_memory_stats", "__version__",
+]
