@@ -4,7 +4,9 @@ The native core lives in ``pylenet._C`` (C++, bound with pybind11); this package
 Python layer over it. ``pylenet.functional`` exposes every op on NumPy arrays.
 """
 from . import _C
-from . import functional
+from . import functional, nn, models, optim, datasets
+from .nn import Sequential, load
+from .training import History, evaluate, train
 
 __version__ = _C.build_info()["version"]
 
@@ -57,6 +59,6 @@ def host_memory_stats():
 
 
 __all__ = [
-    "functional", "build_info", "available_simd", "get_simd", "set_simd",
+    "functional", "nn", "models", "optim", "datasets", "Sequential", "load", "train", "evaluate", "History", "build_info", "available_simd", "get_simd", "set_simd",
     "get_num_threads", "set_num_threads", "host_memory_stats", "__version__",
 ]

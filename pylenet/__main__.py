@@ -1,7 +1,16 @@
-"""Command line: ``python -m pylenet <command>`` (also installed as ``pylenet``)."""
+"""Command line: ``python -m pylenet <command>`` (also installed as ``pylenet``).
+
+  info      what was built and what is used
+  summary   a model's layers, FLOPs and memory plan
+  train     train a model on MNIST / Fashion-MNIST and save it
+  eval      evaluate a saved model on a dataset's test split
+  predict   classify PNG / .npy images with a saved model
+"""
 import argparse
 import json
+import os
 import sys
+import time
 
 
 def _cmd_info(args):
@@ -22,12 +31,145 @@ def _cmd_info(args):
     return 0
 
 
+def _cmd_summary(args):
+    from pylenet import models
+    model = models.create(args.model)
+    model.summary(batch_size=args.batch_size)
+    return 0
+
+
+DEFAULTS = {  # the CLI's training recipe: reaches >= 99% on MNIST with lenet5 in 10 epochs
+    "epochs": 10, "batch_size": 64, "optimizer": "sgd", "lr": None, "momentum": 0.9,
+    "weight_decay": 5e-4, "schedule": "cosine",
+}
+DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adadelta": 1.0}
+
+
+def _cmd_train(args):
+    import pylenet
+    from pylenet import datasets, models, optim
+
+    if args.threads:
+        pylenet.set_num_threads(args.threads)
+    train_set = datasets.load(args.dataset, root=args.data, train=True)
+    test_set = datasets.load(args.dataset, root=args.data, train=False)
+    if args.limit:
+        train_set = train_set.subset(args.limit)
+    model = models.create(args.model, seed=args.seed)
+    model.normalization = (train_set.mean, train_set.std)
+    lr = args.lr if args.lr is not None else DEFAULT_LR[args.optimizer]
+    if args.optimizer == "sgd":
+        opt = optim.SGD(lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.momentum > 0)
+    elif args.optimizer == "adam":
+        opt = optim.Adam(lr, weight_decay=args.weight_decay)
+    else:
+        opt = optim.Adadelta(lr, weight_decay=args.weight_decay)
+    sched = {"constant": optim.ConstantLR(), "cosine": optim.CosineLR(), "step": optim.StepLR(1, 0.7),
+             "inv": optim.InvLR()}[args.schedule]
+    print(f"training {args.model} on {args.dataset} ({len(train_set)} images): {args.epochs} epochs, batch "
+          f"{args.batch_size}, {opt}, schedule {args.schedule}, seed {args.seed}, "
+          f"{pylenet.get_num_threads()} threads", flush=True)
+    save = args.save or f"{args.model}-{args.dataset}.npz"
+
+    def on_epoch(r):
+        print(f"epoch {r['epoch']:>2}/{args.epochs}: loss {r['loss']:.4f}  train acc {r['train_accuracy']:.2%}  "
+              f"test acc {r['eval_accuracy']:.2%}  {r['seconds']:.2f} s  ({r['samples_per_sec']:,.0f} samples/s)",
+              flush=True)
+
+    t0 = time.perf_counter()
+    history = pylenet.train(model, train_set, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+                            schedule=sched, eval_set=test_set, seed=args.seed, progress=not args.quiet,
+                            on_epoch=on_epoch)
+    total = time.perf_counter() - t0
+    final = history.epochs[-1]
+    model.save(save, optimizer=opt, extra={"dataset": args.dataset, "history": history.to_dict()})
+    print(f"test accuracy {final['eval_accuracy']:.2%} after {args.epochs} epochs, {total:.1f} s "
+          f"({total / args.epochs:.2f} s/epoch); saved {save}")
+    if args.history:
+        with open(args.history, "w") as f:
+            json.dump({"args": vars(args), "history": history.to_dict(), "total_seconds": total}, f, indent=2)
+    return 0
+
+
+def _cmd_eval(args):
+    import pylenet
+    from pylenet import datasets
+
+    model = pylenet.load(args.checkpoint)
+    name = args.dataset
+    if name is None:
+        import numpy as np
+        with np.load(args.checkpoint, allow_pickle=False) as z:
+            name = json.loads(str(z["meta"])).get("extra", {}).get("dataset", "mnist")
+    test_set = datasets.load(name, root=args.data, train=False)
+    res = pylenet.evaluate(model, test_set)
+    print(f"{args.checkpoint}: {name} test accuracy {res['accuracy']:.2%}, loss {res['loss']:.4f} "
+          f"({len(test_set)} images)")
+    return 0
+
+
+def _cmd_predict(args):
+    import numpy as np
+
+    import pylenet
+    from pylenet.images import load_image
+
+    model = pylenet.load(args.checkpoint)
+    h, w = model.input_shape[1:]
+    imgs = np.stack([load_image(p, (h, w)) for p in args.images])[:, None]
+    if model.normalization:
+        mean, std = model.normalization
+        imgs = (imgs - mean) / std
+    ids, probs = model.predict(imgs, return_probs=True)
+    for path, i, p in zip(args.images, ids, probs):
+        print(f"{path}: {int(i)} (p={p[i]:.3f})")
+    return 0
+
+
 def build_parser():
+    from pylenet.models import MODELS
+
     parser = argparse.ArgumentParser(prog="pylenet", description="pylenet: small-CNN training runtime")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show what was built and what is used")
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("summary", help="layers, FLOPs and the memory plan of a model")
+    p.add_argument("--model", default="lenet5", choices=sorted(MODELS))
+    p.add_argument("--batch-size", type=int, default=64)
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("train", help="train a model and save it")
+    p.add_argument("--model", default="lenet5", choices=sorted(MODELS))
+    p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
+    p.add_argument("--data", default=None, help="folder with the IDX files (default: $PYLENET_DATA, cache, download)")
+    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    p.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=["sgd", "adam", "adadelta"])
+    p.add_argument("--lr", type=float, default=None, help="default: 0.05 sgd, 0.001 adam, 1.0 adadelta")
+    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="SGD (Nesterov) momentum")
+    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
+    p.add_argument("--schedule", default=DEFAULTS["schedule"], choices=["constant", "cosine", "step", "inv"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
+    p.add_argument("--save", default=None, help="checkpoint path (default: <model>-<dataset>.npz)")
+    p.add_argument("--history", default=None, help="also write the per-epoch history as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="evaluate a saved model on a test split")
+    p.add_argument("checkpoint")
+    p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"],
+                   help="default: the dataset the model was trained on")
+    p.add_argument("--data", default=None)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="classify images (PNG of any size, or .npy)")
+    p.add_argument("checkpoint")
+    p.add_argument("images", nargs="+")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 
@@ -35,6 +177,9 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print("pylenet: interrupted", file=sys.stderr)
+        return 130
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
         print(f"pylenet: error: {e}", file=sys.stderr)
         return 1

@@ -23,4 +23,12 @@ void activation_backward(Handle& h, Activation a, const TensorDesc& d, const flo
   cpu::activation_backward(a, d.numel(), y, dy, dx, h.threads());
 }
 
+void activation_run_forward(Handle& h, Activation a, int64_t count, const float* x, float* y) {
+  cpu::activation_forward(a, count, x, y, h.threads());
+}
+
+void activation_run_backward(Handle& h, Activation a, int64_t count, const float* y, const float* dy, float* dx) {
+  cpu::activation_backward(a, count, y, dy, dx, h.threads());
+}
+
 }  // namespace pylenet

@@ -16,6 +16,10 @@ const char* activation_name(Activation a);
 void activation_forward(Handle& h, Activation a, const TensorDesc& d, const float* x, float* y);
 void activation_backward(Handle& h, Activation a, const TensorDesc& d, const float* y, const float* dy, float* dx);
 
+// Prepared fast path: `count` elements, no descriptor.
+void activation_run_forward(Handle& h, Activation a, int64_t count, const float* x, float* y);
+void activation_run_backward(Handle& h, Activation a, int64_t count, const float* y, const float* dy, float* dx);
+
 namespace cpu {
 void activation_forward(Activation a, int64_t count, const float* x, float* y, int threads);
 void activation_backward(Activation a, int64_t count, const float* y, const float* dy, float* dx, int threads);

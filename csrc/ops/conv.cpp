@@ -58,10 +58,7 @@ size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int
   return 0;
 }
 
-namespace {
-
-// Runs one pass with one concrete algorithm; `out` is y, dx or dw.
-void run_pass(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
+void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
               const float* bias, const float* dy, float* out) {
   float* ws = h.workspace(conv_workspace_size(algo, pass, s, h.threads()));
   const int t = h.threads();
@@ -81,14 +78,17 @@ void run_pass(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
   }
 }
 
+namespace {
 std::string cache_key(ConvPass pass, const ConvShape& s, int threads) {
   return str_cat("conv/", static_cast<int>(pass), "/", s.n, ",", s.c, ",", s.h, ",", s.w, "/", s.k, ",", s.r,
                  ",", s.s, "/", s.sh, ",", s.sw, ",", s.ph, ",", s.pw, "/t", threads, "/",
                  simd::name(simd::active()));
 }
 
+}  // namespace
+
 // Resolves Auto to the measured-fastest algorithm for this pass and shape (cached).
-ConvAlgo resolve(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
+ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
                  const float* dy, float* out) {
   if (algo != ConvAlgo::Auto) return algo;
   auto& cache = h.algo_cache();
@@ -100,7 +100,9 @@ ConvAlgo resolve(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, co
   return best;
 }
 
-}  // namespace
+void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db) {
+  cpu::conv_backward_bias(s, dy, db, h.threads());
+}
 
 std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const ConvShape& s, const float* x,
                                                const float* w, const float* dy, float* out) {
@@ -110,10 +112,10 @@ std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const C
     // One untimed run warms caches and the workspace; then the best of two runs. The
     // slow naive loops get a single timed run on big shapes.
     const int runs = (a == ConvAlgo::Naive && s.flops(pass) > 5e7) ? 1 : 2;
-    run_pass(h, a, pass, s, x, w, nullptr, dy, out);
+    conv_run(h, a, pass, s, x, w, nullptr, dy, out);
     for (int i = 0; i < runs; ++i) {
       auto t0 = std::chrono::steady_clock::now();
-      run_pass(h, a, pass, s, x, w, nullptr, dy, out);
+      conv_run(h, a, pass, s, x, w, nullptr, dy, out);
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     perf.push_back({a, best, conv_workspace_size(a, pass, s, h.threads())});
@@ -130,8 +132,8 @@ void conv_forward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x
     PYL_CHECK_ARG(bd == TensorDesc{s.k}, "conv2d: bias must have shape (", s.k, ",) for weight ", wd.str(),
                   ", got ", bd.str());
   PYL_CHECK_ARG(yd == s.y_desc(), "conv2d: output must have shape ", s.y_desc().str(), ", got ", yd.str());
-  algo = resolve(h, algo, ConvPass::Forward, s, x, w, nullptr, y);
-  run_pass(h, algo, ConvPass::Forward, s, x, w, bias, nullptr, y);
+  algo = conv_resolve_algo(h, algo, ConvPass::Forward, s, x, w, nullptr, y);
+  conv_run(h, algo, ConvPass::Forward, s, x, w, bias, nullptr, y);
 }
 
 void conv_backward_data(Handle& h, ConvAlgo algo, const TensorDesc& wd, const float* w, const TensorDesc& dyd,
@@ -139,8 +141,8 @@ void conv_backward_data(Handle& h, ConvAlgo algo, const TensorDesc& wd, const fl
   const ConvShape s = ConvShape::make("conv2d_backward", dxd, wd, conv);
   PYL_CHECK_ARG(dyd == s.y_desc(), "conv2d_backward: grad_output must have shape ", s.y_desc().str(),
                 " (the conv2d output for input ", dxd.str(), " and weight ", wd.str(), "), got ", dyd.str());
-  algo = resolve(h, algo, ConvPass::BackwardData, s, nullptr, w, dy, dx);
-  run_pass(h, algo, ConvPass::BackwardData, s, nullptr, w, nullptr, dy, dx);
+  algo = conv_resolve_algo(h, algo, ConvPass::BackwardData, s, nullptr, w, dy, dx);
+  conv_run(h, algo, ConvPass::BackwardData, s, nullptr, w, nullptr, dy, dx);
 }
 
 void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
@@ -148,8 +150,8 @@ void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const 
   const ConvShape s = ConvShape::make("conv2d_backward", xd, dwd, conv);
   PYL_CHECK_ARG(dyd == s.y_desc(), "conv2d_backward: grad_output must have shape ", s.y_desc().str(),
                 " (the conv2d output for input ", xd.str(), " and weight ", dwd.str(), "), got ", dyd.str());
-  algo = resolve(h, algo, ConvPass::BackwardFilter, s, x, nullptr, dy, dw);
-  run_pass(h, algo, ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
+  algo = conv_resolve_algo(h, algo, ConvPass::BackwardFilter, s, x, nullptr, dy, dw);
+  conv_run(h, algo, ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
 }
 
 void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db) {

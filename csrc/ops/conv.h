@@ -64,6 +64,16 @@ void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const 
                           const float* dy, const ConvDesc& conv, const TensorDesc& dwd, float* dw);
 void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db);
 
+// Prepared-shape fast path for callers that checked the shapes once (the network runtime):
+// no descriptors, no allocation beyond the handle's workspace. `algo` must be concrete;
+// conv_resolve_algo turns Auto into one (measuring on the given buffers, cached per shape).
+// `out` is y, dx or dw; `bias` is used by the forward pass only.
+void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
+              const float* bias, const float* dy, float* out);
+ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x,
+                           const float* w, const float* dy, float* out);
+void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db);
+
 // Like cudnnFindConvolution*Algorithm: runs every algorithm for this pass on the given
 // buffers (whose outputs are overwritten) and returns them fastest first.
 struct ConvAlgoPerf {

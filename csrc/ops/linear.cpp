@@ -52,4 +52,16 @@ void linear_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, con
   cpu::linear_backward_bias(LinearShape{dyd.dim(0), 0, dyd.dim(1)}, dy, db, h.threads());
 }
 
+void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y) {
+  cpu::linear_forward(s, x, w, b, y, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)), h.threads());
+}
+
+void linear_run_backward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* dy, float* dx,
+                         float* dw, float* db) {
+  float* ws = h.workspace(sizeof(float) * cpu::linear_workspace_floats(s));
+  if (dx) cpu::linear_backward_data(s, dy, w, dx, ws, h.threads());
+  cpu::linear_backward_weight(s, dy, x, dw, ws, h.threads());
+  if (db) cpu::linear_backward_bias(s, dy, db, h.threads());
+}
+
 }  // namespace pylenet

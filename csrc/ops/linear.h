@@ -24,6 +24,11 @@ void linear_backward_weight(Handle& h, const TensorDesc& dyd, const float* dy, c
                             const float* x, const TensorDesc& dwd, float* dw);
 void linear_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db);
 
+// Prepared-shape fast path (shapes checked once by the caller); workspace from the handle.
+void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y);
+void linear_run_backward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* dy,
+                         float* dx /* may be null */, float* dw, float* db /* may be null */);
+
 namespace cpu {
 void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
                     int threads);

@@ -36,4 +36,31 @@ PYL_HD inline void sgd_update(float& p, float grad, float* v, const SgdParams& o
   p -= o.lr * g;
 }
 
+// torch.optim.Adam (L2 weight decay added to the gradient, no amsgrad). `step` counts from 1;
+// bc1 = 1 - beta1^step and bc2 = 1 - beta2^step are computed once per step by the caller.
+struct AdamParams {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  float bc1 = 1.0f, bc2 = 1.0f;
+};
+PYL_HD inline void adam_update(float& p, float grad, float& m, float& v, const AdamParams& o) {
+  const float g = grad + o.weight_decay * p;
+  m = o.beta1 * m + (1.0f - o.beta1) * g;
+  v = o.beta2 * v + (1.0f - o.beta2) * g * g;
+  const float denom = sqrtf(v) / sqrtf(o.bc2) + o.eps;
+  p -= (o.lr / o.bc1) * m / denom;
+}
+
+// torch.optim.Adadelta: square_avg and acc_delta are running averages of g^2 and delta^2.
+struct AdadeltaParams {
+  float lr = 1.0f, rho = 0.9f, eps = 1e-6f, weight_decay = 0.0f;
+};
+PYL_HD inline void adadelta_update(float& p, float grad, float& square_avg, float& acc_delta,
+                                   const AdadeltaParams& o) {
+  const float g = grad + o.weight_decay * p;
+  square_avg = o.rho * square_avg + (1.0f - o.rho) * g * g;
+  const float delta = sqrtf(acc_delta + o.eps) / sqrtf(square_avg + o.eps) * g;
+  acc_delta = o.rho * acc_delta + (1.0f - o.rho) * delta * delta;
+  p -= o.lr * delta;
+}
+
 }  // namespace pylenet::math

@@ -30,8 +30,17 @@ void pool_forward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const floa
   const char* op = pool_op_name(p.mode, false);
   const PoolShape s = PoolShape::make(op, xd, p);
   PYL_CHECK_ARG(yd == s.y_desc(), op, ": output must have shape ", s.y_desc().str(), ", got ", yd.str());
-  if (p.mode == PoolMode::Max) cpu::max_pool_forward(s, x, y, h.threads());
+  pool_run_forward(h, p.mode, s, x, y);
+}
+
+void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y) {
+  if (mode == PoolMode::Max) cpu::max_pool_forward(s, x, y, h.threads());
   else cpu::avg_pool_forward(s, x, y, h.threads());
+}
+
+void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx) {
+  if (mode == PoolMode::Max) cpu::max_pool_backward(s, x, dy, dx, h.threads());
+  else cpu::avg_pool_backward(s, dy, dx, h.threads());
 }
 
 void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
@@ -41,8 +50,7 @@ void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const flo
   PYL_CHECK_ARG(dyd == s.y_desc(), op, ": grad_output must have shape ", s.y_desc().str(), " for input ",
                 xd.str(), ", got ", dyd.str());
   PYL_CHECK_ARG(dxd == xd, op, ": grad_input must have the input's shape ", xd.str(), ", got ", dxd.str());
-  if (p.mode == PoolMode::Max) cpu::max_pool_backward(s, x, dy, dx, h.threads());
-  else cpu::avg_pool_backward(s, dy, dx, h.threads());
+  pool_run_backward(h, p.mode, s, x, dy, dx);
 }
 
 }  // namespace pylenet

@@ -35,6 +35,10 @@ void pool_forward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const floa
 void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
                    const float* dy, const TensorDesc& dxd, float* dx);
 
+// Prepared-shape fast path (shapes checked once by the caller).
+void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y);
+void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx);
+
 namespace cpu {
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads);
 void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads);

@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <optional>
 #include <tuple>
 
@@ -14,6 +15,7 @@
 #include "core/handle.h"
 #include "core/parallel.h"
 #include "core/simd.h"
+#include "net/network.h"
 #include "ops/activation.h"
 #include "ops/conv.h"
 #include "ops/linear.h"
@@ -91,6 +93,72 @@ py::dict build_info() {
   return info;
 }
 
+using LArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+LayerSpec layer_spec_of(const py::dict& d) {
+  static const std::map<std::string, LayerKind> kinds = {
+      {"Conv2d", LayerKind::Conv2d}, {"MaxPool2d", LayerKind::MaxPool2d}, {"AvgPool2d", LayerKind::AvgPool2d},
+      {"Linear", LayerKind::Linear}, {"ReLU", LayerKind::ReLU}, {"Tanh", LayerKind::Tanh},
+      {"Flatten", LayerKind::Flatten}};
+  const std::string kind = d["kind"].cast<std::string>();
+  auto it = kinds.find(kind);
+  PYL_CHECK_ARG(it != kinds.end(), "Network: unknown layer kind '", kind, "'");
+  LayerSpec s;
+  s.kind = it->second;
+  auto get = [&](const char* key, auto fallback) { return d.contains(key) ? d[key].cast<decltype(fallback)>() : fallback; };
+  s.in = get("in", int64_t(0));
+  s.out = get("out", int64_t(0));
+  s.kernel = pair_of(get("kernel", PairT{1, 1}));
+  s.stride = pair_of(get("stride", PairT{1, 1}));
+  s.pad = pair_of(get("padding", PairT{0, 0}));
+  s.bias = get("bias", true);
+  return s;
+}
+
+OptimSpec optim_spec_of(const py::dict& d) {
+  OptimSpec o;
+  const std::string kind = d["kind"].cast<std::string>();
+  if (kind == "sgd") o.kind = OptimKind::SGD;
+  else if (kind == "adam") o.kind = OptimKind::Adam;
+  else if (kind == "adadelta") o.kind = OptimKind::Adadelta;
+  else fail(ErrorKind::InvalidArgument, "unknown optimizer '", kind, "' (expected sgd, adam or adadelta)");
+  auto getf = [&](const char* key, float& v) { if (d.contains(key)) v = d[key].cast<float>(); };
+  getf("lr", o.lr); getf("momentum", o.momentum); getf("weight_decay", o.weight_decay);
+  getf("beta1", o.beta1); getf("beta2", o.beta2); getf("eps", o.eps); getf("rho", o.rho);
+  if (d.contains("nesterov")) o.nesterov = d["nesterov"].cast<bool>();
+  return o;
+}
+
+ScheduleSpec schedule_spec_of(const py::dict& d) {
+  ScheduleSpec s;
+  const std::string kind = d["kind"].cast<std::string>();
+  if (kind == "constant") s.kind = ScheduleKind::Constant;
+  else if (kind == "step") s.kind = ScheduleKind::Step;
+  else if (kind == "cosine") s.kind = ScheduleKind::Cosine;
+  else if (kind == "inv") s.kind = ScheduleKind::Inv;
+  else fail(ErrorKind::InvalidArgument, "unknown schedule '", kind, "' (expected constant, step, cosine or inv)");
+  if (d.contains("gamma")) s.gamma = d["gamma"].cast<double>();
+  if (d.contains("power")) s.power = d["power"].cast<double>();
+  if (d.contains("min_lr")) s.min_lr = d["min_lr"].cast<double>();
+  if (d.contains("step_iters")) s.step_iters = d["step_iters"].cast<int64_t>();
+  if (d.contains("total_iters")) s.total_iters = d["total_iters"].cast<int64_t>();
+  return s;
+}
+
+py::dict stats_dict(const RunStats& s) {
+  py::dict d;
+  d["loss_sum"] = s.loss_sum;
+  d["correct"] = s.correct;
+  d["samples"] = s.samples;
+  d["steps"] = s.steps;
+  return d;
+}
+
+// A float32 NumPy view of `count` floats owned by the network; keeps the network alive.
+py::array view_of(Network& net, float* p, int64_t count) {
+  return py::array_t<float>({count}, {static_cast<int64_t>(sizeof(float))}, p, py::cast(&net, py::return_value_policy::reference));
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -138,6 +206,111 @@ PYBIND11_MODULE(_C, m) {
     d["num_frees"] = s.num_frees;
     return d;
   });
+
+  // ---- network runtime
+  m.def("schedule_lr", [](const py::dict& s, double lr, int64_t iter) { return schedule_lr(schedule_spec_of(s), lr, iter); });
+  py::class_<Network>(m, "Network", "A compiled Sequential: memory plan, native training step and epoch.")
+      .def(py::init([](const py::list& layers, const Shape& input, int64_t capacity, const py::dict& optim,
+                       const std::string& algo, int threads) {
+             std::vector<LayerSpec> specs;
+             for (auto l : layers) specs.push_back(layer_spec_of(l.cast<py::dict>()));
+             return std::make_unique<Network>(specs, input, capacity, optim_spec_of(optim), conv_algo_from_name(algo),
+                                              threads);
+           }),
+           py::arg("layers"), py::arg("input_shape"), py::arg("batch_size"), py::arg("optimizer"),
+           py::arg("conv_algo") = "im2col", py::arg("threads") = 1)
+      .def_property_readonly("num_params", &Network::num_params)
+      .def_property_readonly("num_classes", &Network::num_classes)
+      .def_property_readonly("batch_size", &Network::batch_capacity)
+      .def_property_readonly("threads", [](Network& n) { return n.handle().threads(); })
+      .def_property_readonly("conv_algorithms", &Network::conv_algorithms)
+      .def_property_readonly("layers", [](Network& n) {
+        py::list out;
+        for (auto& l : n.layers()) {
+          py::dict d;
+          d["kind"] = l.kind;
+          d["out_shape"] = py::tuple(py::cast(l.out_shape));
+          d["weight_count"] = l.weight_count;
+          d["bias_count"] = l.bias_count;
+          d["param_offset"] = l.param_offset;
+          d["flops"] = l.flops;
+          d["activation_floats"] = l.activation_floats;
+          out.append(d);
+        }
+        return out;
+      })
+      .def("memory_plan", [](Network& n) {
+        MemoryPlan p = n.memory_plan();
+        py::dict d;
+        d["batch_size"] = p.batch_capacity;
+        d["params"] = p.params;
+        d["grads"] = p.grads;
+        d["optimizer_state"] = p.optimizer_state;
+        d["activations"] = p.activations;
+        d["activation_grads"] = p.activation_grads;
+        d["workspace"] = p.workspace;
+        d["total"] = p.total();
+        return d;
+      })
+      .def("params", [](Network& n) { return view_of(n, n.params(), n.num_params()); })
+      .def("grads", [](Network& n) { return view_of(n, n.grads(), n.num_params()); })
+      .def_property_readonly("num_state_buffers", &Network::num_state_buffers)
+      .def("state", [](Network& n, int i) {
+        PYL_CHECK_ARG(i >= 0 && i < n.num_state_buffers(), "Network.state: index ", i, " out of range");
+        return view_of(n, n.state(i), n.num_params());
+      })
+      .def_property("optimizer_steps", &Network::optimizer_steps, &Network::set_optimizer_steps)
+      .def("train_step", [](Network& n, const FArray& x, const LArray& y, float lr) {
+        const TensorDesc yd = desc_of(y);
+        n.check_batch("train_step", desc_of(x), &yd);
+        RunStats s;
+        {
+          py::gil_scoped_release nogil;
+          s = n.train_step(x.data(), y.data(), x.shape(0), lr);
+        }
+        return stats_dict(s);
+      })
+      .def("train_epoch", [](Network& n, const FArray& images, const LArray& labels, const LArray& order,
+                             int64_t batch_size, const py::dict& schedule, int64_t iteration, py::object progress,
+                             int64_t every) {
+        const TensorDesc ld = desc_of(labels);
+        n.check_batch("train", desc_of(images), &ld);
+        desc_of(order).check("train", "order", 1);
+        const ScheduleSpec sched = schedule_spec_of(schedule);
+        ProgressFn fn;
+        if (!progress.is_none())
+          fn = [&progress](int64_t done, int64_t total, const RunStats& s) {
+            py::gil_scoped_acquire gil;
+            if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C stops the epoch
+            py::object r = progress(done, total, stats_dict(s));
+            return r.is_none() || r.cast<bool>();
+          };
+        RunStats s;
+        {
+          py::gil_scoped_release nogil;
+          s = n.train_epoch(images.data(), labels.data(), images.shape(0), order.data(), order.shape(0), batch_size,
+                            sched, iteration, fn, every);
+        }
+        return py::make_tuple(stats_dict(s), iteration);
+      })
+      .def("evaluate", [](Network& n, const FArray& images, const LArray& labels) {
+        const TensorDesc ld = desc_of(labels);
+        n.check_batch("evaluate", desc_of(images), &ld);
+        RunStats s;
+        {
+          py::gil_scoped_release nogil;
+          s = n.evaluate(images.data(), labels.data(), images.shape(0));
+        }
+        return stats_dict(s);
+      })
+      .def("predict", [](Network& n, const FArray& images) {
+        n.check_batch("predict", desc_of(images), nullptr);
+        FArray probs(Shape{images.shape(0), n.num_classes()});
+        float* pp = probs.mutable_data();
+        py::gil_scoped_release nogil;
+        n.predict(images.data(), images.shape(0), pp);
+        return probs;
+      });
 
   // ---- convolution
   m.def("conv2d_output_shape", [](const Shape& x, const Shape& w, const PairT& stride, const PairT& pad) {

@@ -1,0 +1,507 @@
+#include "net/network.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "core/error.h"
+#include "ops/activation.h"
+#include "ops/linear.h"
+#include "ops/loss.h"
+#include "ops/pool.h"
+
+namespace pylenet {
+
+// ------------------------------------------------------------------------------ layers
+// One object per layer: it knows its shapes (per sample) and calls the op layer's
+// prepared-shape entry points for a batch of n. Parameters live in the network's flat
+// buffers at info.param_offset (weight, then bias).
+class Layer {
+ public:
+  virtual ~Layer() = default;
+  LayerInfo info;
+  std::vector<int64_t> in_shape;
+  virtual bool is_view() const { return false; }  // output is the input, reshaped
+  virtual int64_t workspace_bytes(int64_t n, int threads) const { return 0; }
+  virtual void choose_algorithms(Handle& h, int64_t n, const float* x, const float* w, float* y, float* dy, float* dx,
+                                 float* dw) {}
+  virtual void forward(Handle& h, const float* params, const float* x, float* y, int64_t n) = 0;
+  // dx may be null when no earlier layer needs the gradient.
+  virtual void backward(Handle& h, const float* params, float* grads, const float* x, const float* y,
+                        const float* dy, float* dx, int64_t n) = 0;
+};
+
+namespace {
+
+int64_t numel(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+std::string shape_str(const std::vector<int64_t>& s) { return TensorDesc(s).str(); }
+
+class ConvLayer : public Layer {
+ public:
+  ConvLayer(const LayerSpec& spec, const std::vector<int64_t>& in, ConvAlgo algo) : algo_(algo) {
+    PYL_CHECK_ARG(in.size() == 3, "expects an image input (C, H, W), got ", shape_str(in));
+    PYL_CHECK_ARG(spec.in == in[0], "has in_channels=", spec.in, " but its input has ", in[0], " channels, shape ",
+                  shape_str(in));
+    PYL_CHECK_ARG(spec.out >= 1, "out_channels must be >= 1, got ", spec.out);
+    shape_ = ConvShape::make("conv2d", TensorDesc{1, in[0], in[1], in[2]},
+                             TensorDesc{spec.out, spec.in, spec.kernel.h, spec.kernel.w},
+                             ConvDesc{spec.stride, spec.pad});
+    bias_ = spec.bias;
+    info.kind = "Conv2d";
+    info.out_shape = {shape_.k, shape_.oh, shape_.ow};
+    info.weight_count = shape_.k * shape_.c * shape_.r * shape_.s;
+    info.bias_count = bias_ ? shape_.k : 0;
+    info.flops = shape_.flops(ConvPass::Forward) + (bias_ ? shape_.k * shape_.oh * shape_.ow : 0);
+  }
+  ConvShape at(int64_t n) const { ConvShape s = shape_; s.n = n; return s; }
+  int64_t workspace_bytes(int64_t n, int threads) const override {
+    int64_t most = 0;
+    for (int p = 0; p < 3; ++p)
+      most = std::max<int64_t>(most, conv_workspace_size(algos_[p], static_cast<ConvPass>(p), at(n), threads));
+    return most;
+  }
+  void choose_algorithms(Handle& h, int64_t n, const float* x, const float* w, float* y, float* dy, float* dx,
+                         float* dw) override {
+    const ConvShape s = at(n);
+    algos_[0] = conv_resolve_algo(h, algo_, ConvPass::Forward, s, x, w, nullptr, y);
+    algos_[1] = conv_resolve_algo(h, algo_, ConvPass::BackwardData, s, x, w, dy, dx);
+    algos_[2] = conv_resolve_algo(h, algo_, ConvPass::BackwardFilter, s, x, w, dy, dw);
+  }
+  ConvAlgo forward_algo() const { return algos_[0]; }
+  void forward(Handle& h, const float* params, const float* x, float* y, int64_t n) override {
+    const float* w = params + info.param_offset;
+    conv_run(h, algos_[0], ConvPass::Forward, at(n), x, w, bias_ ? w + info.weight_count : nullptr, nullptr, y);
+  }
+  void backward(Handle& h, const float* params, float* grads, const float* x, const float* y, const float* dy,
+                float* dx, int64_t n) override {
+    const ConvShape s = at(n);
+    float* dw = grads + info.param_offset;
+    conv_run(h, algos_[2], ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
+    if (bias_) conv_run_backward_bias(h, s, dy, dw + info.weight_count);
+    if (dx) conv_run(h, algos_[1], ConvPass::BackwardData, s, nullptr, params + info.param_offset, nullptr, dy, dx);
+  }
+
+ private:
+  ConvShape shape_;
+  bool bias_;
+  ConvAlgo algo_;
+  ConvAlgo algos_[3] = {ConvAlgo::Im2col, ConvAlgo::Im2col, ConvAlgo::Im2col};
+};
+
+class PoolLayer : public Layer {
+ public:
+  PoolLayer(const LayerSpec& spec, const std::vector<int64_t>& in) {
+    mode_ = spec.kind == LayerKind::MaxPool2d ? PoolMode::Max : PoolMode::Avg;
+    PYL_CHECK_ARG(in.size() == 3, "expects an image input (C, H, W), got ", shape_str(in));
+    shape_ = PoolShape::make(pool_op_name(mode_, false), TensorDesc{1, in[0], in[1], in[2]},
+                             PoolDesc{mode_, spec.kernel, spec.stride, spec.pad});
+    info.kind = mode_ == PoolMode::Max ? "MaxPool2d" : "AvgPool2d";
+    info.out_shape = {shape_.c, shape_.oh, shape_.ow};
+    info.flops = static_cast<double>(shape_.kh * shape_.kw * shape_.c * shape_.oh * shape_.ow);
+  }
+  PoolShape at(int64_t n) const { PoolShape s = shape_; s.n = n; return s; }
+  void forward(Handle& h, const float*, const float* x, float* y, int64_t n) override {
+    pool_run_forward(h, mode_, at(n), x, y);
+  }
+  void backward(Handle& h, const float*, float*, const float* x, const float*, const float* dy, float* dx,
+                int64_t n) override {
+    if (dx) pool_run_backward(h, mode_, at(n), x, dy, dx);
+  }
+
+ private:
+  PoolMode mode_;
+  PoolShape shape_;
+};
+
+class LinearLayer : public Layer {
+ public:
+  LinearLayer(const LayerSpec& spec, const std::vector<int64_t>& in) {
+    PYL_CHECK_ARG(in.size() == 1, "expects a flat input (features,); got ", shape_str(in),
+                  " (add a Flatten layer before it)");
+    PYL_CHECK_ARG(spec.in == in[0], "has in_features=", spec.in, " but its input has ", in[0], " features");
+    PYL_CHECK_ARG(spec.out >= 1, "out_features must be >= 1, got ", spec.out);
+    in_ = spec.in;
+    out_ = spec.out;
+    bias_ = spec.bias;
+    info.kind = "Linear";
+    info.out_shape = {out_};
+    info.weight_count = in_ * out_;
+    info.bias_count = bias_ ? out_ : 0;
+    info.flops = 2.0 * in_ * out_ + (bias_ ? out_ : 0);
+  }
+  int64_t workspace_bytes(int64_t n, int) const override {
+    return sizeof(float) * cpu::linear_workspace_floats(LinearShape{n, in_, out_});
+  }
+  void forward(Handle& h, const float* params, const float* x, float* y, int64_t n) override {
+    const float* w = params + info.param_offset;
+    linear_run_forward(h, LinearShape{n, in_, out_}, x, w, bias_ ? w + info.weight_count : nullptr, y);
+  }
+  void backward(Handle& h, const float* params, float* grads, const float* x, const float*, const float* dy,
+                float* dx, int64_t n) override {
+    float* dw = grads + info.param_offset;
+    linear_run_backward(h, LinearShape{n, in_, out_}, x, params + info.param_offset, dy, dx, dw,
+                        bias_ ? dw + info.weight_count : nullptr);
+  }
+
+ private:
+  int64_t in_, out_;
+  bool bias_;
+};
+
+class ActivationLayer : public Layer {
+ public:
+  ActivationLayer(const LayerSpec& spec, const std::vector<int64_t>& in)
+      : act_(spec.kind == LayerKind::ReLU ? Activation::ReLU : Activation::Tanh) {
+    info.kind = act_ == Activation::ReLU ? "ReLU" : "Tanh";
+    info.out_shape = in;
+    count_ = numel(in);
+    info.flops = static_cast<double>(count_);
+  }
+  void forward(Handle& h, const float*, const float* x, float* y, int64_t n) override {
+    activation_run_forward(h, act_, n * count_, x, y);
+  }
+  void backward(Handle& h, const float*, float*, const float*, const float* y, const float* dy, float* dx,
+                int64_t n) override {
+    if (dx) activation_run_backward(h, act_, n * count_, y, dy, dx);
+  }
+
+ private:
+  Activation act_;
+  int64_t count_;
+};
+
+class FlattenLayer : public Layer {
+ public:
+  explicit FlattenLayer(const std::vector<int64_t>& in) {
+    info.kind = "Flatten";
+    info.out_shape = {numel(in)};
+  }
+  bool is_view() const override { return true; }
+  void forward(Handle&, const float*, const float*, float*, int64_t) override {}
+  void backward(Handle&, const float*, float*, const float*, const float*, const float*, float*, int64_t) override {}
+};
+
+const char* kind_name(LayerKind k) {
+  switch (k) {
+    case LayerKind::Conv2d: return "Conv2d";
+    case LayerKind::MaxPool2d: return "MaxPool2d";
+    case LayerKind::AvgPool2d: return "AvgPool2d";
+    case LayerKind::Linear: return "Linear";
+    case LayerKind::ReLU: return "ReLU";
+    case LayerKind::Tanh: return "Tanh";
+    case LayerKind::Flatten: return "Flatten";
+  }
+  return "?";
+}
+
+std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::vector<int64_t>& in, ConvAlgo algo) {
+  switch (spec.kind) {
+    case LayerKind::Conv2d: return std::make_unique<ConvLayer>(spec, in, algo);
+    case LayerKind::MaxPool2d:
+    case LayerKind::AvgPool2d: return std::make_unique<PoolLayer>(spec, in);
+    case LayerKind::Linear: return std::make_unique<LinearLayer>(spec, in);
+    case LayerKind::ReLU:
+    case LayerKind::Tanh: return std::make_unique<ActivationLayer>(spec, in);
+    case LayerKind::Flatten: return std::make_unique<FlattenLayer>(in);
+  }
+  fail(ErrorKind::InvalidArgument, "unknown layer kind");
+}
+
+inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
+
+}  // namespace
+
+// ------------------------------------------------------------------------------ schedules
+int optimizer_state_buffers(OptimKind kind) { return kind == OptimKind::SGD ? 1 : 2; }
+
+double schedule_lr(const ScheduleSpec& s, double lr, int64_t iter) {
+  switch (s.kind) {
+    case ScheduleKind::Constant: return lr;
+    case ScheduleKind::Step: return lr * std::pow(s.gamma, static_cast<double>(iter / std::max<int64_t>(s.step_iters, 1)));
+    case ScheduleKind::Cosine: {
+      const double t = std::min<double>(static_cast<double>(iter) / std::max<int64_t>(s.total_iters, 1), 1.0);
+      return s.min_lr + (lr - s.min_lr) * 0.5 * (1.0 + std::cos(M_PI * t));
+    }
+    case ScheduleKind::Inv: return lr * std::pow(1.0 + s.gamma * static_cast<double>(iter), -s.power);
+  }
+  return lr;
+}
+
+// ------------------------------------------------------------------------------ network
+Network::~Network() = default;
+
+Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>& input_chw, int64_t capacity,
+                 const OptimSpec& optim, ConvAlgo conv_algo, int threads)
+    : input_chw_(input_chw), capacity_(capacity), optim_(optim) {
+  handle_.set_threads(threads);
+  TensorDesc(input_chw).check("Network", "input shape", -1);
+  PYL_CHECK_ARG(input_chw.size() == 3 || input_chw.size() == 1, "Network: input shape must be (C, H, W) or (features,), got ",
+                shape_str(input_chw));
+  PYL_CHECK_ARG(capacity >= 1 && capacity <= (1 << 20), "Network: batch size must be 1 to 1048576, got ", capacity);
+  PYL_CHECK_ARG(!specs.empty(), "Network: the model has no layers");
+  switch (optim.kind) {
+    case OptimKind::SGD: check_sgd_params(SgdParams{optim.lr, optim.momentum, optim.weight_decay, optim.nesterov}); break;
+    case OptimKind::Adam: check_adam_params(AdamParams{optim.lr, optim.beta1, optim.beta2, optim.eps, optim.weight_decay}); break;
+    case OptimKind::Adadelta: check_adadelta_params(AdadeltaParams{optim.lr, optim.rho, optim.eps, optim.weight_decay}); break;
+  }
+
+  // Shape inference: each layer checks its input and reports its output.
+  std::vector<int64_t> shape = input_chw;
+  sample_floats_ = numel(input_chw);
+  for (size_t i = 0; i < specs.size(); ++i) {
+    try {
+      layers_.push_back(make_layer(specs[i], shape, conv_algo));
+    } catch (const Error& e) {
+      fail(e.kind(), "layer ", i, " (", kind_name(specs[i].kind), ") with input ", shape_str(shape), ": ", e.what());
+    }
+    Layer& l = *layers_.back();
+    l.in_shape = shape;
+    l.info.param_offset = num_params_;
+    num_params_ += l.info.weight_count + l.info.bias_count;
+    l.info.activation_floats = l.is_view() ? 0 : numel(l.info.out_shape);
+    shape = l.info.out_shape;
+    info_.push_back(l.info);
+  }
+  PYL_CHECK_ARG(shape.size() == 1, "Network: the last layer must output class scores (classes,), got ", shape_str(shape),
+                " (end the model with Flatten/Linear)");
+  classes_ = shape[0];
+  PYL_CHECK_ARG(classes_ >= 2, "Network: the model must output at least 2 classes, got ", classes_);
+
+  // The memory plan: everything the training loop touches is allocated here, once.
+  params_.reserve(sizeof(float) * std::max<int64_t>(num_params_, 1));
+  grads_.reserve(sizeof(float) * std::max<int64_t>(num_params_, 1));
+  state_.reserve(sizeof(float) * std::max<int64_t>(num_params_, 1) * num_state_buffers());
+  std::fill(state_.floats(), state_.floats() + num_params_ * num_state_buffers(), 0.0f);
+  std::fill(params_.floats(), params_.floats() + num_params_, 0.0f);
+  std::fill(grads_.floats(), grads_.floats() + num_params_, 0.0f);
+
+  int64_t act_floats = round16(capacity * sample_floats_) + round16(capacity * 2);  // input + labels (int64)
+  int64_t max_act = capacity * sample_floats_;
+  for (auto& l : layers_) {
+    act_floats += round16(capacity * l->info.activation_floats);
+    max_act = std::max(max_act, capacity * numel(l->info.out_shape));
+  }
+  acts_.reserve(sizeof(float) * act_floats);
+  std::fill(acts_.floats(), acts_.floats() + act_floats, 0.0f);
+  grad_bufs_.reserve(sizeof(float) * 2 * round16(max_act));
+  std::fill(grad_bufs_.floats(), grad_bufs_.floats() + 2 * round16(max_act), 0.0f);
+  grad_a_ = grad_bufs_.floats();
+  grad_b_ = grad_a_ + round16(max_act);
+  probs_.reserve(sizeof(float) * capacity * classes_);
+
+  float* p = acts_.floats();
+  act_.push_back(p);
+  p += round16(capacity * sample_floats_);
+  labels_ = reinterpret_cast<int64_t*>(p);
+  p += round16(capacity * 2);
+  for (auto& l : layers_) {
+    if (l->is_view()) {
+      act_.push_back(act_.back());
+    } else {
+      act_.push_back(p);
+      p += round16(capacity * l->info.activation_floats);
+    }
+  }
+
+  // Algorithms are fixed now, for the full batch ("auto" measures on these buffers).
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i]->choose_algorithms(handle_, capacity, act_[i], params_.floats() + info_[i].param_offset, act_[i + 1],
+                                  grad_a_, grad_b_, grads_.floats() + info_[i].param_offset);
+  for (auto& l : layers_) workspace_bytes_ = std::max(workspace_bytes_, l->workspace_bytes(capacity, handle_.threads()));
+  handle_.workspace(static_cast<size_t>(workspace_bytes_));
+  workspace_bytes_ = static_cast<int64_t>(handle_.workspace_bytes());
+  std::fill(grads_.floats(), grads_.floats() + num_params_, 0.0f);
+}
+
+MemoryPlan Network::memory_plan() const {
+  MemoryPlan m;
+  m.batch_capacity = capacity_;
+  m.params = sizeof(float) * num_params_;
+  m.grads = m.params;
+  m.optimizer_state = m.params * num_state_buffers();
+  m.activations = static_cast<int64_t>(acts_.bytes() + probs_.bytes());
+  m.activation_grads = static_cast<int64_t>(grad_bufs_.bytes());
+  m.workspace = workspace_bytes_;
+  return m;
+}
+
+std::vector<std::string> Network::conv_algorithms() const {
+  std::vector<std::string> v;
+  for (auto& l : layers_)
+    if (auto* c = dynamic_cast<const ConvLayer*>(l.get())) v.push_back(conv_algo_name(c->forward_algo()));
+  return v;
+}
+
+const float* Network::forward(const float* x, int64_t n) {
+  input_ = x;
+  const float* cur = x;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    float* out = layers_[i]->is_view() ? const_cast<float*>(cur) : act_[i + 1];
+    layers_[i]->forward(handle_, params_.floats(), cur, out, n);
+    cur = out;
+  }
+  return cur;
+}
+
+void Network::backward(int64_t n) {
+  // grad_a_ holds dlogits; each layer writes its input gradient into the other buffer.
+  float* dy = grad_a_;
+  float* spare = grad_b_;
+  const float* inputs_of_first = input_;
+  for (size_t k = layers_.size(); k-- > 0;) {
+    Layer& l = *layers_[k];
+    if (l.is_view()) continue;  // the gradient passes through unchanged
+    bool need_dx = false;
+    for (size_t j = 0; j < k; ++j) need_dx |= (info_[j].weight_count > 0);
+    const float* x = k == 0 ? inputs_of_first : layer_input(k);
+    l.backward(handle_, params_.floats(), grads_.floats(), x, act_[k + 1], dy, need_dx ? spare : nullptr, n);
+    if (!need_dx) break;  // nothing below has parameters
+    std::swap(dy, spare);
+  }
+}
+
+const float* Network::layer_input(size_t k) const {
+  // The input of layer k is the output of the nearest earlier non-view layer (or the batch).
+  for (size_t j = k; j-- > 0;)
+    if (!layers_[j]->is_view()) return act_[j + 1];
+  return input_;
+}
+
+void Network::check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const {
+  images.check(op, "images", static_cast<int>(input_chw_.size()) + 1);
+  std::vector<int64_t> per_sample(images.dims().begin() + 1, images.dims().end());
+  PYL_CHECK_ARG(per_sample == input_chw_, op, ": images of shape ", images.str(), " do not match the model input ",
+                shape_str(input_chw_), " (expected (N, ", shape_str(input_chw_).substr(1));
+  if (labels) {
+    labels->check(op, "labels", 1, "(N,)");
+    PYL_CHECK_ARG(labels->dim(0) == images.dim(0), op, ": ", labels->dim(0), " labels for ", images.dim(0), " images");
+  }
+}
+
+void Network::check_labels(const int64_t* labels, int64_t n, const char* op) const {
+  for (int64_t i = 0; i < n; ++i)
+    PYL_CHECK_ARG(labels[i] >= 0 && labels[i] < classes_, op, ": label ", labels[i], " at index ", i,
+                  " is outside [0, ", classes_, ")");
+}
+
+namespace {
+int64_t count_correct(const float* logits, const int64_t* labels, int64_t n, int64_t c) {
+  int64_t correct = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* z = logits + i * c;
+    correct += (std::max_element(z, z + c) - z) == labels[i];
+  }
+  return correct;
+}
+}  // namespace
+
+RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, float lr) {
+  PYL_CHECK_ARG(n >= 1 && n <= capacity_, "train_step: batch of ", n, " exceeds the planned batch size ", capacity_);
+  const float* logits = forward(x, n);
+  for (int64_t i = 0; i < n * classes_; ++i)
+    if (!std::isfinite(logits[i]))
+      fail(ErrorKind::Runtime, "training diverged: the network produced a non-finite logit (", logits[i],
+           ") after ", optimizer_steps_, " optimizer steps; try a smaller learning rate");
+  const double loss = cpu::softmax_cross_entropy(n, classes_, logits, labels, grad_a_);
+  RunStats st;
+  st.loss_sum = loss * static_cast<double>(n);
+  st.correct = count_correct(logits, labels, n, classes_);
+  st.samples = n;
+  st.steps = 1;
+  backward(n);
+  optimizer_update(lr);
+  return st;
+}
+
+void Network::optimizer_update(float lr) {
+  ++optimizer_steps_;
+  const int t = handle_.threads();
+  switch (optim_.kind) {
+    case OptimKind::SGD:
+      cpu::sgd_step(num_params_, params_.floats(), grads_.floats(), optim_.momentum != 0.0f ? state(0) : nullptr,
+                    SgdParams{lr, optim_.momentum, optim_.weight_decay, optim_.nesterov}, t);
+      return;
+    case OptimKind::Adam: {
+      AdamParams o{lr, optim_.beta1, optim_.beta2, optim_.eps, optim_.weight_decay};
+      o.bc1 = 1.0f - std::pow(optim_.beta1, static_cast<float>(optimizer_steps_));
+      o.bc2 = 1.0f - std::pow(optim_.beta2, static_cast<float>(optimizer_steps_));
+      cpu::adam_step(num_params_, params_.floats(), grads_.floats(), state(0), state(1), o, t);
+      return;
+    }
+    case OptimKind::Adadelta:
+      cpu::adadelta_step(num_params_, params_.floats(), grads_.floats(), state(0), state(1),
+                         AdadeltaParams{lr, optim_.rho, optim_.eps, optim_.weight_decay}, t);
+      return;
+  }
+}
+
+RunStats Network::train_epoch(const float* images, const int64_t* labels, int64_t count, const int64_t* order,
+                              int64_t order_len, int64_t batch_size, const ScheduleSpec& schedule, int64_t& iteration,
+                              const ProgressFn& progress, int64_t every) {
+  PYL_CHECK_ARG(batch_size >= 1 && batch_size <= capacity_, "train: batch size ", batch_size,
+                " exceeds the planned batch size ", capacity_);
+  for (int64_t i = 0; i < order_len; ++i)
+    PYL_CHECK_ARG(order[i] >= 0 && order[i] < count, "train: sample index ", order[i], " is outside [0, ", count, ")");
+  check_labels(labels, count, "train");
+  RunStats total;
+  const int64_t steps = (order_len + batch_size - 1) / batch_size;
+  for (int64_t step = 0; step < steps; ++step) {
+    const int64_t start = step * batch_size, n = std::min(batch_size, order_len - start);
+    // Gather the batch by index into the planned input buffer.
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t src = order[start + i];
+      std::memcpy(act_[0] + i * sample_floats_, images + src * sample_floats_, sizeof(float) * sample_floats_);
+      labels_[i] = labels[src];
+    }
+    const float lr = static_cast<float>(schedule_lr(schedule, optim_.lr, iteration));
+    RunStats st = train_step(act_[0], labels_, n, lr);
+    ++iteration;
+    total.loss_sum += st.loss_sum;
+    total.correct += st.correct;
+    total.samples += st.samples;
+    total.steps += 1;
+    if (progress && ((step + 1) % std::max<int64_t>(every, 1) == 0 || step + 1 == steps))
+      if (!progress(step + 1, steps, total)) break;
+  }
+  return total;
+}
+
+RunStats Network::evaluate(const float* images, const int64_t* labels, int64_t count) {
+  check_labels(labels, count, "evaluate");
+  RunStats total;
+  for (int64_t start = 0; start < count; start += capacity_) {
+    const int64_t n = std::min(capacity_, count - start);
+    const float* logits = forward(images + start * sample_floats_, n);
+    for (int64_t i = 0; i < n * classes_; ++i)
+      if (!std::isfinite(logits[i]))
+        fail(ErrorKind::Runtime, "evaluate: the model produced a non-finite logit (", logits[i],
+             "); its weights or the input hold NaN/inf");
+    total.loss_sum += cpu::softmax_cross_entropy(n, classes_, logits, labels + start, nullptr) * n;
+    total.correct += count_correct(logits, labels + start, n, classes_);
+    total.samples += n;
+    total.steps += 1;
+  }
+  return total;
+}
+
+void Network::predict(const float* images, int64_t count, float* probs) {
+  for (int64_t start = 0; start < count; start += capacity_) {
+    const int64_t n = std::min(capacity_, count - start);
+    const float* logits = forward(images + start * sample_floats_, n);
+    for (int64_t i = 0; i < n; ++i) {
+      const float* z = logits + i * classes_;
+      float* p = probs + (start + i) * classes_;
+      const float zmax = *std::max_element(z, z + classes_);
+      double sum = 0.0;
+      for (int64_t j = 0; j < classes_; ++j) sum += std::exp(static_cast<double>(z[j] - zmax));
+      for (int64_t j = 0; j < classes_; ++j) p[j] = static_cast<float>(std::exp(static_cast<double>(z[j] - zmax)) / sum);
+    }
+  }
+}
+
+}  // namespace pylenet

@@ -1,0 +1,143 @@
+// The network runtime: a compiled Sequential. Built once from layer specs and an input
+// shape, it infers every shape, lays out one flat buffer each for parameters, gradients
+// and optimizer state, sizes activations and workspace for a batch capacity (the memory
+// plan), and then runs whole training steps and epochs natively: forward, softmax
+// cross-entropy, backward and the optimizer update, with no allocation inside the loop.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/handle.h"
+#include "ops/conv.h"
+#include "ops/optim.h"
+#include "ops/tensor.h"
+
+namespace pylenet {
+
+enum class LayerKind { Conv2d, MaxPool2d, AvgPool2d, Linear, ReLU, Tanh, Flatten };
+
+struct LayerSpec {
+  LayerKind kind = LayerKind::ReLU;
+  int64_t in = 0, out = 0;  // channels (Conv2d) or features (Linear)
+  Pair kernel{1, 1}, stride{1, 1}, pad{0, 0};
+  bool bias = true;
+};
+
+// What one layer is and costs, per sample (the batch dimension is left out of shapes).
+struct LayerInfo {
+  std::string kind;
+  std::vector<int64_t> out_shape;
+  int64_t weight_count = 0, bias_count = 0;
+  int64_t param_offset = 0;  // where the weight starts in the flat parameter buffer
+  double flops = 0;          // forward, per sample
+  int64_t activation_floats = 0;  // per sample; 0 when the layer is a view of its input
+};
+
+struct MemoryPlan {
+  int64_t batch_capacity = 0;
+  int64_t params = 0, grads = 0, optimizer_state = 0;  // bytes
+  int64_t activations = 0, activation_grads = 0, workspace = 0;
+  int64_t total() const { return params + grads + optimizer_state + activations + activation_grads + workspace; }
+};
+
+enum class OptimKind { SGD = 0, Adam = 1, Adadelta = 2 };
+struct OptimSpec {
+  OptimKind kind = OptimKind::SGD;
+  float lr = 0.01f, momentum = 0.0f, weight_decay = 0.0f;
+  bool nesterov = false;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, rho = 0.9f;
+};
+int optimizer_state_buffers(OptimKind kind);  // SGD: 1 (velocity), Adam: 2, Adadelta: 2
+
+enum class ScheduleKind { Constant = 0, Step = 1, Cosine = 2, Inv = 3 };
+struct ScheduleSpec {
+  ScheduleKind kind = ScheduleKind::Constant;
+  double gamma = 0.1, power = 0.75, min_lr = 0.0;
+  int64_t step_iters = 1, total_iters = 1;
+};
+// Learning rate at iteration `iter` (counted from 0 over the whole run):
+//   step: lr * gamma^floor(iter / step_iters)       cosine: min + (lr - min)(1 + cos(pi iter/total))/2
+//   inv (Caffe): lr * (1 + gamma * iter)^-power
+double schedule_lr(const ScheduleSpec& s, double base_lr, int64_t iter);
+
+struct RunStats {
+  double loss_sum = 0;  // summed over samples
+  int64_t correct = 0, samples = 0, steps = 0;
+};
+
+// progress(steps_done, steps_total, stats so far) -> false to stop early. Called from the
+// training thread every `every` steps; it is the only way back into the caller.
+using ProgressFn = std::function<bool(int64_t, int64_t, const RunStats&)>;
+
+class Layer;
+
+class Network {
+ public:
+  Network(const std::vector<LayerSpec>& layers, const std::vector<int64_t>& input_chw, int64_t batch_capacity,
+          const OptimSpec& optim, ConvAlgo conv_algo, int threads);
+  ~Network();
+  Network(const Network&) = delete;
+  Network& operator=(const Network&) = delete;
+
+  const std::vector<LayerInfo>& layers() const { return info_; }
+  const std::vector<int64_t>& input_shape() const { return input_chw_; }
+  int64_t num_classes() const { return classes_; }
+  int64_t batch_capacity() const { return capacity_; }
+  MemoryPlan memory_plan() const;
+  Handle& handle() { return handle_; }
+  std::vector<std::string> conv_algorithms() const;  // chosen per conv layer (forward pass)
+
+  int64_t num_params() const { return num_params_; }
+  float* params() { return params_.floats(); }
+  float* grads() { return grads_.floats(); }
+  int num_state_buffers() const { return optimizer_state_buffers(optim_.kind); }
+  float* state(int i) { return state_.floats() + static_cast<int64_t>(i) * num_params_; }
+  int64_t optimizer_steps() const { return optimizer_steps_; }
+  void set_optimizer_steps(int64_t n) { optimizer_steps_ = n; }
+  const OptimSpec& optimizer() const { return optim_; }
+
+  // Checks that images are (N, *input_shape) [and labels (N,)]; `op` names the caller.
+  void check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const;
+
+  // One step on a batch already in memory: x (n, C, H, W), labels (n,), n <= capacity.
+  RunStats train_step(const float* x, const int64_t* labels, int64_t n, float lr);
+  // Steps over images[order[i]] in batches; `iteration` (the schedule's clock) advances.
+  RunStats train_epoch(const float* images, const int64_t* labels, int64_t count, const int64_t* order,
+                       int64_t order_len, int64_t batch_size, const ScheduleSpec& schedule, int64_t& iteration,
+                       const ProgressFn& progress, int64_t every);
+  // Inference over any number of images, in chunks of the batch capacity.
+  RunStats evaluate(const float* images, const int64_t* labels, int64_t count);
+  void predict(const float* images, int64_t count, float* probs /* (count, classes) softmax */);
+
+ private:
+  const float* forward(const float* x, int64_t n);  // returns logits (n, classes)
+  void backward(int64_t n);
+  void optimizer_update(float lr);
+  void check_labels(const int64_t* labels, int64_t n, const char* op) const;
+  const float* layer_input(size_t k) const;
+
+  Handle handle_;
+  std::vector<int64_t> input_chw_;
+  int64_t capacity_, classes_ = 0, num_params_ = 0, sample_floats_ = 0;
+  OptimSpec optim_;
+  int64_t optimizer_steps_ = 0;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<LayerInfo> info_;
+  AlignedBuffer params_, grads_, state_;
+  AlignedBuffer acts_;         // input batch + every layer's output, capacity x per-sample size
+  AlignedBuffer grad_bufs_;    // two ping-pong buffers for activation gradients
+  AlignedBuffer probs_;        // softmax / dlogits, capacity x classes
+  std::vector<float*> act_;    // act_[0] = gathered input batch, act_[i + 1] = output of layer i
+  int64_t* labels_ = nullptr;  // gathered labels (capacity,)
+  const float* input_ = nullptr;  // the batch the last forward() ran on
+  float* grad_a_ = nullptr;
+  float* grad_b_ = nullptr;
+  int64_t workspace_bytes_ = 0;
+};
+
+}  // namespace pylenet

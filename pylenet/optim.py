@@ -1,0 +1,189 @@
+"""Optimizers and learning-rate schedules.
+
+These are descriptions: the update rules run natively over the network's flat parameter
+buffer, in one call per step (``csrc/ops/math.h`` holds the formulas, PyTorch's). After
+training, ``optimizer.state`` holds the optimizer's buffers so training can resume.
+"""
+import math
+
+__all__ = ["SGD", "Adam", "Adadelta", "ConstantLR", "StepLR", "CosineLR", "InvLR",
+           "make_optimizer", "make_schedule"]
+
+
+def _check(cond, msg):
+    if not cond:
+        raise ValueError(msg)
+
+
+def _num(v, name, owner):
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise ValueError(f"{owner}: {name} must be a finite number, got {v!r}")
+    return float(v)
+
+
+class Optimizer:
+    kind = None
+
+    def __init__(self):
+        self.state = None  # {"buffers": [flat float32 arrays], "steps": int} after training
+
+    def spec(self):
+        raise NotImplementedError
+
+    def config(self):
+        """JSON-able description (stored in checkpoints)."""
+        return self.spec()
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v}" for k, v in self.spec().items() if k != "kind")
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """torch.optim.SGD: momentum, Nesterov momentum and L2 weight decay."""
+    kind = "sgd"
+
+    def __init__(self, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
+        super().__init__()
+        self.lr = _num(lr, "lr", "SGD")
+        self.momentum = _num(momentum, "momentum", "SGD")
+        self.weight_decay = _num(weight_decay, "weight_decay", "SGD")
+        self.nesterov = bool(nesterov)
+        _check(self.lr >= 0 and self.momentum >= 0 and self.weight_decay >= 0,
+               "SGD: lr, momentum and weight_decay must be >= 0")
+        _check(not self.nesterov or self.momentum > 0, "SGD: nesterov momentum requires momentum > 0")
+
+    def spec(self):
+        return {"kind": "sgd", "lr": self.lr, "momentum": self.momentum,
+                "weight_decay": self.weight_decay, "nesterov": self.nesterov}
+
+
+class Adam(Optimizer):
+    """torch.optim.Adam (L2 weight decay, no amsgrad)."""
+    kind = "adam"
+
+    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        super().__init__()
+        self.lr = _num(lr, "lr", "Adam")
+        self.betas = (_num(betas[0], "beta1", "Adam"), _num(betas[1], "beta2", "Adam"))
+        self.eps = _num(eps, "eps", "Adam")
+        self.weight_decay = _num(weight_decay, "weight_decay", "Adam")
+        _check(self.lr >= 0 and self.eps > 0 and self.weight_decay >= 0, "Adam: bad lr, eps or weight_decay")
+        _check(all(0 <= b < 1 for b in self.betas), f"Adam: betas must be in [0, 1), got {self.betas}")
+
+    def spec(self):
+        return {"kind": "adam", "lr": self.lr, "beta1": self.betas[0], "beta2": self.betas[1],
+                "eps": self.eps, "weight_decay": self.weight_decay}
+
+
+class Adadelta(Optimizer):
+    """torch.optim.Adadelta (the optimizer of PyTorch's MNIST example, lr=1.0)."""
+    kind = "adadelta"
+
+    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
+        super().__init__()
+        self.lr = _num(lr, "lr", "Adadelta")
+        self.rho = _num(rho, "rho", "Adadelta")
+        self.eps = _num(eps, "eps", "Adadelta")
+        self.weight_decay = _num(weight_decay, "weight_decay", "Adadelta")
+        _check(self.lr >= 0 and 0 <= self.rho <= 1 and self.eps > 0 and self.weight_decay >= 0,
+               "Adadelta: bad lr, rho, eps or weight_decay")
+
+    def spec(self):
+        return {"kind": "adadelta", "lr": self.lr, "rho": self.rho, "eps": self.eps,
+                "weight_decay": self.weight_decay}
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adadelta": Adadelta}
+
+
+def make_optimizer(name_or_opt=None, **kwargs):
+    """An Optimizer from an instance, a name ("sgd", "adam", "adadelta") or a config dict."""
+    if isinstance(name_or_opt, Optimizer):
+        return name_or_opt
+    if name_or_opt is None:
+        name_or_opt = "sgd"
+    if isinstance(name_or_opt, dict):
+        cfg = dict(name_or_opt)
+        kind = cfg.pop("kind")
+        if kind == "adam":
+            cfg["betas"] = (cfg.pop("beta1", 0.9), cfg.pop("beta2", 0.999))
+        return OPTIMIZERS[kind](**cfg)
+    if name_or_opt not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name_or_opt!r} (expected one of {sorted(OPTIMIZERS)})")
+    return OPTIMIZERS[name_or_opt](**kwargs)
+
+
+# ----------------------------------------------------------------------------- schedules
+class Schedule:
+    """Learning rate as a function of the iteration (optimizer step) count; runs natively."""
+
+    def spec(self, steps_per_epoch, epochs):
+        raise NotImplementedError
+
+    def lr_at(self, base_lr, iteration, steps_per_epoch=1, epochs=1):
+        from . import _C
+        return _C.schedule_lr(self.spec(steps_per_epoch, epochs), float(base_lr), int(iteration))
+
+    def config(self):
+        return {"kind": self.kind, **{k: v for k, v in vars(self).items()}}
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items())})"
+
+
+class ConstantLR(Schedule):
+    kind = "constant"
+
+    def spec(self, steps_per_epoch, epochs):
+        return {"kind": "constant"}
+
+
+class StepLR(Schedule):
+    """lr * gamma ** (epoch // step_size), as torch.optim.lr_scheduler.StepLR stepped per epoch."""
+    kind = "step"
+
+    def __init__(self, step_size=1, gamma=0.7):
+        _check(int(step_size) >= 1, "StepLR: step_size must be >= 1 epoch")
+        self.step_size, self.gamma = int(step_size), _num(gamma, "gamma", "StepLR")
+
+    def spec(self, steps_per_epoch, epochs):
+        return {"kind": "step", "gamma": self.gamma, "step_iters": self.step_size * steps_per_epoch}
+
+
+class CosineLR(Schedule):
+    """Cosine decay from lr to min_lr over the whole run, per iteration."""
+    kind = "cosine"
+
+    def __init__(self, min_lr=0.0):
+        self.min_lr = _num(min_lr, "min_lr", "CosineLR")
+
+    def spec(self, steps_per_epoch, epochs):
+        return {"kind": "cosine", "min_lr": self.min_lr, "total_iters": max(1, steps_per_epoch * epochs)}
+
+
+class InvLR(Schedule):
+    """Caffe's "inv" policy, used by cudnn-training: lr * (1 + gamma * iter) ** -power."""
+    kind = "inv"
+
+    def __init__(self, gamma=1e-4, power=0.75):
+        self.gamma, self.power = _num(gamma, "gamma", "InvLR"), _num(power, "power", "InvLR")
+
+    def spec(self, steps_per_epoch, epochs):
+        return {"kind": "inv", "gamma": self.gamma, "power": self.power}
+
+
+SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR, "inv": InvLR}
+
+
+def make_schedule(name_or_sched=None, **kwargs):
+    if isinstance(name_or_sched, Schedule):
+        return name_or_sched
+    if name_or_sched is None:
+        return ConstantLR()
+    if isinstance(name_or_sched, dict):
+        cfg = dict(name_or_sched)
+        return SCHEDULES[cfg.pop("kind")](**cfg)
+    if name_or_sched not in SCHEDULES:
+        raise ValueError(f"unknown schedule {name_or_sched!r} (expected one of {sorted(SCHEDULES)})")
+    return SCHEDULES[name_or_sched](**kwargs)

@@ -1,0 +1,186 @@
+"""conv2d / conv2d_backward against the float64 reference and torch.
+
+Every test runs on every SIMD path (``F`` fixture) and, for conv, on every
+algorithm ("naive", "im2col", "auto").
+"""
+
+import numpy as np
+import pytest
+
+import reference as R
+from conftest import assert_close, f32
+
+ALGOS = ["naive", "im2col", "auto"]
+
+# (n, c, h, w, out_c, kh, kw, stride, padding)
+CASES = [
+    (1, 1, 7, 11, 2, 3, 5, 1, 0),
+    (3, 3, 7, 11, 4, 3, 5, (2, 1), (1, 2)),
+    (1, 3, 9, 6, 2, 1, 4, (1, 3), (0, 2)),
+    (3, 1, 5, 5, 3, 5, 5, 1, 0),             # 1x1 output, no padding
+    (2, 2, 4, 4, 1, 6, 6, 1, 1),             # 1x1 output, kernel > input, padding makes it fit
+    (1, 1, 8, 8, 1, 1, 1, 1, 0),             # 1x1 kernel
+    (2, 3, 10, 9, 5, 2, 3, 3, (2, 1)),
+    (1, 2, 6, 13, 3, 4, 2, (3, 2), (1, 0)),
+    (1, 1, 3, 3, 1, 3, 3, 3, 2),             # padding 2 on a tiny image, stride 3
+    (1, 2, 11, 7, 3, 2, 2, 3, 0),            # stride > kernel: some inputs unused
+    (3, 3, 12, 5, 2, 5, 1, (1, 2), (2, 0)),
+    (1, 1, 1, 9, 2, 1, 3, 2, 0),             # 1-row image
+]
+CASE_IDS = [f"n{n}c{c}_{h}x{w}_o{o}_k{kh}x{kw}_s{s}_p{p}".replace(" ", "")
+            for n, c, h, w, o, kh, kw, s, p in CASES]
+
+# LeNet-sized layers: (n, c, h, w, out_c, kh, kw, stride, padding)
+LENET = [
+    (2, 1, 28, 28, 6, 5, 5, 1, 2),
+    (2, 6, 14, 14, 16, 5, 5, 1, 0),
+    (2, 20, 12, 12, 50, 5, 5, 1, 0),
+]
+LENET_IDS = ["1x28x28-6@5x5p2", "6x14x14-16@5x5", "20x12x12-50@5x5"]
+
+
+def make(rng, n, c, h, w, oc, kh, kw, stride, padding):
+    x = f32(rng, n, c, h, w)
+    wt = f32(rng, oc, c, kh, kw)
+    b = f32(rng, oc)
+    oh = R.out_size(h, kh, R.pair(stride)[0], R.pair(padding)[0])
+    ow = R.out_size(w, kw, R.pair(stride)[1], R.pair(padding)[1])
+    dy = f32(rng, n, oc, oh, ow)
+    return x, wt, b, dy
+
+
+def check_forward(F, rng, case, algo):
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    x, wt, b, _ = make(rng, *case)
+    x0, w0, b0 = x.copy(), wt.copy(), b.copy()
+    y = F.conv2d(x, wt, b, stride=stride, padding=padding, algo=algo)
+    assert_close(y, R.conv2d(x, wt, b, stride, padding), what="conv2d y")
+    y_nb = F.conv2d(x, wt, stride=stride, padding=padding, algo=algo)
+    assert_close(y_nb, R.conv2d(x, wt, None, stride, padding), what="conv2d y (no bias)")
+    # inputs are not modified
+    np.testing.assert_array_equal(x, x0)
+    np.testing.assert_array_equal(wt, w0)
+    np.testing.assert_array_equal(b, b0)
+
+
+def check_backward(F, rng, case, algo):
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    x, wt, _, dy = make(rng, *case)
+    dx, dw, db = F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo=algo)
+    rdx, rdw, rdb = R.conv2d_backward(dy, x, wt, stride, padding)
+    assert_close(dx, rdx, what="conv2d dx")
+    assert_close(dw, rdw, what="conv2d dw")
+    assert_close(db, rdb, what="conv2d db")
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_conv2d_forward(F, rng, case, algo):
+    check_forward(F, rng, case, algo)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+def test_conv2d_backward(F, rng, case, algo):
+    check_backward(F, rng, case, algo)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", LENET, ids=LENET_IDS)
+def test_conv2d_lenet_forward(F, nthreads, rng, case, algo):
+    check_forward(F, rng, case, algo)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", LENET, ids=LENET_IDS)
+def test_conv2d_lenet_backward(F, nthreads, rng, case, algo):
+    check_backward(F, rng, case, algo)
+
+
+@pytest.mark.parametrize("case", CASES + LENET, ids=CASE_IDS + LENET_IDS)
+def test_naive_and_im2col_agree(F, rng, case):
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    x, wt, b, dy = make(rng, *case)
+    kw_ = dict(stride=stride, padding=padding)
+    y_n = F.conv2d(x, wt, b, algo="naive", **kw_)
+    y_i = F.conv2d(x, wt, b, algo="im2col", **kw_)
+    assert_close(y_i, y_n, what="im2col vs naive y")
+    g_n = F.conv2d_backward(dy, x, wt, algo="naive", **kw_)
+    g_i = F.conv2d_backward(dy, x, wt, algo="im2col", **kw_)
+    for a, r, name in zip(g_i, g_n, ("dx", "dw", "db")):
+        assert_close(a, r, what=f"im2col vs naive {name}")
+
+
+def test_int_and_pair_arguments_agree(F, rng):
+    x, wt, b, dy = make(rng, 2, 2, 9, 9, 3, 3, 3, 2, 1)
+    assert_close(F.conv2d(x, wt, b, stride=2, padding=1),
+                 F.conv2d(x, wt, b, stride=(2, 2), padding=(1, 1)), what="int vs pair")
+    assert_close(F.conv2d(x, wt, b, stride=[2, 2], padding=[1, 1]),
+                 F.conv2d(x, wt, b, stride=(2, 2), padding=(1, 1)), what="list vs pair")
+    # positional arguments in the documented order
+    assert_close(F.conv2d(x, wt, b, 2, 1, "naive"), R.conv2d(x, wt, b, 2, 1), what="positional")
+
+
+def test_identity_kernel(F):
+    # a 1x1 kernel with weight 1 and zero bias returns the input exactly
+    x = np.arange(2 * 1 * 5 * 7, dtype=np.float32).reshape(2, 1, 5, 7)
+    w = np.ones((1, 1, 1, 1), np.float32)
+    for algo in ALGOS:
+        np.testing.assert_array_equal(F.conv2d(x, w, algo=algo), x)
+
+
+def test_hand_computed(F):
+    # 1x1x3x3 input, 2x2 kernel, padding 1, stride 2 -> 2x2 output
+    x = np.arange(1, 10, dtype=np.float32).reshape(1, 1, 3, 3)
+    w = np.array([[[[1, 2], [3, 4]]]], np.float32)
+    # windows over the zero-padded 5x5 image: rows/cols {0,1} and {2,3}
+    expect = np.array([[[[1 * 4, 2 * 3 + 3 * 4],
+                         [4 * 2 + 7 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4]]]], np.float32)
+    for algo in ALGOS:
+        np.testing.assert_allclose(F.conv2d(x, w, stride=2, padding=1, algo=algo), expect, rtol=1e-6)
+        dx, dw, db = F.conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, w, stride=2, padding=1, algo=algo)
+        np.testing.assert_allclose(db, [4.0])
+        np.testing.assert_allclose(dw, [[[[5, 10], [10, 20]]]])
+        # every input pixel is covered by exactly one window tap
+        np.testing.assert_allclose(dx, np.array([[[[4, 3, 4], [2, 1, 2], [4, 3, 4]]]], np.float32))
+
+
+# --------------------------------------------------------------------------
+# against torch, on random shapes picked by a seeded RNG
+# --------------------------------------------------------------------------
+
+def _random_cases(count, seed):
+    g = np.random.default_rng(seed)
+    cases = []
+    while len(cases) < count:
+        n, c, oc = (int(v) for v in g.integers(1, 5, 3))
+        kh, kw = (int(v) for v in g.integers(1, 6, 2))
+        sh, sw = (int(v) for v in g.integers(1, 4, 2))
+        ph, pw = (int(v) for v in g.integers(0, 3, 2))
+        h, w = (int(v) for v in g.integers(1, 16, 2))
+        if kh > h + 2 * ph or kw > w + 2 * pw:
+            continue
+        cases.append((n, c, h, w, oc, kh, kw, (sh, sw), (ph, pw)))
+    return cases
+
+
+TORCH_CASES = _random_cases(10, seed=20240611)
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("case", TORCH_CASES, ids=lambda c: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}".format(*c).replace(" ", ""))
+def test_conv2d_vs_torch(F, rng, case, algo):
+    torch = pytest.importorskip("torch")
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    x, wt, b, dy = make(rng, *case)
+    xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
+    wtt = torch.tensor(wt, dtype=torch.float64, requires_grad=True)
+    bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
+    yt = torch.nn.functional.conv2d(xt, wtt, bt, stride=stride, padding=padding)
+    yt.backward(torch.tensor(dy, dtype=torch.float64))
+    y = F.conv2d(x, wt, b, stride=stride, padding=padding, algo=algo)
+    assert_close(y, yt.detach().numpy(), what="conv2d y vs torch")
+    dx, dw, db = F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo=algo)
+    assert_close(dx, xt.grad.numpy(), what="conv2d dx vs torch")
+    assert_close(dw, wtt.grad.numpy(), what="conv2d dw vs torch")
+    assert_close(db, bt.grad.numpy(), what="conv2d db vs torch")
