@@ -3,7 +3,17 @@
 The native core lives in ``pylenet._C`` (C++, bound with pybind11); this package is the thin
 Python layer over it. ``pylenet.functional`` exposes every op on NumPy arrays.
 """
-from . import _C
+try:
+    from . import _C
+except ImportError as _e:  # most often: running from the source folder, which holds no build
+    import os as _os
+    if _os.path.exists(_os.path.join(_os.path.dirname(__file__), "..", "CMakeLists.txt")):
+        raise ImportError(
+            f"pylenet's native extension could not be imported ({_e}). You are importing pylenet from its "
+            f"source folder ({_os.path.dirname(_os.path.abspath(__file__))}), which has no compiled extension: "
+            "install it with `pip install .` and run from another folder, or use the `pylenet` and `pytest` "
+            "commands (not `python -m ...` from the repository root).") from _e
+    raise
 from . import functional, nn, models, optim, datasets
 from .nn import Sequential, load
 from .training import History, evaluate, train

@@ -5,6 +5,7 @@
   train     train a model on MNIST / Fashion-MNIST and save it
   eval      evaluate a saved model on a dataset's test split
   predict   classify PNG / .npy images with a saved model
+  export-cudnn / import-cudnn   exchange cudnn_lenet weights with NVIDIA's cudnn-training sample
 """
 import argparse
 import json
@@ -87,7 +88,7 @@ def _cmd_train(args):
           f"({total / args.epochs:.2f} s/epoch); saved {save}")
     if args.history:
         with open(args.history, "w") as f:
-            json.dump({"args": vars(args), "history": history.to_dict(), "total_seconds": total}, f, indent=2)
+            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "history": history.to_dict(), "total_seconds": total}, f, indent=2)
     return 0
 
 
@@ -123,6 +124,25 @@ def _cmd_predict(args):
     ids, probs = model.predict(imgs, return_probs=True)
     for path, i, p in zip(args.images, ids, probs):
         print(f"{path}: {int(i)} (p={p[i]:.3f})")
+    return 0
+
+
+def _cmd_export_cudnn(args):
+    import pylenet
+    from pylenet.models import export_cudnn_training
+
+    paths = export_cudnn_training(pylenet.load(args.checkpoint), args.folder)
+    print(f"wrote {len(paths)} cudnn-training weight files to {args.folder}")
+    return 0
+
+
+def _cmd_import_cudnn(args):
+    from pylenet.models import MNIST_NORMALIZATION, import_cudnn_training
+
+    model = import_cudnn_training(args.folder)
+    model.normalization = MNIST_NORMALIZATION
+    model.save(args.save, extra={"dataset": "mnist"})
+    print(f"imported cudnn-training weights from {args.folder} into {args.save}")
     return 0
 
 
@@ -170,6 +190,16 @@ def build_parser():
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("export-cudnn", help="write a cudnn_lenet checkpoint as cudnn-training .bin files")
+    p.add_argument("checkpoint")
+    p.add_argument("folder")
+    p.set_defaults(func=_cmd_export_cudnn)
+
+    p = sub.add_parser("import-cudnn", help="read cudnn-training .bin files into a cudnn_lenet checkpoint")
+    p.add_argument("folder")
+    p.add_argument("--save", default="cudnn_lenet-imported.npz")
+    p.set_defaults(func=_cmd_import_cudnn)
     return parser
 
 

@@ -40,3 +40,24 @@ def create(name, **kwargs):
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r} (expected one of {', '.join(MODELS)})")
     return MODELS[name](**kwargs)
+
+
+def export_cudnn_training(model, folder):
+    """Writes a cudnn_lenet's weights as cudnn-training's raw .bin files (conv1.bin, ...)."""
+    from .cudnn_format import export_cudnn_weights
+    _require_cudnn_layout(model)
+    return export_cudnn_weights(model.state_dict(), folder)
+
+
+def import_cudnn_training(folder, model=None):
+    """A cudnn_lenet (or the given one) holding the weights of cudnn-training's .bin files."""
+    from .cudnn_format import import_cudnn_weights
+    model = model if model is not None else cudnn_lenet()
+    _require_cudnn_layout(model)
+    return model.load_state_dict(import_cudnn_weights(folder))
+
+
+def _require_cudnn_layout(model):
+    if model.architecture() != cudnn_lenet().architecture() or model.input_shape != (1, 28, 28):
+        raise ValueError("cudnn-training's weight files hold the cudnn_lenet architecture only; "
+                         f"this model is {model.name}")
