@@ -5,6 +5,7 @@
   train     train a model on MNIST / Fashion-MNIST and save it
   eval      evaluate a saved model on a dataset's test split
   predict   classify PNG / .npy images with a saved model
+  bench     pylenet vs PyTorch training/inference throughput (benchmarks/)
   export-cudnn / import-cudnn   exchange cudnn_lenet weights with NVIDIA's cudnn-training sample
 """
 import argparse
@@ -146,6 +147,11 @@ def _cmd_import_cudnn(args):
     return 0
 
 
+def _cmd_bench(args):
+    from pylenet import bench
+    return bench.main(args.bench_args)
+
+
 def build_parser():
     from pylenet.models import MODELS
 
@@ -191,6 +197,10 @@ def build_parser():
     p.add_argument("images", nargs="+")
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("bench", help="pylenet vs PyTorch on the CPU (see benchmarks/)", add_help=False)
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_bench)
+
     p = sub.add_parser("export-cudnn", help="write a cudnn_lenet checkpoint as cudnn-training .bin files")
     p.add_argument("checkpoint")
     p.add_argument("folder")
@@ -204,6 +214,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # the harness parses its own options
+        from pylenet import bench
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

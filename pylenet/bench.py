@@ -1,0 +1,216 @@
+"""pylenet vs PyTorch on the CPU, side by side in one process.
+
+Same architecture, same initial weights (through state_dict), same batches, same optimizer
+(SGD, momentum 0.9), same number of steps and the same thread count. Warm-up is excluded;
+each measurement is repeated and the median reported. Data loading is excluded for both:
+the images are in memory and each framework indexes its batches itself.
+
+    python benchmarks/bench_cpu.py [--threads 2] [--steps 100] [--repeats 5] [--epoch]
+    pylenet bench ...   (the same harness; it lives in pylenet/bench.py so the installed
+                         package carries it)
+
+Prints a table and writes JSON to benchmarks/results/ (or --out).
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import pylenet
+from pylenet import models, optim
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times
+
+
+def gemm_ceiling(threads, n=2048, repeats=5):
+    """GFLOP/s of a large float32 matrix product through NumPy's BLAS on these cores."""
+    try:
+        from threadpoolctl import threadpool_limits
+        limiter = threadpool_limits(threads)
+    except ImportError:
+        limiter = None
+    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
+    a @ a
+    t, _ = _median_time(lambda: a @ a, repeats)
+    if limiter is not None:
+        limiter.unregister() if hasattr(limiter, "unregister") else None
+    return 2 * n ** 3 / t / 1e9
+
+
+def _maxrss_mib():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bench_pylenet(name, batch, steps, repeats, images, labels, threads):
+    model = models.create(name, seed=0)
+    pylenet.set_num_threads(threads)
+    opt = optim.SGD(0.01, momentum=0.9)
+    rss0 = _maxrss_mib()
+    net = model._compile(batch, opt)
+    model._load_into(net)
+    n = batch * steps
+    x, y = images[:n], labels[:n]
+    order = np.arange(n, dtype=np.int64)
+    sched = {"kind": "constant"}
+    net.train_epoch(x[: batch * 3], y[: batch * 3], order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
+    t_train, _ = _median_time(lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1), repeats)
+    infer = model._compile(batch)
+    model._load_into(infer)
+    infer.predict(x[: batch * 3])
+    t_infer, _ = _median_time(lambda: infer.predict(x), repeats)
+    flops = 3 * sum(l["flops"] for l in net.layers)  # forward + backward (data and weights)
+    return {"train_samples_per_s": n / t_train, "infer_images_per_s": n / t_infer,
+            "train_gflops": flops * n / t_train / 1e9, "memory_plan_bytes": net.memory_plan()["total"],
+            "host_peak_bytes": pylenet.host_memory_stats()["peak_bytes"],
+            "maxrss_growth_mib": _maxrss_mib() - rss0, "conv_algorithms": net.conv_algorithms}
+
+
+def _torch_model(name):
+    import torch.nn as tnn
+    if name == "lenet5":
+        return tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(6, 16, 5),
+                              tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(),
+                              tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10))
+    if name == "cudnn_lenet":
+        return tnn.Sequential(tnn.Conv2d(1, 20, 5), tnn.MaxPool2d(2), tnn.Conv2d(20, 50, 5), tnn.MaxPool2d(2),
+                              tnn.Flatten(), tnn.Linear(800, 500), tnn.ReLU(), tnn.Linear(500, 10))
+    raise ValueError(name)
+
+
+def bench_torch(name, batch, steps, repeats, images, labels, threads):
+    import torch
+    import torch.nn.functional as TF
+    torch.set_num_threads(threads)
+    tm = _torch_model(name)
+    tm.load_state_dict({k: torch.from_numpy(v) for k, v in models.create(name, seed=0).state_dict().items()})
+    opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    n = batch * steps
+    X, Y = torch.from_numpy(images[:n]), torch.from_numpy(labels[:n])
+    rss0 = _maxrss_mib()
+
+    def run_train(count=n):
+        for i in range(0, count, batch):
+            opt.zero_grad(set_to_none=True)
+            loss = TF.cross_entropy(tm(X[i:i + batch]), Y[i:i + batch])
+            loss.backward()
+            opt.step()
+
+    def run_infer(count=n):
+        with torch.inference_mode():
+            for i in range(0, count, batch):
+                torch.softmax(tm(X[i:i + batch]), dim=1)
+
+    run_train(batch * 3)
+    t_train, _ = _median_time(run_train, repeats)
+    run_infer(batch * 3)
+    t_infer, _ = _median_time(run_infer, repeats)
+    return {"train_samples_per_s": n / t_train, "infer_images_per_s": n / t_infer,
+            "maxrss_growth_mib": _maxrss_mib() - rss0, "torch_version": torch.__version__}
+
+
+def load_images(n):
+    """Real MNIST when available (same bytes for both frameworks), else seeded noise."""
+    try:
+        ds = pylenet.datasets.mnist(train=True, download=False)
+        return ds.images[:n].copy(), ds.labels[:n].copy(), "mnist"
+    except Exception:
+        rng = np.random.default_rng(0)
+        return (rng.standard_normal((n, 1, 28, 28)).astype(np.float32),
+                rng.integers(0, 10, n).astype(np.int64), "random")
+
+
+def full_epoch(threads):
+    """Seconds for one full MNIST epoch of lenet5 through pylenet.train (the CLI's path)."""
+    ds = pylenet.datasets.mnist(train=True, download=False)
+    pylenet.set_num_threads(threads)
+    model = models.lenet5()
+    h = pylenet.train(model, ds, epochs=1, batch_size=64, optimizer=optim.SGD(0.05, momentum=0.9, nesterov=True,
+                                                                              weight_decay=5e-4), progress=False)
+    return h.epochs[0]["seconds"]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="pylenet bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=os.cpu_count())
+    ap.add_argument("--steps", type=int, default=100, help="training steps per measurement")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--models", default="lenet5,cudnn_lenet")
+    ap.add_argument("--batches", default="64,256")
+    ap.add_argument("--epoch", action="store_true", help="also time a full MNIST epoch through pylenet.train")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cpu-<date>.json)")
+    args = ap.parse_args(argv)
+
+    try:
+        if args.no_torch:
+            raise ImportError
+        import torch  # noqa: F401
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    batches = [int(b) for b in args.batches.split(",")]
+    images, labels, source = load_images(max(batches) * args.steps)
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
+              platform.machine(), "cpu_count": os.cpu_count(), "threads": args.threads, "steps": args.steps,
+              "repeats": args.repeats, "data": source, "pylenet": pylenet.build_info(),
+              "gemm_ceiling_gflops": gemm_ceiling(args.threads), "runs": []}
+    try:
+        with open("/proc/cpuinfo") as f:
+            result["machine"] = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    for name in args.models.split(","):
+        for batch in batches:
+            run = {"model": name, "batch": batch,
+                   "pylenet": bench_pylenet(name, batch, args.steps, args.repeats, images, labels, args.threads)}
+            if have_torch:
+                run["torch"] = bench_torch(name, batch, args.steps, args.repeats, images, labels, args.threads)
+                run["train_ratio"] = run["pylenet"]["train_samples_per_s"] / run["torch"]["train_samples_per_s"]
+                run["infer_ratio"] = run["pylenet"]["infer_images_per_s"] / run["torch"]["infer_images_per_s"]
+            run["train_fraction_of_gemm_ceiling"] = run["pylenet"]["train_gflops"] / result["gemm_ceiling_gflops"]
+            result["runs"].append(run)
+    if args.epoch:
+        result["full_epoch_seconds_lenet5_b64"] = full_epoch(args.threads)
+
+    print(f"machine: {result['machine']}, {args.threads} threads, pylenet {result['pylenet']['version']} "
+          f"(simd {result['pylenet']['simd']['active']}), data {source}; "
+          f"GEMM ceiling (NumPy) {result['gemm_ceiling_gflops']:.0f} GFLOP/s")
+    hdr = (f"{'model':<12} {'batch':>5} | {'train/s pylenet':>15} {'torch':>9} {'ratio':>6} | "
+           f"{'infer/s pylenet':>15} {'torch':>9} {'ratio':>6} | {'GFLOP/s':>7} {'%ceil':>6} | {'plan MiB':>8}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in result["runs"]:
+        p, t = r["pylenet"], r.get("torch", {})
+        fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+        print(f"{r['model']:<12} {r['batch']:>5} | {p['train_samples_per_s']:>15,.0f} "
+              f"{fmt(t.get('train_samples_per_s'), '>9,.0f'):>9} {fmt(r.get('train_ratio'), '>6.2f'):>6} | "
+              f"{p['infer_images_per_s']:>15,.0f} {fmt(t.get('infer_images_per_s'), '>9,.0f'):>9} "
+              f"{fmt(r.get('infer_ratio'), '>6.2f'):>6} | {p['train_gflops']:>7.1f} "
+              f"{100 * r['train_fraction_of_gemm_ceiling']:>5.1f}% | {p['memory_plan_bytes'] / 2**20:>8.2f}")
+    if "full_epoch_seconds_lenet5_b64" in result:
+        print(f"full MNIST epoch, lenet5, batch 64, through pylenet.train: "
+              f"{result['full_epoch_seconds_lenet5_b64']:.2f} s")
+    out = args.out or os.path.join("benchmarks", "results", f"cpu-{datetime.date.today().isoformat()}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
