@@ -12,6 +12,7 @@ __all__ = ["read_png", "load_image"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
+_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # allowed by the PNG spec
 
 
 def read_png(path):
@@ -38,7 +39,7 @@ def read_png(path):
     if header is None or not idat:
         raise ValueError(f"{path}: PNG without image data")
     width, height, depth, colour, _, _, interlace = header
-    if colour not in _CHANNELS or depth not in (1, 2, 4, 8, 16) or interlace:
+    if colour not in _CHANNELS or depth not in _DEPTHS[colour] or interlace:
         raise ValueError(f"{path}: unsupported PNG (colour type {colour}, bit depth {depth}, interlace {interlace})")
     if width * height > 50_000_000:
         raise ValueError(f"{path}: image of {width}x{height} pixels is too large")

@@ -256,12 +256,12 @@ class Sequential(Module):
         if x.dtype.kind not in "biuf":
             raise TypeError(f"{op}: images must hold real numbers, got dtype {x.dtype}")
         c, h, w = self.input_shape if len(self.input_shape) == 3 else (None, None, None)
-        if x.ndim == len(self.input_shape):            # one image
-            x = x[None]
-        elif c == 1 and x.ndim == 3 and x.shape[1:] == (h, w):  # a batch of grey images without C
-            x = x[:, None]
-        elif c == 1 and x.ndim == 2 and x.shape == (h, w):
+        if c == 1 and x.ndim == 3 and x.shape[1:] == (h, w):  # grey images without the C axis
+            x = x[:, None]                                     # (also one (1, H, W) image)
+        elif c == 1 and x.ndim == 2 and x.shape == (h, w):    # one grey image
             x = x[None, None]
+        elif x.ndim == len(self.input_shape):                 # one image (C, H, W)
+            x = x[None]
         if x.ndim != len(self.input_shape) + 1 or tuple(x.shape[1:]) != self.input_shape:
             raise ValueError(f"{op}: expected images of shape (N, {', '.join(map(str, self.input_shape))}) "
                              f"or one image {self.input_shape}, got {tuple(np.shape(images))}")

@@ -162,3 +162,40 @@ def test_pool_vs_torch(F, rng, kind, case):
     yt.backward(torch.tensor(dy, dtype=torch.float64))
     assert_close(getattr(F, fwd)(x, k, s, p), yt.detach().numpy(), what=f"{fwd} vs torch")
     assert_close(getattr(F, bwd)(dy, x, k, s, p), xt.grad.numpy(), what=f"{bwd} vs torch")
+
+
+@pytest.mark.parametrize("kernel,stride,padding", [(2, 2, 0), (3, 2, 1), (2, 1, 0)])
+def test_max_pool_nan_propagates_to_first_nan(F, kernel, stride, padding):
+    # NaN wins a window (as in PyTorch); with several NaNs the first (row-major) gets the gradient.
+    # Covers the 2x2/stride-2 fast path and the generic path.
+    x = np.arange(2 * 3 * 6 * 7, dtype=np.float32).reshape(2, 3, 6, 7)
+    x[0, 1, 2, 3] = np.nan
+    x[1, 2, 0, 0] = np.nan
+    x[1, 2, 0, 1] = np.nan
+    y = F.max_pool2d(x, kernel, stride, padding)
+    dy = np.ones_like(y)
+    dx = F.max_pool2d_backward(dy, x, kernel, stride, padding)
+    ref_y = np.full_like(y, 0.0)
+    ref_dx = np.zeros_like(x)
+    n, c, oh_, ow_ = y.shape
+    for i in range(n):
+        for j in range(c):
+            for oh in range(oh_):
+                for ow in range(ow_):
+                    best, at = None, None
+                    for r in range(kernel):
+                        for s in range(kernel):
+                            h, w = oh * stride - padding + r, ow * stride - padding + s
+                            if not (0 <= h < 6 and 0 <= w < 7):
+                                continue
+                            v = x[i, j, h, w]
+                            if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
+                                best, at = v, (h, w)
+                    ref_y[i, j, oh, ow] = best
+                    ref_dx[i, j, at[0], at[1]] += 1.0
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref_y))
+    np.testing.assert_array_equal(y[~np.isnan(y)], ref_y[~np.isnan(ref_y)])
+    np.testing.assert_array_equal(dx, ref_dx)
+    assert np.isnan(y[1, 2, 0, 0]) and dx[1, 2, 0, 0] >= 1
+    if stride == kernel:  # non-overlapping: the second NaN of that window gets nothing
+        assert dx[1, 2, 0, 1] == 0

@@ -1,0 +1,136 @@
+// CUDA kernels, the twins of the cpu:: declarations in csrc/ops/*.h: same names, same
+// argument order, float32 NCHW device pointers; a cudaStream_t takes the place of the CPU's
+// `threads`. Every function only queues work on `stream` (nothing synchronises unless its
+// comment says so) and checks every launch (PYL_CUDA_LAUNCH_CHECK). Shapes were checked by
+// the op layer (ConvShape::make, ...); these functions only check that extents fit the
+// kernels' 32-bit indexing.
+//
+// Every backward function OVERWRITES its output (=, never +=), as on the CPU.
+// Determinism: no atomics on float results anywhere; each output element is summed by one
+// thread (or one fixed reduction tree) in a fixed order, so results are bit-identical run
+// after run on the same GPU. Sums whose order differs from the CPU's (GEMM tiles, gathers
+// instead of scatters) agree with it to rounding, not bit for bit; pooling, activations and
+// the optimizer updates are bit-identical to the CPU kernels on x86-64.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "cuda/gemm.h"
+#include "ops/activation.h"
+#include "ops/conv.h"
+#include "ops/linear.h"
+#include "ops/loss.h"
+#include "ops/optim.h"
+#include "ops/pool.h"
+
+namespace pylenet::cuda {
+
+// ---------------------------------------------------------------- convolution (conv.cu)
+// Three algorithms per pass:
+//  - naive: one thread per output element running the loops of cpu::*_naive; backward
+//    data gathers (one thread per dx element) where the CPU scatters, because a scatter on
+//    a GPU needs float atomics;
+//  - im2col: unfold a group of images into columns (G, C*R*S, OH*OW) in the workspace, then
+//    one batched launch of our SGEMM (col2im gathers for backward data);
+//  - implicit_gemm: the same GEMM with the unfolded matrix computed on the fly while the
+//    tiles are loaded into shared memory: no column buffer, one launch per pass. This is
+//    the fast algorithm (ConvAlgo needs an ImplicitGemm entry in ops/conv.h to reach it).
+// Backward filter reduces over the batch: im2col computes one (K, C*R*S) partial per
+// image and adds them in image order; implicit_gemm one partial per chunk of
+// kFilterChunk images (a constant, so the result does not depend on the GPU), added in
+// chunk order by a second kernel.
+
+// y (N,K,OH,OW) = conv(x (N,C,H,W), w (K,C,R,S)) + b (K,) [b may be null]
+void conv_forward_naive(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                        cudaStream_t stream);
+void conv_forward_im2col(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
+                         cudaStream_t stream);
+void conv_forward_implicit_gemm(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                                cudaStream_t stream);
+// dx (N,C,H,W) = conv_transpose(dy (N,K,OH,OW), w (K,C,R,S))
+void conv_backward_data_naive(const ConvShape& s, const float* w, const float* dy, float* dx, cudaStream_t stream);
+void conv_backward_data_im2col(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                               cudaStream_t stream);
+void conv_backward_data_implicit_gemm(const ConvShape& s, const float* w, const float* dy, float* dx,
+                                      cudaStream_t stream);
+// dw (K,C,R,S) = sum over the batch of dy (N,K,OH,OW) (x) x (N,C,H,W)
+void conv_backward_filter_naive(const ConvShape& s, const float* x, const float* dy, float* dw,
+                                cudaStream_t stream);
+void conv_backward_filter_im2col(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                 cudaStream_t stream);
+void conv_backward_filter_implicit_gemm(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                        cudaStream_t stream);
+// db (K,) = dy (N,K,OH,OW) summed over N, OH, OW (in double, one block per channel)
+void conv_backward_bias(const ConvShape& s, const float* dy, float* db, cudaStream_t stream);
+// Floats of device workspace each algorithm needs (naive and the implicit-GEMM forward and
+// backward-data passes need none).
+int64_t conv_im2col_workspace_floats(ConvPass pass, const ConvShape& s);
+int64_t conv_implicit_gemm_workspace_floats(ConvPass pass, const ConvShape& s);
+
+// ---------------------------------------------------------------- pooling (pool.cu)
+// y (N,C,OH,OW) from x (N,C,H,W). The same window walk, tie rule (first maximum) and NaN
+// rule (a NaN wins) as cpu::; backward gathers (one thread per dx element, windows visited
+// in the CPU's order), so the results are bit-identical to the CPU's.
+void max_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream);
+void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, cudaStream_t stream);
+void avg_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream);
+void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, cudaStream_t stream);
+
+// ---------------------------------------------------------------- linear (linear.cu)
+// x (N,in), w (out,in), b (out,), y (N,out). Three SGEMMs and a column sum; unlike the CPU
+// the GEMM needs no workspace, so there is no `ws` argument.
+void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y,
+                    cudaStream_t stream);
+void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx, cudaStream_t stream);
+void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, cudaStream_t stream);
+void linear_backward_bias(const LinearShape& s, const float* dy, float* db, cudaStream_t stream);
+
+// ---------------------------------------------------------------- activations (activation.cu)
+// `count` elements of any shape; in place (y == x, dx == dy) is fine.
+void activation_forward(Activation a, int64_t count, const float* x, float* y, cudaStream_t stream);
+void activation_backward(Activation a, int64_t count, const float* y, const float* dy, float* dx,
+                         cudaStream_t stream);
+
+// ---------------------------------------------------------------- loss (loss.cu)
+// Written by the device; "none" is UINT64_MAX (all bits set).
+struct LossResult {
+  double loss;                     // mean over the batch; NaN when the input was rejected
+  unsigned long long bad_label;    // first row whose label is outside [0, C), or none
+  unsigned long long nonfinite;    // first flat index of a NaN/inf logit, or none
+};
+constexpr unsigned long long kNone = ~0ull;
+
+// Device workspace bytes softmax_cross_entropy needs: one double per row.
+int64_t softmax_cross_entropy_workspace_bytes(int64_t n);
+
+// Queues the whole loss on `stream` without synchronising (the training loop's form):
+// validates labels and logits, and only if both are good writes dlogits (N, C) (OVERWRITES;
+// skipped when null) and result->loss (mean reduced in a fixed order, in double).
+// logits (N, C), labels (N,) int64, result: device memory (e.g. CudaContext::scratch()).
+void softmax_cross_entropy_async(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
+                                 LossResult* result, void* ws, cudaStream_t stream);
+// The cpu:: form: queues the above, SYNCHRONISES the stream and returns the mean loss, or
+// throws InvalidArgument naming the bad label or non-finite logit (nothing was written).
+double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
+                             LossResult* result, void* ws, cudaStream_t stream);
+
+// ---------------------------------------------------------------- optimizers (optim.cu)
+// One launch over a flat buffer of `count` parameters (a network keeps all its parameters
+// in one), calling the update rules of ops/math.h. `skip` (device int, may be null): when
+// it holds non-zero the update does nothing, so a NaN/inf gradient found by check_finite
+// leaves the parameters untouched without the host having to wait for the answer.
+// velocity is null iff momentum == 0. m, v, square_avg, acc_delta: (count,), zero at first.
+void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o,
+              cudaStream_t stream, const int* skip = nullptr);
+void adam_step(int64_t count, float* param, const float* grad, float* m, float* v, const AdamParams& o,
+               cudaStream_t stream, const int* skip = nullptr);
+void adadelta_step(int64_t count, float* param, const float* grad, float* square_avg, float* acc_delta,
+                   const AdadeltaParams& o, cudaStream_t stream, const int* skip = nullptr);
+// *nonfinite (device int) = 1 if x (count,) holds a NaN or inf, else 0. Queued, no sync.
+void check_finite(int64_t count, const float* x, int* nonfinite, cudaStream_t stream);
+// The cpu:: form: check_finite into `flag` (device int), then SYNCHRONISES and returns.
+bool all_finite(int64_t count, const float* x, int* flag, cudaStream_t stream);
+
+}  // namespace pylenet::cuda
