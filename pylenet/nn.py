@@ -376,19 +376,27 @@ def load(path, return_optimizer=False):
         meta = json.loads(str(files["meta"]))
     except ValueError as e:
         raise ValueError(f"load: {path} has corrupt metadata ({e})") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"load: {path} has corrupt metadata (not a JSON object)")
     if meta.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"load: {path} has checkpoint format {meta.get('format')!r}; "
                          f"this pylenet reads format {CHECKPOINT_FORMAT}")
-    layers = [layer_from_config(c) for c in meta["architecture"]]
-    norm = meta.get("normalization")
-    model = Sequential(*layers, input_shape=tuple(meta["input_shape"]), name=meta.get("name", "model"),
-                       normalization=tuple(norm) if norm else None)
+    try:  # any malformed field is a corrupt checkpoint, not a crash
+        layers = [layer_from_config(c) for c in meta["architecture"]]
+        norm = meta.get("normalization")
+        model = Sequential(*layers, input_shape=tuple(meta["input_shape"]), name=str(meta.get("name", "model")),
+                           normalization=tuple(norm) if norm else None)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise ValueError(f"load: {path} holds an invalid architecture ({type(e).__name__}: {e})") from None
     model.load_state_dict({k[len("param/"):]: v for k, v in files.items() if k.startswith("param/")})
     if not return_optimizer:
         return model
     opt = None
     if meta.get("optimizer"):
-        opt = make_optimizer(meta["optimizer"])
+        try:
+            opt = make_optimizer(meta["optimizer"])
+        except (KeyError, TypeError, AttributeError, ValueError) as e:
+            raise ValueError(f"load: {path} holds an invalid optimizer config ({type(e).__name__}: {e})") from None
         bufs = [files[f"optim/{i}"] for i in range(2) if f"optim/{i}" in files]
         if bufs:
             n = model.num_parameters()
@@ -414,7 +422,8 @@ def format_summary(s):
     lines.append(f"total parameters {s['total_params']:,}; forward {s['forward_flops_per_sample'] / 1e6:.2f} "
                  f"MFLOP/sample, training ~{s['training_flops_per_sample'] / 1e6:.2f} MFLOP/sample")
     lines.append("memory plan (bytes the runtime allocates for training at this batch size):")
-    for k in ("params", "grads", "optimizer_state", "activations", "activation_grads", "workspace", "total"):
+    for k in ("params", "grads", "chunk_grads", "optimizer_state", "activations", "activation_grads", "workspace",
+              "total"):
         lines.append(f"  {k:<17} {human(p[k]):>10}  ({p[k]:,} B)")
     if s.get("conv_algorithms"):
         lines.append(f"conv algorithms: {', '.join(s['conv_algorithms'])}")

@@ -68,11 +68,15 @@ def _arrays(data, op):
 def _check_device(device):
     if device in ("cpu", None):
         return
-    if isinstance(device, str) and device.startswith("cuda"):
-        from . import build_info
-        if not build_info()["cuda"]:
+    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
+        import pylenet
+        if not pylenet.build_info()["cuda"]:
             raise RuntimeError("device='cuda': this pylenet was built without CUDA kernels "
                                "(reinstall on a machine with nvcc, or use device='cpu')")
+        # The CUDA kernels are compiled in, but the GPU network runtime is not wired up yet:
+        # say so rather than silently training on the CPU.
+        raise RuntimeError("device='cuda': training and inference on the GPU are not available in this "
+                           "version yet (the CUDA kernels are built but not bound); use device='cpu'")
     raise ValueError(f"unknown device {device!r} (expected 'cpu' or 'cuda')")
 
 
@@ -142,9 +146,11 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
                                                max(1, steps_per_epoch // 100))
         finally:
             bar.close()
-            model._store_from(net)
-            opt.state = {"buffers": [net.state(i).copy() for i in range(net.num_state_buffers)],
-                         "steps": int(net.optimizer_steps)}
+        # Only a finished epoch reaches the model: after an error or Ctrl-C inside an epoch the
+        # model and optimizer keep the state of the last finished one.
+        model._store_from(net)
+        opt.state = {"buffers": [net.state(i).copy() for i in range(net.num_state_buffers)],
+                     "steps": int(net.optimizer_steps)}
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "loss": stats["loss_sum"] / stats["samples"],
                   "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,

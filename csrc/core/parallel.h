@@ -51,6 +51,20 @@ void parallel_for(int threads, int64_t n, F&& fn) {
   for (int64_t i = 0; i < n; ++i) fn(i, 0);
 }
 
+// fn(tid, nthreads) once on each of up to `threads` workers: one fork-join for a whole
+// phase of work that the caller splits itself (the network's training step).
+template <class F>
+void parallel_region(int threads, F&& fn) {
+#ifdef _OPENMP
+  if (threads > 1 && !in_parallel_region()) {
+#pragma omp parallel num_threads(threads)
+    fn(omp_get_thread_num(), omp_get_num_threads());
+    return;
+  }
+#endif
+  fn(0, 1);
+}
+
 // How many workers parallel_for(threads, n, ...) will use: sizes per-thread scratch.
 inline int workers_for(int threads, int64_t n) {
   if (in_parallel_region()) return 1;

@@ -5,9 +5,10 @@
 
 namespace pylenet::cpu {
 
-double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits) {
+double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
+                             float grad_scale) {
   double total = 0.0;
-  const float inv_n = 1.0f / static_cast<float>(n);
+  const float inv_n = grad_scale;
   for (int64_t i = 0; i < n; ++i) {
     const float* z = logits + i * c;
     const float zmax = *std::max_element(z, z + c);

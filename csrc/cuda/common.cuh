@@ -9,6 +9,7 @@
 #include <cstdint>
 
 #include "core/error.h"
+#include "ops/math.h"  // PYL_HD
 
 namespace pylenet::cuda::detail {
 
@@ -33,7 +34,20 @@ inline void check_int32(const char* op, int64_t value, const char* what) {
                 " is too large for the CUDA kernels' 32-bit indexing (at most ", INT_MAX, ")");
 }
 
-__device__ __forceinline__ bool inside(int i, int n) { return static_cast<unsigned>(i) < static_cast<unsigned>(n); }
+// Small helpers usable on both sides (PYL_HD), for the per-element functions that a host
+// harness can call without a GPU.
+PYL_HD inline bool inside(int i, int n) { return static_cast<unsigned>(i) < static_cast<unsigned>(n); }  // 0 <= i < n
+PYL_HD inline int imin(int a, int b) { return a < b ? a : b; }
+PYL_HD inline int imax(int a, int b) { return a > b ? a : b; }
+PYL_HD inline bool is_nan(float v) { return v != v; }
+// a * b rounded on its own: nvcc never fuses __fmul_rn into an FMA with a following add.
+PYL_HD inline float mul_rn(float a, float b) {
+#ifdef __CUDA_ARCH__
+  return __fmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
 
 // Sum of `v` over a block of kThreads threads, in a fixed tree order: the same bits on
 // every run (no atomics). Every thread must call it; all get the total.

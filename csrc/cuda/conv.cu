@@ -29,10 +29,10 @@ struct Dims {
   int k, r, s;      // w (K, C, R, S)
   int oh, ow;       // y (N, K, OH, OW)
   int ph, pw, sh, sw;
-  __host__ __device__ int hw() const { return h * w; }
-  __host__ __device__ int ohw() const { return oh * ow; }
-  __host__ __device__ int rs() const { return r * s; }
-  __host__ __device__ int crs() const { return c * r * s; }
+  PYL_HD int hw() const { return h * w; }
+  PYL_HD int ohw() const { return oh * ow; }
+  PYL_HD int rs() const { return r * s; }
+  PYL_HD int crs() const { return c * r * s; }
 };
 
 Dims dims_of(const char* op, const ConvShape& s) {
@@ -48,110 +48,111 @@ Dims dims_of(const char* op, const ConvShape& s) {
               i(s.ph), i(s.pw), i(s.sh), i(s.sw)};
 }
 
+// Each kernel below is a grid-stride loop around one `*_at` function that computes a single
+// output element. The `*_at` functions are __host__ __device__ (PYL_HD, ops/math.h) so the
+// index arithmetic can be exercised on a machine without a GPU.
+
 // ======================================================================= naive
 // y[n,k,oh,ow] = b[k] + sum_{c,r,q} x[n,c,oh*sh-ph+r, ow*sw-pw+q] * w[k,c,r,q]
-__global__ void conv_forward_naive_kernel(Dims d, const float* x, const float* w, const float* b, float* y) {
-  const int64_t total = int64_t(d.n) * d.k * d.ohw();
-  PYL_GRID_STRIDE(idx, total) {
-    int i = static_cast<int>(idx);
-    const int ow = i % d.ow; i /= d.ow;
-    const int oh = i % d.oh; i /= d.oh;
-    const int k = i % d.k, n = i / d.k;
-    float acc = b ? b[k] : 0.0f;
-    for (int c = 0; c < d.c; ++c)
-      for (int r = 0; r < d.r; ++r)
-        for (int q = 0; q < d.s; ++q) {
-          const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
-          if (inside(ih, d.h) && inside(iw, d.w))
-            acc += x[((n * d.c + c) * d.h + ih) * d.w + iw] * w[((k * d.c + c) * d.r + r) * d.s + q];
-        }
-    y[idx] = acc;
-  }
+PYL_HD inline float conv_forward_naive_at(const Dims& d, const float* x, const float* w, const float* b, int i) {
+  const int ow = i % d.ow; i /= d.ow;
+  const int oh = i % d.oh; i /= d.oh;
+  const int k = i % d.k, n = i / d.k;
+  float acc = b ? b[k] : 0.0f;
+  for (int c = 0; c < d.c; ++c)
+    for (int r = 0; r < d.r; ++r)
+      for (int q = 0; q < d.s; ++q) {
+        const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
+        if (inside(ih, d.h) && inside(iw, d.w))
+          acc += x[((n * d.c + c) * d.h + ih) * d.w + iw] * w[((k * d.c + c) * d.r + r) * d.s + q];
+      }
+  return acc;
 }
 
 // dx[n,c,ih,iw] = sum over the (k, oh, ow, r, q) whose window put x[n,c,ih,iw] at tap (r, q):
 // ih = oh*sh - ph + r, so oh = (ih + ph - r) / sh when that divides exactly.
-__global__ void conv_backward_data_naive_kernel(Dims d, const float* w, const float* dy, float* dx) {
-  const int64_t total = int64_t(d.n) * d.c * d.hw();
-  PYL_GRID_STRIDE(idx, total) {
-    int i = static_cast<int>(idx);
-    const int iw = i % d.w; i /= d.w;
-    const int ih = i % d.h; i /= d.h;
-    const int c = i % d.c, n = i / d.c;
-    float acc = 0.0f;
-    for (int k = 0; k < d.k; ++k)
-      for (int r = 0; r < d.r; ++r) {
-        const int th = ih + d.ph - r;
-        if (th < 0 || th % d.sh != 0 || th / d.sh >= d.oh) continue;
-        const int oh = th / d.sh;
-        for (int q = 0; q < d.s; ++q) {
-          const int tw = iw + d.pw - q;
-          if (tw < 0 || tw % d.sw != 0 || tw / d.sw >= d.ow) continue;
-          acc += dy[((n * d.k + k) * d.oh + oh) * d.ow + tw / d.sw] * w[((k * d.c + c) * d.r + r) * d.s + q];
-        }
+PYL_HD inline float conv_backward_data_naive_at(const Dims& d, const float* w, const float* dy, int i) {
+  const int iw = i % d.w; i /= d.w;
+  const int ih = i % d.h; i /= d.h;
+  const int c = i % d.c, n = i / d.c;
+  float acc = 0.0f;
+  for (int k = 0; k < d.k; ++k)
+    for (int r = 0; r < d.r; ++r) {
+      const int th = ih + d.ph - r;
+      if (th < 0 || th % d.sh != 0 || th / d.sh >= d.oh) continue;
+      const int oh = th / d.sh;
+      for (int q = 0; q < d.s; ++q) {
+        const int tw = iw + d.pw - q;
+        if (tw < 0 || tw % d.sw != 0 || tw / d.sw >= d.ow) continue;
+        acc += dy[((n * d.k + k) * d.oh + oh) * d.ow + tw / d.sw] * w[((k * d.c + c) * d.r + r) * d.s + q];
       }
-    dx[idx] = acc;
-  }
+    }
+  return acc;
 }
 
 // dw[k,c,r,q] = sum_{n,oh,ow} dy[n,k,oh,ow] * x[n,c,oh*sh-ph+r, ow*sw-pw+q], in the CPU's order
+PYL_HD inline float conv_backward_filter_naive_at(const Dims& d, const float* x, const float* dy, int i) {
+  const int q = i % d.s; i /= d.s;
+  const int r = i % d.r; i /= d.r;
+  const int c = i % d.c, k = i / d.c;
+  float acc = 0.0f;
+  for (int n = 0; n < d.n; ++n)
+    for (int oh = 0; oh < d.oh; ++oh)
+      for (int ow = 0; ow < d.ow; ++ow) {
+        const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
+        if (inside(ih, d.h) && inside(iw, d.w))
+          acc += dy[((n * d.k + k) * d.oh + oh) * d.ow + ow] * x[((n * d.c + c) * d.h + ih) * d.w + iw];
+      }
+  return acc;
+}
+
+__global__ void conv_forward_naive_kernel(Dims d, const float* x, const float* w, const float* b, float* y) {
+  PYL_GRID_STRIDE(i, int64_t(d.n) * d.k * d.ohw()) y[i] = conv_forward_naive_at(d, x, w, b, static_cast<int>(i));
+}
+__global__ void conv_backward_data_naive_kernel(Dims d, const float* w, const float* dy, float* dx) {
+  PYL_GRID_STRIDE(i, int64_t(d.n) * d.c * d.hw()) dx[i] = conv_backward_data_naive_at(d, w, dy, static_cast<int>(i));
+}
 __global__ void conv_backward_filter_naive_kernel(Dims d, const float* x, const float* dy, float* dw) {
-  const int64_t total = int64_t(d.k) * d.crs();
-  PYL_GRID_STRIDE(idx, total) {
-    int i = static_cast<int>(idx);
-    const int q = i % d.s; i /= d.s;
-    const int r = i % d.r; i /= d.r;
-    const int c = i % d.c, k = i / d.c;
-    float acc = 0.0f;
-    for (int n = 0; n < d.n; ++n)
-      for (int oh = 0; oh < d.oh; ++oh)
-        for (int ow = 0; ow < d.ow; ++ow) {
-          const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
-          if (inside(ih, d.h) && inside(iw, d.w))
-            acc += dy[((n * d.k + k) * d.oh + oh) * d.ow + ow] * x[((n * d.c + c) * d.h + ih) * d.w + iw];
-        }
-    dw[idx] = acc;
-  }
+  PYL_GRID_STRIDE(i, int64_t(d.k) * d.crs()) dw[i] = conv_backward_filter_naive_at(d, x, dy, static_cast<int>(i));
 }
 
 // ======================================================================= im2col
 // cols (G, C*R*S, OH*OW) <- patches of the G images at x; zeros over the padding.
-__global__ void im2col_kernel(Dims d, const float* x, int g, float* cols) {
-  const int64_t total = int64_t(g) * d.crs() * d.ohw();
-  PYL_GRID_STRIDE(idx, total) {
-    int i = static_cast<int>(idx);
-    const int ow = i % d.ow; i /= d.ow;
-    const int oh = i % d.oh; i /= d.oh;
-    const int q = i % d.s; i /= d.s;
-    const int r = i % d.r; i /= d.r;
-    const int c = i % d.c, n = i / d.c;
-    const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
-    cols[idx] = inside(ih, d.h) && inside(iw, d.w) ? x[((n * d.c + c) * d.h + ih) * d.w + iw] : 0.0f;
-  }
+PYL_HD inline float im2col_at(const Dims& d, const float* x, int i) {
+  const int ow = i % d.ow; i /= d.ow;
+  const int oh = i % d.oh; i /= d.oh;
+  const int q = i % d.s; i /= d.s;
+  const int r = i % d.r; i /= d.r;
+  const int c = i % d.c, n = i / d.c;
+  const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
+  return inside(ih, d.h) && inside(iw, d.w) ? x[((n * d.c + c) * d.h + ih) * d.w + iw] : 0.0f;
 }
 
 // The adjoint of im2col as a gather: dx (G, C, H, W) = the column entries that came from
-// each pixel, summed over (r, q) in order. OVERWRITES dx (the CPU zero-fills, then scatters).
-__global__ void col2im_kernel(Dims d, const float* cols, int g, float* dx) {
-  const int64_t total = int64_t(g) * d.c * d.hw();
-  PYL_GRID_STRIDE(idx, total) {
-    int i = static_cast<int>(idx);
-    const int iw = i % d.w; i /= d.w;
-    const int ih = i % d.h; i /= d.h;
-    const int c = i % d.c, n = i / d.c;
-    const float* img = cols + int64_t(n) * d.crs() * d.ohw();
-    float acc = 0.0f;
-    for (int r = 0; r < d.r; ++r) {
-      const int th = ih + d.ph - r;
-      if (th < 0 || th % d.sh != 0 || th / d.sh >= d.oh) continue;
-      for (int q = 0; q < d.s; ++q) {
-        const int tw = iw + d.pw - q;
-        if (tw < 0 || tw % d.sw != 0 || tw / d.sw >= d.ow) continue;
-        acc += img[((c * d.r + r) * d.s + q) * d.ohw() + (th / d.sh) * d.ow + tw / d.sw];
-      }
+// each pixel, summed over (r, q) in order. Overwrites (the CPU zero-fills, then scatters).
+PYL_HD inline float col2im_at(const Dims& d, const float* cols, int i) {
+  const int iw = i % d.w; i /= d.w;
+  const int ih = i % d.h; i /= d.h;
+  const int c = i % d.c, n = i / d.c;
+  const float* img = cols + int64_t(n) * d.crs() * d.ohw();
+  float acc = 0.0f;
+  for (int r = 0; r < d.r; ++r) {
+    const int th = ih + d.ph - r;
+    if (th < 0 || th % d.sh != 0 || th / d.sh >= d.oh) continue;
+    for (int q = 0; q < d.s; ++q) {
+      const int tw = iw + d.pw - q;
+      if (tw < 0 || tw % d.sw != 0 || tw / d.sw >= d.ow) continue;
+      acc += img[((c * d.r + r) * d.s + q) * d.ohw() + (th / d.sh) * d.ow + tw / d.sw];
     }
-    dx[idx] = acc;
   }
+  return acc;
+}
+
+__global__ void im2col_kernel(Dims d, const float* x, int g, float* cols) {
+  PYL_GRID_STRIDE(i, int64_t(g) * d.crs() * d.ohw()) cols[i] = im2col_at(d, x, static_cast<int>(i));
+}
+__global__ void col2im_kernel(Dims d, const float* cols, int g, float* dx) {
+  PYL_GRID_STRIDE(i, int64_t(g) * d.c * d.hw()) dx[i] = col2im_at(d, cols, static_cast<int>(i));
 }
 
 // out[i] = (accumulate ? out[i] : 0) + sum_z partials[z][i], z ascending: the batch
@@ -182,13 +183,13 @@ struct FwdFilter {
   const float* w;
   int crs;
   static constexpr bool kColsContiguous = true;
-  __device__ float operator()(int, int k, int j) const { return w[k * crs + j]; }
+  PYL_HD float operator()(int, int k, int j) const { return w[k * crs + j]; }
 };
 struct FwdPatches {
   Dims d;
   const float* x;
   static constexpr bool kColsContiguous = true;  // adjacent columns are adjacent ow
-  __device__ float operator()(int, int crs, int j) const {
+  PYL_HD float operator()(int, int crs, int j) const {
     const int q = crs % d.s, r = (crs / d.s) % d.r, c = crs / d.rs();
     const int ow = j % d.ow, oh = (j / d.ow) % d.oh, n = j / d.ohw();
     const int ih = oh * d.sh - d.ph + r, iw = ow * d.sw - d.pw + q;
@@ -199,7 +200,7 @@ struct FwdStore {
   Dims d;
   const float* b;
   float* y;
-  __device__ void operator()(int, int k, int j, float acc) const {
+  PYL_HD void operator()(int, int k, int j, float acc) const {
     const int n = j / d.ohw(), p = j % d.ohw();
     y[(n * d.k + k) * d.ohw() + p] = acc + (b ? b[k] : 0.0f);
   }
@@ -212,7 +213,7 @@ struct BwdDataFilter {
   const float* w;
   int c_count, rs;
   static constexpr bool kColsContiguous = true;  // within one k, (r, q) are adjacent
-  __device__ float operator()(int, int c, int krs) const {
+  PYL_HD float operator()(int, int c, int krs) const {
     const int k = krs / rs, t = krs % rs;
     return w[(k * c_count + c) * rs + t];
   }
@@ -221,7 +222,7 @@ struct BwdDataGrad {
   Dims d;
   const float* dy;
   static constexpr bool kColsContiguous = true;
-  __device__ float operator()(int, int krs, int j) const {
+  PYL_HD float operator()(int, int krs, int j) const {
     const int q = krs % d.s, r = (krs / d.s) % d.r, k = krs / d.rs();
     const int iw = j % d.w, ih = (j / d.w) % d.h, n = j / d.hw();
     const int th = ih + d.ph - r, tw = iw + d.pw - q;
@@ -233,7 +234,7 @@ struct BwdDataGrad {
 struct BwdDataStore {
   Dims d;
   float* dx;
-  __device__ void operator()(int, int c, int j, float acc) const {
+  PYL_HD void operator()(int, int c, int j, float acc) const {
     const int n = j / d.hw(), p = j % d.hw();
     dx[(n * d.c + c) * d.hw() + p] = acc;
   }
@@ -245,7 +246,7 @@ struct BwdFilterGrad {
   Dims d;
   const float* dy;
   static constexpr bool kColsContiguous = true;
-  __device__ float operator()(int z, int k, int t) const {
+  PYL_HD float operator()(int z, int k, int t) const {
     const int n = z * kFilterChunk + t / d.ohw(), p = t % d.ohw();
     return n < d.n ? dy[(n * d.k + k) * d.ohw() + p] : 0.0f;
   }
@@ -254,7 +255,7 @@ struct BwdFilterPatches {
   Dims d;
   const float* x;
   static constexpr bool kColsContiguous = false;  // adjacent rows are adjacent ow
-  __device__ float operator()(int z, int t, int crs) const {
+  PYL_HD float operator()(int z, int t, int crs) const {
     const int n = z * kFilterChunk + t / d.ohw(), p = t % d.ohw();
     if (n >= d.n) return 0.0f;
     const int ow = p % d.ow, oh = p / d.ow;
@@ -267,7 +268,7 @@ struct BwdFilterStore {
   float* out;
   int crs;
   int64_t chunk_stride;
-  __device__ void operator()(int z, int k, int j, float acc) const { out[z * chunk_stride + k * crs + j] = acc; }
+  PYL_HD void operator()(int z, int k, int j, float acc) const { out[z * chunk_stride + k * crs + j] = acc; }
 };
 
 int filter_chunks(const ConvShape& s) { return static_cast<int>((s.n + kFilterChunk - 1) / kFilterChunk); }

@@ -14,7 +14,7 @@ struct MatrixA {
   const float* p;
   int64_t ld, stride;
   static constexpr bool kColsContiguous = !kTrans;
-  __device__ float operator()(int z, int m, int k) const {
+  PYL_HD float operator()(int z, int m, int k) const {
     return kTrans ? p[z * stride + k * ld + m] : p[z * stride + m * ld + k];
   }
 };
@@ -25,7 +25,7 @@ struct MatrixB {
   const float* p;
   int64_t ld, stride;
   static constexpr bool kColsContiguous = !kTrans;
-  __device__ float operator()(int z, int k, int n) const {
+  PYL_HD float operator()(int z, int k, int n) const {
     return kTrans ? p[z * stride + n * ld + k] : p[z * stride + k * ld + n];
   }
 };
@@ -36,7 +36,7 @@ struct StoreC {
   float alpha, beta;
   const float* row_bias;
   const float* col_bias;
-  __device__ void operator()(int z, int m, int n, float acc) const {
+  PYL_HD void operator()(int z, int m, int n, float acc) const {
     float* p = c + z * stride + m * ldc + n;
     float v = alpha * acc;
     if (beta != 0.0f) v += beta * *p;

@@ -24,6 +24,8 @@
 
 #include <cuda_runtime.h>
 
+#include "ops/math.h"  // PYL_HD
+
 namespace pylenet::cuda::tile {
 
 constexpr int kM = 64, kN = 64, kK = 16;
@@ -39,7 +41,7 @@ inline dim3 grid(int m, int n, int batch) {
 // Which element of a slice thread `tid` fetches in load i: consecutive threads take
 // consecutive addresses along the operand's contiguous direction.
 template <bool kColsContiguous, int kRows, int kCols>
-__device__ __forceinline__ void slice_index(int idx, int& row, int& col) {
+PYL_HD inline void slice_index(int idx, int& row, int& col) {
   if (kColsContiguous) { row = idx / kCols; col = idx % kCols; }
   else { col = idx / kRows; row = idx % kRows; }
 }

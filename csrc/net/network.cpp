@@ -3,8 +3,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 
 #include "core/error.h"
+#include "core/parallel.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
 #include "ops/loss.h"
@@ -238,7 +240,7 @@ Network::~Network() = default;
 Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>& input_chw, int64_t capacity,
                  const OptimSpec& optim, ConvAlgo conv_algo, int threads)
     : input_chw_(input_chw), capacity_(capacity), optim_(optim) {
-  handle_.set_threads(threads);
+  PYL_CHECK_ARG(threads >= 1 && threads <= 4096, "Network: threads must be 1 to 4096, got ", threads);
   TensorDesc(input_chw).check("Network", "input shape", -1);
   PYL_CHECK_ARG(input_chw.size() == 3 || input_chw.size() == 1, "Network: input shape must be (C, H, W) or (features,), got ",
                 shape_str(input_chw));
@@ -264,6 +266,8 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
     l.info.param_offset = num_params_;
     num_params_ += l.info.weight_count + l.info.bias_count;
     l.info.activation_floats = l.is_view() ? 0 : numel(l.info.out_shape);
+    in_floats_.push_back(numel(shape));
+    out_floats_.push_back(numel(l.info.out_shape));
     shape = l.info.out_shape;
     info_.push_back(l.info);
   }
@@ -273,48 +277,57 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
   PYL_CHECK_ARG(classes_ >= 2, "Network: the model must output at least 2 classes, got ", classes_);
 
   // The memory plan: everything the training loop touches is allocated here, once.
-  params_.reserve(sizeof(float) * std::max<int64_t>(num_params_, 1));
-  grads_.reserve(sizeof(float) * std::max<int64_t>(num_params_, 1));
-  state_.reserve(sizeof(float) * std::max<int64_t>(num_params_, 1) * num_state_buffers());
-  std::fill(state_.floats(), state_.floats() + num_params_ * num_state_buffers(), 0.0f);
-  std::fill(params_.floats(), params_.floats() + num_params_, 0.0f);
-  std::fill(grads_.floats(), grads_.floats() + num_params_, 0.0f);
+  const int64_t chunks = (capacity + kChunk - 1) / kChunk;
+  const int64_t p = std::max<int64_t>(num_params_, 1);
+  auto zeroed = [](AlignedBuffer& b, int64_t floats) {
+    b.reserve(sizeof(float) * floats);
+    std::fill(b.floats(), b.floats() + floats, 0.0f);
+  };
+  zeroed(params_, p);
+  zeroed(grads_, p);
+  zeroed(state_, p * num_state_buffers());
+  if (chunks > 1) zeroed(chunk_grads_, chunks * round16(p));
+  chunk_loss_.assign(chunks, 0.0);
+  chunk_correct_.assign(chunks, 0);
+  chunk_bad_.assign(chunks, 0);
 
   int64_t act_floats = round16(capacity * sample_floats_) + round16(capacity * 2);  // input + labels (int64)
-  int64_t max_act = capacity * sample_floats_;
+  grad_stride_ = sample_floats_;
   for (auto& l : layers_) {
     act_floats += round16(capacity * l->info.activation_floats);
-    max_act = std::max(max_act, capacity * numel(l->info.out_shape));
+    grad_stride_ = std::max(grad_stride_, numel(l->info.out_shape));
   }
-  acts_.reserve(sizeof(float) * act_floats);
-  std::fill(acts_.floats(), acts_.floats() + act_floats, 0.0f);
-  grad_bufs_.reserve(sizeof(float) * 2 * round16(max_act));
-  std::fill(grad_bufs_.floats(), grad_bufs_.floats() + 2 * round16(max_act), 0.0f);
+  zeroed(acts_, act_floats);
+  zeroed(grad_bufs_, 2 * round16(capacity * grad_stride_));
   grad_a_ = grad_bufs_.floats();
-  grad_b_ = grad_a_ + round16(max_act);
-  probs_.reserve(sizeof(float) * capacity * classes_);
+  grad_b_ = grad_a_ + round16(capacity * grad_stride_);
 
-  float* p = acts_.floats();
-  act_.push_back(p);
-  p += round16(capacity * sample_floats_);
-  labels_ = reinterpret_cast<int64_t*>(p);
-  p += round16(capacity * 2);
+  float* ptr = acts_.floats();
+  act_.push_back(ptr);
+  ptr += round16(capacity * sample_floats_);
+  labels_ = reinterpret_cast<int64_t*>(ptr);
+  ptr += round16(capacity * 2);
   for (auto& l : layers_) {
     if (l->is_view()) {
       act_.push_back(act_.back());
     } else {
-      act_.push_back(p);
-      p += round16(capacity * l->info.activation_floats);
+      act_.push_back(ptr);
+      ptr += round16(capacity * l->info.activation_floats);
     }
   }
 
-  // Algorithms are fixed now, for the full batch ("auto" measures on these buffers).
+  // One single-threaded handle (and workspace) per worker. Algorithms are fixed now, for a
+  // chunk ("auto" measures on these buffers, as a worker will run them).
+  for (int t = 0; t < threads; ++t) {
+    workers_.push_back(std::make_unique<Handle>());
+    workers_.back()->set_threads(1);
+  }
+  const int64_t g = std::min(capacity, kChunk);
   for (size_t i = 0; i < layers_.size(); ++i)
-    layers_[i]->choose_algorithms(handle_, capacity, act_[i], params_.floats() + info_[i].param_offset, act_[i + 1],
+    layers_[i]->choose_algorithms(*workers_[0], g, act_[i], params_.floats() + info_[i].param_offset, act_[i + 1],
                                   grad_a_, grad_b_, grads_.floats() + info_[i].param_offset);
-  for (auto& l : layers_) workspace_bytes_ = std::max(workspace_bytes_, l->workspace_bytes(capacity, handle_.threads()));
-  handle_.workspace(static_cast<size_t>(workspace_bytes_));
-  workspace_bytes_ = static_cast<int64_t>(handle_.workspace_bytes());
+  for (auto& l : layers_) workspace_bytes_ = std::max(workspace_bytes_, l->workspace_bytes(g, 1));
+  for (auto& w : workers_) w->workspace(static_cast<size_t>(workspace_bytes_));
   std::fill(grads_.floats(), grads_.floats() + num_params_, 0.0f);
 }
 
@@ -323,10 +336,11 @@ MemoryPlan Network::memory_plan() const {
   m.batch_capacity = capacity_;
   m.params = sizeof(float) * num_params_;
   m.grads = m.params;
+  m.chunk_grads = static_cast<int64_t>(chunk_grads_.bytes());
   m.optimizer_state = m.params * num_state_buffers();
-  m.activations = static_cast<int64_t>(acts_.bytes() + probs_.bytes());
+  m.activations = static_cast<int64_t>(acts_.bytes());
   m.activation_grads = static_cast<int64_t>(grad_bufs_.bytes());
-  m.workspace = workspace_bytes_;
+  for (auto& w : workers_) m.workspace += static_cast<int64_t>(w->workspace_bytes());
   return m;
 }
 
@@ -337,39 +351,58 @@ std::vector<std::string> Network::conv_algorithms() const {
   return v;
 }
 
-const float* Network::forward(const float* x, int64_t n) {
-  input_ = x;
-  const float* cur = x;
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    float* out = layers_[i]->is_view() ? const_cast<float*>(cur) : act_[i + 1];
-    layers_[i]->forward(handle_, params_.floats(), cur, out, n);
-    cur = out;
-  }
-  return cur;
+template <class F>
+void Network::for_chunks(int64_t n, F&& fn) {
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const int workers = static_cast<int>(std::min<int64_t>(threads(), chunks));
+  std::vector<std::exception_ptr> errors(workers);
+  parallel_region(workers, [&](int tid, int nt) {
+    // Contiguous runs of chunks per worker; which worker runs a chunk never changes its result.
+    const int64_t per = (chunks + nt - 1) / nt;
+    for (int64_t c = tid * per; c < std::min(chunks, (tid + 1) * per); ++c) {
+      try {
+        const int64_t start = c * kChunk;
+        fn(*workers_[tid], c, start, std::min(kChunk, n - start));
+      } catch (...) {
+        if (!errors[tid]) errors[tid] = std::current_exception();
+      }
+    }
+  });
+  for (auto& e : errors)
+    if (e) std::rethrow_exception(e);
 }
 
-void Network::backward(int64_t n) {
-  // grad_a_ holds dlogits; each layer writes its input gradient into the other buffer.
-  float* dy = grad_a_;
-  float* spare = grad_b_;
-  const float* inputs_of_first = input_;
+const float* Network::layer_input(size_t k, const float* x) const {
+  // The input of layer k is the output of the nearest earlier non-view layer (or the batch).
+  for (size_t j = k; j-- > 0;)
+    if (!layers_[j]->is_view()) return act_[j + 1];
+  return x;
+}
+
+const float* Network::forward(Handle& h, const float* x, int64_t start, int64_t m) {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (layers_[i]->is_view()) continue;
+    layers_[i]->forward(h, params_.floats(), layer_input(i, x) + start * in_floats_[i],
+                        act_[i + 1] + start * out_floats_[i], m);
+  }
+  return layer_input(layers_.size(), x) + start * classes_;
+}
+
+void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, float* grads) {
+  // grad_a_ holds dlogits; each layer writes its input gradient into the other buffer. A
+  // chunk owns the region at start * grad_stride_ of both buffers, whatever the layer.
+  float* dy = grad_a_ + start * grad_stride_;
+  float* spare = grad_b_ + start * grad_stride_;
   for (size_t k = layers_.size(); k-- > 0;) {
     Layer& l = *layers_[k];
     if (l.is_view()) continue;  // the gradient passes through unchanged
     bool need_dx = false;
     for (size_t j = 0; j < k; ++j) need_dx |= (info_[j].weight_count > 0);
-    const float* x = k == 0 ? inputs_of_first : layer_input(k);
-    l.backward(handle_, params_.floats(), grads_.floats(), x, act_[k + 1], dy, need_dx ? spare : nullptr, n);
+    l.backward(h, params_.floats(), grads, layer_input(k, x) + start * in_floats_[k],
+               act_[k + 1] + start * out_floats_[k], dy, need_dx ? spare : nullptr, m);
     if (!need_dx) break;  // nothing below has parameters
     std::swap(dy, spare);
   }
-}
-
-const float* Network::layer_input(size_t k) const {
-  // The input of layer k is the output of the nearest earlier non-view layer (or the batch).
-  for (size_t j = k; j-- > 0;)
-    if (!layers_[j]->is_view()) return act_[j + 1];
-  return input_;
 }
 
 void Network::check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const {
@@ -398,46 +431,75 @@ int64_t count_correct(const float* logits, const int64_t* labels, int64_t n, int
   }
   return correct;
 }
+
+bool all_finite(const float* x, int64_t n) {
+  for (int64_t i = 0; i < n; ++i)
+    if (!std::isfinite(x[i])) return false;
+  return true;
+}
 }  // namespace
 
 RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, float lr) {
   PYL_CHECK_ARG(n >= 1 && n <= capacity_, "train_step: batch of ", n, " exceeds the planned batch size ", capacity_);
-  const float* logits = forward(x, n);
-  for (int64_t i = 0; i < n * classes_; ++i)
-    if (!std::isfinite(logits[i]))
-      fail(ErrorKind::Runtime, "training diverged: the network produced a non-finite logit (", logits[i],
-           ") after ", optimizer_steps_, " optimizer steps; try a smaller learning rate");
-  const double loss = cpu::softmax_cross_entropy(n, classes_, logits, labels, grad_a_);
+  const int64_t chunks = (n + kChunk - 1) / kChunk;
+  const float grad_scale = 1.0f / static_cast<float>(n);  // the loss is the mean over the whole batch
+  // Phase 1: every chunk forward, loss, backward into its own gradient buffer.
+  for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m) {
+    const float* logits = forward(h, x, start, m);
+    chunk_bad_[c] = !all_finite(logits, m * classes_);
+    if (chunk_bad_[c]) return;
+    chunk_loss_[c] = cpu::softmax_cross_entropy(m, classes_, logits, labels + start, grad_a_ + start * grad_stride_,
+                                                grad_scale) * static_cast<double>(m);
+    chunk_correct_[c] = count_correct(logits, labels + start, m, classes_);
+    backward(h, x, start, m, chunks > 1 ? chunk_grads_.floats() + c * round16(num_params_) : grads_.floats());
+  });
   RunStats st;
-  st.loss_sum = loss * static_cast<double>(n);
-  st.correct = count_correct(logits, labels, n, classes_);
+  for (int64_t c = 0; c < chunks; ++c) {
+    if (chunk_bad_[c])
+      fail(ErrorKind::Runtime, "training diverged: the network produced a non-finite logit after ", optimizer_steps_,
+           " optimizer steps (the parameters were not updated); try a smaller learning rate");
+    st.loss_sum += chunk_loss_[c];
+    st.correct += chunk_correct_[c];
+  }
   st.samples = n;
   st.steps = 1;
-  backward(n);
-  optimizer_update(lr);
+  // Phase 2: sum the chunk gradients in chunk order and update the parameters.
+  reduce_and_update(chunks, lr);
   return st;
 }
 
-void Network::optimizer_update(float lr) {
+void Network::reduce_and_update(int64_t chunks, float lr) {
   ++optimizer_steps_;
-  const int t = handle_.threads();
-  switch (optim_.kind) {
-    case OptimKind::SGD:
-      cpu::sgd_step(num_params_, params_.floats(), grads_.floats(), optim_.momentum != 0.0f ? state(0) : nullptr,
-                    SgdParams{lr, optim_.momentum, optim_.weight_decay, optim_.nesterov}, t);
-      return;
-    case OptimKind::Adam: {
-      AdamParams o{lr, optim_.beta1, optim_.beta2, optim_.eps, optim_.weight_decay};
-      o.bc1 = 1.0f - std::pow(optim_.beta1, static_cast<float>(optimizer_steps_));
-      o.bc2 = 1.0f - std::pow(optim_.beta2, static_cast<float>(optimizer_steps_));
-      cpu::adam_step(num_params_, params_.floats(), grads_.floats(), state(0), state(1), o, t);
-      return;
+  AdamParams adam{lr, optim_.beta1, optim_.beta2, optim_.eps, optim_.weight_decay};
+  adam.bc1 = 1.0f - std::pow(optim_.beta1, static_cast<float>(optimizer_steps_));
+  adam.bc2 = 1.0f - std::pow(optim_.beta2, static_cast<float>(optimizer_steps_));
+  const SgdParams sgd{lr, optim_.momentum, optim_.weight_decay, optim_.nesterov};
+  const AdadeltaParams adadelta{lr, optim_.rho, optim_.eps, optim_.weight_decay};
+  constexpr int64_t kBlock = 4096;  // parameters per work item
+  const int64_t blocks = (num_params_ + kBlock - 1) / kBlock;
+  const int64_t stride = round16(num_params_);
+  parallel_for(threads(), blocks, [&](int64_t b, int) {
+    const int64_t lo = b * kBlock, len = std::min(kBlock, num_params_ - lo);
+    float* g = grads_.floats() + lo;
+    if (chunks > 1) {
+      const float* parts = chunk_grads_.floats() + lo;
+      for (int64_t i = 0; i < len; ++i) g[i] = parts[i];
+      for (int64_t c = 1; c < chunks; ++c)
+        for (int64_t i = 0; i < len; ++i) g[i] += parts[c * stride + i];
     }
-    case OptimKind::Adadelta:
-      cpu::adadelta_step(num_params_, params_.floats(), grads_.floats(), state(0), state(1),
-                         AdadeltaParams{lr, optim_.rho, optim_.eps, optim_.weight_decay}, t);
-      return;
-  }
+    float* p = params_.floats() + lo;
+    switch (optim_.kind) {
+      case OptimKind::SGD:
+        cpu::sgd_step(len, p, g, optim_.momentum != 0.0f ? state(0) + lo : nullptr, sgd, 1);
+        return;
+      case OptimKind::Adam:
+        cpu::adam_step(len, p, g, state(0) + lo, state(1) + lo, adam, 1);
+        return;
+      case OptimKind::Adadelta:
+        cpu::adadelta_step(len, p, g, state(0) + lo, state(1) + lo, adadelta, 1);
+        return;
+    }
+  });
 }
 
 RunStats Network::train_epoch(const float* images, const int64_t* labels, int64_t count, const int64_t* order,
@@ -474,15 +536,23 @@ RunStats Network::train_epoch(const float* images, const int64_t* labels, int64_
 RunStats Network::evaluate(const float* images, const int64_t* labels, int64_t count) {
   check_labels(labels, count, "evaluate");
   RunStats total;
-  for (int64_t start = 0; start < count; start += capacity_) {
-    const int64_t n = std::min(capacity_, count - start);
-    const float* logits = forward(images + start * sample_floats_, n);
-    for (int64_t i = 0; i < n * classes_; ++i)
-      if (!std::isfinite(logits[i]))
-        fail(ErrorKind::Runtime, "evaluate: the model produced a non-finite logit (", logits[i],
-             "); its weights or the input hold NaN/inf");
-    total.loss_sum += cpu::softmax_cross_entropy(n, classes_, logits, labels + start, nullptr) * n;
-    total.correct += count_correct(logits, labels + start, n, classes_);
+  for (int64_t base = 0; base < count; base += capacity_) {
+    const int64_t n = std::min(capacity_, count - base);
+    const float* x = images + base * sample_floats_;
+    for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m) {
+      const float* logits = forward(h, x, start, m);
+      chunk_bad_[c] = !all_finite(logits, m * classes_);
+      if (chunk_bad_[c]) return;
+      chunk_loss_[c] = cpu::softmax_cross_entropy(m, classes_, logits, labels + base + start, nullptr, 1.0f) *
+                       static_cast<double>(m);
+      chunk_correct_[c] = count_correct(logits, labels + base + start, m, classes_);
+    });
+    for (int64_t c = 0; c < (n + kChunk - 1) / kChunk; ++c) {
+      if (chunk_bad_[c])
+        fail(ErrorKind::Runtime, "evaluate: the model produced a non-finite logit; its weights or the input hold NaN/inf");
+      total.loss_sum += chunk_loss_[c];
+      total.correct += chunk_correct_[c];
+    }
     total.samples += n;
     total.steps += 1;
   }
@@ -490,17 +560,21 @@ RunStats Network::evaluate(const float* images, const int64_t* labels, int64_t c
 }
 
 void Network::predict(const float* images, int64_t count, float* probs) {
-  for (int64_t start = 0; start < count; start += capacity_) {
-    const int64_t n = std::min(capacity_, count - start);
-    const float* logits = forward(images + start * sample_floats_, n);
-    for (int64_t i = 0; i < n; ++i) {
-      const float* z = logits + i * classes_;
-      float* p = probs + (start + i) * classes_;
-      const float zmax = *std::max_element(z, z + classes_);
-      double sum = 0.0;
-      for (int64_t j = 0; j < classes_; ++j) sum += std::exp(static_cast<double>(z[j] - zmax));
-      for (int64_t j = 0; j < classes_; ++j) p[j] = static_cast<float>(std::exp(static_cast<double>(z[j] - zmax)) / sum);
-    }
+  for (int64_t base = 0; base < count; base += capacity_) {
+    const int64_t n = std::min(capacity_, count - base);
+    const float* x = images + base * sample_floats_;
+    for_chunks(n, [&](Handle& h, int64_t, int64_t start, int64_t m) {
+      const float* logits = forward(h, x, start, m);
+      for (int64_t i = 0; i < m; ++i) {
+        const float* z = logits + i * classes_;
+        float* p = probs + (base + start + i) * classes_;
+        const float zmax = *std::max_element(z, z + classes_);
+        double sum = 0.0;
+        for (int64_t j = 0; j < classes_; ++j) sum += std::exp(static_cast<double>(z[j] - zmax));
+        for (int64_t j = 0; j < classes_; ++j)
+          p[j] = static_cast<float>(std::exp(static_cast<double>(z[j] - zmax)) / sum);
+      }
+    });
   }
 }
 

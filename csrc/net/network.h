@@ -41,8 +41,11 @@ struct LayerInfo {
 struct MemoryPlan {
   int64_t batch_capacity = 0;
   int64_t params = 0, grads = 0, optimizer_state = 0;  // bytes
+  int64_t chunk_grads = 0;  // one partial gradient per chunk of the batch (see kChunk)
   int64_t activations = 0, activation_grads = 0, workspace = 0;
-  int64_t total() const { return params + grads + optimizer_state + activations + activation_grads + workspace; }
+  int64_t total() const {
+    return params + grads + chunk_grads + optimizer_state + activations + activation_grads + workspace;
+  }
 };
 
 enum class OptimKind { SGD = 0, Adam = 1, Adadelta = 2 };
@@ -76,6 +79,12 @@ using ProgressFn = std::function<bool(int64_t, int64_t, const RunStats&)>;
 
 class Layer;
 
+// Threads split a batch into fixed chunks of kChunk samples: each chunk runs forward, loss
+// and backward serially on one worker, into its own gradient buffer; the chunk gradients
+// are then summed in chunk order together with the optimizer update. The chunk size does
+// not depend on the thread count, so neither do the results (bit for bit).
+constexpr int64_t kChunk = 16;
+
 class Network {
  public:
   Network(const std::vector<LayerSpec>& layers, const std::vector<int64_t>& input_chw, int64_t batch_capacity,
@@ -88,13 +97,13 @@ class Network {
   const std::vector<int64_t>& input_shape() const { return input_chw_; }
   int64_t num_classes() const { return classes_; }
   int64_t batch_capacity() const { return capacity_; }
+  int threads() const { return static_cast<int>(workers_.size()); }
   MemoryPlan memory_plan() const;
-  Handle& handle() { return handle_; }
   std::vector<std::string> conv_algorithms() const;  // chosen per conv layer (forward pass)
 
   int64_t num_params() const { return num_params_; }
   float* params() { return params_.floats(); }
-  float* grads() { return grads_.floats(); }
+  float* grads() { return grads_.floats(); }  // the summed gradient of the last step
   int num_state_buffers() const { return optimizer_state_buffers(optim_.kind); }
   float* state(int i) { return state_.floats() + static_cast<int64_t>(i) * num_params_; }
   int64_t optimizer_steps() const { return optimizer_steps_; }
@@ -110,34 +119,45 @@ class Network {
   RunStats train_epoch(const float* images, const int64_t* labels, int64_t count, const int64_t* order,
                        int64_t order_len, int64_t batch_size, const ScheduleSpec& schedule, int64_t& iteration,
                        const ProgressFn& progress, int64_t every);
-  // Inference over any number of images, in chunks of the batch capacity.
+  // Inference over any number of images, in batches of the capacity.
   RunStats evaluate(const float* images, const int64_t* labels, int64_t count);
   void predict(const float* images, int64_t count, float* probs /* (count, classes) softmax */);
 
  private:
-  const float* forward(const float* x, int64_t n);  // returns logits (n, classes)
-  void backward(int64_t n);
-  void optimizer_update(float lr);
+  // Runs `fn(handle, start, m)` for every chunk of [0, n) on the workers; the first
+  // exception thrown by any chunk is rethrown here.
+  template <class F>
+  void for_chunks(int64_t n, F&& fn);
+  // Forward over samples [start, start + m) of the batch at x; returns that slice's logits.
+  const float* forward(Handle& h, const float* x, int64_t start, int64_t m);
+  // Backward for samples [start, start + m), dlogits already in the first gradient buffer;
+  // parameter gradients OVERWRITE `grads`.
+  void backward(Handle& h, const float* x, int64_t start, int64_t m, float* grads);
+  void reduce_and_update(int64_t chunks, float lr);
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
-  const float* layer_input(size_t k) const;
+  const float* layer_input(size_t k, const float* x) const;  // batch-start pointer
 
-  Handle handle_;
+  std::vector<std::unique_ptr<Handle>> workers_;  // one single-threaded handle per worker
   std::vector<int64_t> input_chw_;
   int64_t capacity_, classes_ = 0, num_params_ = 0, sample_floats_ = 0;
   OptimSpec optim_;
   int64_t optimizer_steps_ = 0;
   std::vector<std::unique_ptr<Layer>> layers_;
   std::vector<LayerInfo> info_;
+  std::vector<int64_t> in_floats_, out_floats_;  // per sample, per layer
   AlignedBuffer params_, grads_, state_;
+  AlignedBuffer chunk_grads_;  // (chunks, num_params): one gradient per chunk of the batch
   AlignedBuffer acts_;         // input batch + every layer's output, capacity x per-sample size
   AlignedBuffer grad_bufs_;    // two ping-pong buffers for activation gradients
-  AlignedBuffer probs_;        // softmax / dlogits, capacity x classes
   std::vector<float*> act_;    // act_[0] = gathered input batch, act_[i + 1] = output of layer i
   int64_t* labels_ = nullptr;  // gathered labels (capacity,)
-  const float* input_ = nullptr;  // the batch the last forward() ran on
+  std::vector<double> chunk_loss_;  // per chunk: loss sum, correct count, non-finite flag
+  std::vector<int64_t> chunk_correct_;
+  std::vector<char> chunk_bad_;
   float* grad_a_ = nullptr;
   float* grad_b_ = nullptr;
-  int64_t workspace_bytes_ = 0;
+  int64_t grad_stride_ = 0;  // floats per sample in the gradient buffers (the largest tensor)
+  int64_t workspace_bytes_ = 0;  // per worker
 };
 
 }  // namespace pylenet

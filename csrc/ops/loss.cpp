@@ -22,7 +22,7 @@ double softmax_cross_entropy(Handle& h, const TensorDesc& ld, const float* logit
     if (!std::isfinite(logits[i]))
       fail(ErrorKind::InvalidArgument, op, ": logits contain a non-finite value (", logits[i], ") at row ", i / c,
            ", column ", i % c, "; the loss would be NaN (diverged training?)");
-  return cpu::softmax_cross_entropy(n, c, logits, labels, dlogits);
+  return cpu::softmax_cross_entropy(n, c, logits, labels, dlogits, 1.0f / static_cast<float>(n));
 }
 
 }  // namespace pylenet

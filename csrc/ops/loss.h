@@ -17,7 +17,10 @@ double softmax_cross_entropy(Handle& h, const TensorDesc& logits_d, const float*
                              const int64_t* labels, float* dlogits);
 
 namespace cpu {
-double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits);
+// dlogits = (softmax - onehot) * grad_scale; grad_scale = 1/N for the mean over N rows (a
+// caller working on a slice of a batch passes 1/N of the whole batch).
+double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
+                             float grad_scale);
 }
 
 }  // namespace pylenet

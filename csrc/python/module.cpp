@@ -222,7 +222,7 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("num_params", &Network::num_params)
       .def_property_readonly("num_classes", &Network::num_classes)
       .def_property_readonly("batch_size", &Network::batch_capacity)
-      .def_property_readonly("threads", [](Network& n) { return n.handle().threads(); })
+      .def_property_readonly("threads", &Network::threads)
       .def_property_readonly("conv_algorithms", &Network::conv_algorithms)
       .def_property_readonly("layers", [](Network& n) {
         py::list out;
@@ -245,6 +245,7 @@ PYBIND11_MODULE(_C, m) {
         d["batch_size"] = p.batch_capacity;
         d["params"] = p.params;
         d["grads"] = p.grads;
+        d["chunk_grads"] = p.chunk_grads;
         d["optimizer_state"] = p.optimizer_state;
         d["activations"] = p.activations;
         d["activation_grads"] = p.activation_grads;

@@ -1,0 +1,333 @@
+"""Checkpoints (Sequential.save / pylenet.load), load_state_dict, and cudnn-training weights."""
+import json
+import os
+import zipfile
+
+import numpy as np
+import pytest
+
+import pylenet
+from pylenet import cudnn_format, models, optim
+from pylenet.nn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, Tanh
+
+
+def _probe(seed=0, n=40):
+    return np.random.default_rng(seed).standard_normal((n, 1, 28, 28)).astype(np.float32)
+
+
+def _same_state(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(sa) == list(sb)
+    for k in sa:
+        assert sa[k].dtype == sb[k].dtype == np.float32
+        np.testing.assert_array_equal(sa[k], sb[k], err_msg=k)
+
+
+def _trained(seed=0, opt=None, n=128):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    m = models.lenet5(seed=seed)
+    opt = opt or optim.Adam(1e-3)
+    pylenet.train(m, (x, y), epochs=1, batch_size=32, optimizer=opt, progress=False)
+    return m, opt
+
+
+def _only_checkpoints_in(folder):
+    names = sorted(os.listdir(folder))
+    assert not [n for n in names if n.startswith(".pylenet-") or n.endswith(".tmp")], names
+    return names
+
+
+# ----------------------------------------------------------------------------- round trips
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic", "cudnn_lenet"])
+def test_round_trip(tmp_path, name):
+    m = models.create(name, seed=5)
+    m.normalization = (0.25, 0.5)
+    path = m.save(tmp_path / "m.npz")
+    assert os.fspath(path) == os.fspath(tmp_path / "m.npz")
+    loaded = pylenet.load(tmp_path / "m.npz")
+    assert isinstance(loaded, Sequential)
+    assert loaded.architecture() == m.architecture()
+    assert loaded.input_shape == m.input_shape and loaded.name == name
+    assert tuple(loaded.normalization) == (0.25, 0.5)
+    _same_state(loaded, m)
+    x = _probe()
+    np.testing.assert_array_equal(loaded.predict(x, return_probs=True)[1], m.predict(x, return_probs=True)[1])
+    assert _only_checkpoints_in(tmp_path) == ["m.npz"]
+
+
+def test_round_trip_custom_architecture(tmp_path):
+    m = Sequential(Conv2d(3, 4, (3, 5), stride=(2, 1), padding=(1, 2), bias=False), Tanh(), AvgPool2d(2, stride=1),
+                   Conv2d(4, 5, 3, padding=1), ReLU(), MaxPool2d((3, 2), stride=(2, 2), padding=(1, 0)), Flatten(),
+                   Linear(5 * 8 * 15, 7, bias=False), input_shape=(3, 32, 32), name="custom", seed=9)
+    assert m.normalization is None
+    loaded = pylenet.load(m.save(tmp_path / "c.npz"))
+    assert loaded.architecture() == m.architecture() and loaded.input_shape == (3, 32, 32)
+    assert loaded.normalization is None
+    _same_state(loaded, m)
+    x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
+    np.testing.assert_array_equal(loaded.predict(x, return_probs=True)[1], m.predict(x, return_probs=True)[1])
+
+
+def test_checkpoint_is_plain_npz_without_pickle(tmp_path):
+    m = models.lenet5()
+    m.save(tmp_path / "m.npz", extra={"note": "hi"})
+    with np.load(tmp_path / "m.npz", allow_pickle=False) as z:  # readable without pickle
+        meta = json.loads(str(z["meta"]))
+        assert set(z.files) == {"meta"} | {f"param/{k}" for k in m.state_dict()}
+    assert meta["format"] == pylenet.nn.CHECKPOINT_FORMAT and meta["extra"] == {"note": "hi"}
+    assert meta["optimizer"] is None
+
+
+@pytest.mark.parametrize("kind", ["sgd", "adam", "adadelta"])
+def test_optimizer_state_round_trip(tmp_path, kind):
+    opt = {"sgd": optim.SGD(0.01, momentum=0.9, weight_decay=1e-4, nesterov=True),
+           "adam": optim.Adam(1e-3, betas=(0.8, 0.95), eps=1e-7), "adadelta": optim.Adadelta(0.5, rho=0.8)}[kind]
+    m, opt = _trained(opt=opt)
+    m.save(tmp_path / "m.npz", optimizer=opt)
+    loaded, lopt = pylenet.load(tmp_path / "m.npz", return_optimizer=True)
+    _same_state(loaded, m)
+    assert type(lopt) is type(opt) and lopt.config() == opt.config()
+    assert lopt.state["steps"] == opt.state["steps"] == 4
+    assert len(lopt.state["buffers"]) == len(opt.state["buffers"]) == (1 if kind == "sgd" else 2)
+    for a, b in zip(lopt.state["buffers"], opt.state["buffers"]):
+        assert a.dtype == np.float32
+        np.testing.assert_array_equal(a, b)
+    assert any(np.abs(b).max() > 0 for b in opt.state["buffers"])
+
+
+def test_load_without_optimizer(tmp_path):
+    m = models.lenet5()
+    m.save(tmp_path / "a.npz")
+    loaded, lopt = pylenet.load(tmp_path / "a.npz", return_optimizer=True)
+    assert lopt is None
+    m.save(tmp_path / "b.npz", optimizer=optim.Adam(3e-4))  # never trained: config only
+    _, lopt = pylenet.load(tmp_path / "b.npz", return_optimizer=True)
+    assert isinstance(lopt, optim.Adam) and lopt.lr == 3e-4 and lopt.state is None
+
+
+# ----------------------------------------------------------------------------- atomicity
+def test_save_overwrites_atomically(tmp_path):
+    a, b = models.lenet5(seed=1), models.lenet5(seed=2)
+    a.save(tmp_path / "m.npz")
+    b.save(tmp_path / "m.npz")
+    assert _only_checkpoints_in(tmp_path) == ["m.npz"]
+    _same_state(pylenet.load(tmp_path / "m.npz"), b)
+    b.save(tmp_path / "sub" / "dir" / "m.npz")  # folders are created
+    assert (tmp_path / "sub" / "dir" / "m.npz").exists()
+
+
+@pytest.mark.parametrize("how", ["raise-before-writing", "raise-after-partial-write", "keyboard-interrupt"])
+def test_failed_save_keeps_previous_file(tmp_path, monkeypatch, how):
+    path = tmp_path / "m.npz"
+    models.lenet5(seed=1).save(path)
+    before = path.read_bytes()
+
+    def broken_savez(f, **arrays):
+        if how == "raise-after-partial-write":
+            f.write(b"PK\x03\x04 half a zip")
+        if how == "keyboard-interrupt":
+            raise KeyboardInterrupt
+        raise OSError("disk full")
+
+    monkeypatch.setattr(np, "savez", broken_savez)
+    with pytest.raises((OSError, KeyboardInterrupt)):
+        models.lenet5(seed=2).save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert _only_checkpoints_in(tmp_path) == ["m.npz"]
+    _same_state(pylenet.load(path), models.lenet5(seed=1))
+
+
+def test_failed_save_of_new_file_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(np, "savez", lambda f, **a: (_ for _ in ()).throw(OSError("no space")))
+    with pytest.raises(OSError):
+        models.lenet5().save(tmp_path / "new.npz")
+    assert _only_checkpoints_in(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- bad files
+@pytest.fixture
+def good(tmp_path):
+    m, opt = _trained(opt=optim.SGD(0.01, momentum=0.9))
+    path = tmp_path / "good.npz"
+    m.save(path, optimizer=opt)
+    return path
+
+
+def _rewrite(good, tmp_path, change):
+    with np.load(good, allow_pickle=False) as z:
+        files = {k: z[k] for k in z.files}
+    meta = json.loads(str(files["meta"]))
+    raw = change(files, meta)  # a change returns a str to store as the raw meta text
+    files["meta"] = np.array(raw if isinstance(raw, str) else json.dumps(meta))
+    out = tmp_path / "bad.npz"
+    np.savez(out, **files)
+    return out
+
+
+@pytest.mark.parametrize("frac", [0.1, 0.5, 0.9, 0.99])
+def test_truncated_checkpoint(good, tmp_path, frac):
+    data = good.read_bytes()
+    bad = tmp_path / "t.npz"
+    bad.write_bytes(data[:int(len(data) * frac)])
+    with pytest.raises(ValueError):
+        pylenet.load(bad)
+
+
+def test_corrupt_bytes_in_checkpoint(good, tmp_path):
+    data = bytearray(good.read_bytes())
+    # Overwrite the first parameter's stored bytes (entries are stored uncompressed): the
+    # zip CRC no longer matches.
+    with zipfile.ZipFile(good) as z:
+        info = z.getinfo("param/0.weight.npy")
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra) + 200
+    data[start:start + 64] = bytes(64)
+    bad = tmp_path / "c.npz"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(ValueError):
+        pylenet.load(bad)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a zip", b"\x93NUMPY" + bytes(100)])
+def test_not_a_checkpoint(tmp_path, content):
+    p = tmp_path / "x.npz"
+    p.write_bytes(content)
+    with pytest.raises(ValueError):
+        pylenet.load(p)
+
+
+def test_plain_npy_is_not_a_checkpoint(tmp_path):
+    np.save(tmp_path / "x.npy", np.zeros(10))
+    with pytest.raises(ValueError):
+        pylenet.load(tmp_path / "x.npy")
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        pylenet.load(tmp_path / "nope.npz")
+
+
+def test_npz_without_meta(tmp_path):
+    np.savez(tmp_path / "w.npz", **{f"param/{k}": v for k, v in models.lenet5().state_dict().items()})
+    with pytest.raises(ValueError, match="meta"):
+        pylenet.load(tmp_path / "w.npz")
+
+
+def test_npz_with_pickled_object(tmp_path):
+    np.savez(tmp_path / "p.npz", meta=np.array([{"format": 1}], dtype=object))
+    with pytest.raises(ValueError):
+        pylenet.load(tmp_path / "p.npz")
+
+
+def _set(key, value):
+    def change(files, meta):
+        meta[key] = value
+    return change
+
+
+CORRUPT = {
+    "wrong-shape-param": lambda f, m: f.__setitem__("param/3.weight", np.zeros((16, 6, 3, 3), np.float32)),
+    "float64-param": lambda f, m: f.__setitem__("param/0.bias", f["param/0.bias"].astype(np.float64)),
+    "nan-param": lambda f, m: f["param/7.weight"].__setitem__((0, 0), np.nan),
+    "missing-param": lambda f, m: f.pop("param/11.bias") is None,
+    "extra-param": lambda f, m: f.__setitem__("param/12.weight", np.zeros(3, np.float32)),
+    "meta-not-json": lambda f, m: "{not json",
+    "future-format": _set("format", 99),
+    "unknown-layer-kind": lambda f, m: m["architecture"][1].__setitem__("kind", "GELU"),
+    "impossible-architecture": lambda f, m: m["architecture"][3].__setitem__("in", 7),
+    "optimizer-state-wrong-size": lambda f, m: f.__setitem__("optim/0", np.zeros(5, np.float32)),
+}
+CORRUPT_META = {  # malformed metadata: once KeyError/AttributeError escaped pylenet.load
+    "meta-without-architecture": lambda f, m: m.pop("architecture"),
+    "layer-config-missing-key": lambda f, m: m["architecture"][0].pop("in"),
+    "unknown-optimizer": _set("optimizer", {"kind": "rmsprop", "lr": 0.1}),
+    "meta-is-a-list": lambda f, m: "[1, 2]",
+}
+
+
+@pytest.mark.parametrize("case", list(CORRUPT) + list(CORRUPT_META))
+def test_corrupt_checkpoint_raises_value_error(good, tmp_path, case):
+    change = CORRUPT.get(case) or CORRUPT_META[case]
+    bad = _rewrite(good, tmp_path, change)
+    with pytest.raises(ValueError):
+        pylenet.load(bad, return_optimizer=True)
+
+
+# ----------------------------------------------------------------------------- load_state_dict
+def test_load_state_dict_reports_every_problem_at_once():
+    m = models.lenet5(seed=1)
+    before = m.state_dict()
+    sd = models.lenet5(seed=2).state_dict()
+    del sd["9.bias"]                                       # missing
+    sd["12.weight"] = np.zeros((3,), np.float32)           # unexpected
+    sd["3.weight"] = np.zeros((16, 6, 3, 3), np.float32)   # wrong shape
+    sd["7.bias"] = sd["7.bias"].astype(np.float64)         # wrong dtype
+    sd["11.weight"][2, 3] = np.nan                         # NaN
+    sd["0.bias"][1] = np.inf                               # inf
+    with pytest.raises(ValueError) as e:
+        m.load_state_dict(sd)
+    msg = str(e.value)
+    for needle in ("missing 9.bias", "unexpected 12.weight", "3.weight: shape (16, 6, 3, 3), expected (16, 6, 5, 5)",
+                   "7.bias: dtype float64", "11.weight: contains NaN", "0.bias: contains NaN or inf"):
+        assert needle in msg, (needle, msg)
+    _same_state(m, _with_state(models.lenet5(), before))  # nothing was loaded
+
+
+def _with_state(model, sd):
+    return model.load_state_dict(sd)
+
+
+def test_load_state_dict_copies_values():
+    src = models.lenet5(seed=3)
+    sd = src.state_dict()
+    dst = models.lenet5(seed=4).load_state_dict(sd)
+    _same_state(dst, src)
+    sd["0.weight"][...] = 0  # the model does not alias the caller's arrays
+    assert np.abs(dst.state_dict()["0.weight"]).max() > 0
+    got = dst.state_dict()
+    got["0.bias"][...] = 5  # nor does state_dict() alias the model's
+    assert not np.any(dst.state_dict()["0.bias"] == 5)
+
+
+def test_load_state_dict_across_models_fails():
+    with pytest.raises(ValueError, match="missing|shape"):
+        models.lenet5().load_state_dict(models.cudnn_lenet().state_dict())
+
+
+# ----------------------------------------------------------------------------- cudnn-training weights
+def test_cudnn_weights_round_trip(tmp_path):
+    src = models.cudnn_lenet(seed=21)
+    paths = cudnn_format.export_cudnn_weights(src.state_dict(), tmp_path / "w")
+    assert sorted(os.path.basename(p) for p in paths) == sorted(cudnn_format.CUDNN_FILES)
+    assert sorted(os.listdir(tmp_path / "w")) == sorted(cudnn_format.CUDNN_FILES)  # no temporaries
+    sd = src.state_dict()
+    for fname, (key, count) in cudnn_format.CUDNN_FILES.items():
+        raw = (tmp_path / "w" / fname).read_bytes()
+        assert raw == sd[key].astype("<f4").tobytes(order="C")  # headerless C-order float32
+        assert len(raw) == 4 * count
+    dst = models.cudnn_lenet(seed=22)
+    dst.load_state_dict(cudnn_format.import_cudnn_weights(tmp_path / "w"))
+    _same_state(dst, src)
+    x = _probe(3, 300)
+    np.testing.assert_array_equal(dst.predict(x, return_probs=True)[1], src.predict(x, return_probs=True)[1])
+
+
+def test_cudnn_model_helpers(tmp_path):
+    src = models.cudnn_lenet(seed=31)
+    models.export_cudnn_training(src, tmp_path)
+    dst = models.import_cudnn_training(tmp_path)
+    _same_state(dst, src)
+    with pytest.raises(ValueError):
+        models.export_cudnn_training(models.lenet5(), tmp_path / "x")
+    with pytest.raises(ValueError):
+        models.import_cudnn_training(tmp_path, model=models.lenet5())
+
+
+def test_cudnn_import_rejects_short_file(tmp_path):
+    cudnn_format.export_cudnn_weights(models.cudnn_lenet().state_dict(), tmp_path)
+    p = tmp_path / "ip1.bin"
+    p.write_bytes(p.read_bytes()[:-4])
+    with pytest.raises(ValueError, match="ip1.bin"):
+        cudnn_format.import_cudnn_weights(tmp_path)

@@ -1,0 +1,188 @@
+"""The command line, run as a user would: ``python -m pylenet ...`` in a scratch folder."""
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pylenet
+import pylenet.cudnn_format
+from pylenet.images import load_image
+
+
+def data_root():
+    env = os.environ.get("PYLENET_DATA")
+    return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+HAVE_MNIST = all((data_root() / "mnist" / f).exists() for f in (
+    "train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz"))
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason=f"MNIST not found under {data_root()} (set $PYLENET_DATA)")
+
+
+def cli(cwd, *args, timeout=300):
+    env = dict(os.environ, PYLENET_DATA=str(data_root()))
+    return subprocess.run([sys.executable, "-m", "pylenet", *map(str, args)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def assert_clean_failure(r, *needles):
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith("pylenet: error:"), r.stderr
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)
+
+
+def write_png(path, pixels):
+    """Minimal PNG writer: 8-bit grey (H, W) or RGB (H, W, 3), filter 0 on every row."""
+    pixels = np.asarray(pixels, np.uint8)
+    h, w = pixels.shape[:2]
+    colour = 0 if pixels.ndim == 2 else 2
+    raw = b"".join(b"\x00" + pixels[y].tobytes() for y in range(h))
+
+    def chunk(tag, data):
+        return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
+
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, colour, 0, 0, 0))
+                           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+
+# ----------------------------------------------------------------------------- info / summary
+def test_info(tmp_path):
+    r = cli(tmp_path, "info")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(f"pylenet {pylenet.__version__}")
+    for word in ("compiler", "simd", "threads", "cuda"):
+        assert word in r.stdout
+    r = cli(tmp_path, "info", "--json")
+    assert r.returncode == 0, r.stderr
+    info = json.loads(r.stdout)
+    assert info["version"] == pylenet.__version__
+    assert info["simd"]["compiled"] == pylenet.build_info()["simd"]["compiled"]
+
+
+def test_summary(tmp_path):
+    r = cli(tmp_path, "summary", "--model", "cudnn_lenet")
+    assert r.returncode == 0, r.stderr
+    assert "431,080" in r.stdout and "memory plan" in r.stdout
+    assert "(64, 20, 24, 24)" in r.stdout and "(64, 10)" in r.stdout
+    r = cli(tmp_path, "summary", "--model", "lenet5", "--batch-size", "8")
+    assert r.returncode == 0 and "61,706" in r.stdout and "(8, 6, 28, 28)" in r.stdout
+    assert_clean_failure(cli(tmp_path, "summary", "--batch-size", "0"))
+
+
+def test_usage_errors(tmp_path):
+    r = cli(tmp_path)
+    assert r.returncode == 2 and "usage" in r.stderr
+    r = cli(tmp_path, "summary", "--model", "alexnet")
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+# ----------------------------------------------------------------------------- train / eval / predict
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    if not HAVE_MNIST:
+        pytest.skip(f"MNIST not found under {data_root()}")
+    cwd = tmp_path_factory.mktemp("cli")
+    r = cli(cwd, "train", "--limit", "2000", "--epochs", "1", "--save", "m.npz", "--history", "h.json", "--quiet")
+    return cwd, r
+
+
+@needs_mnist
+def test_train(trained):
+    cwd, r = trained
+    assert r.returncode == 0, r.stderr
+    assert (cwd / "m.npz").exists() and not [p for p in os.listdir(cwd) if p.endswith(".tmp")]
+    assert "(2000 images)" in r.stdout and "epoch  1/1" in r.stdout
+    acc = float(re.search(r"test accuracy (\d+\.\d+)%", r.stdout).group(1))
+    assert acc >= 60.0, r.stdout  # 2000 images, one epoch (32 steps): ~73%; untrained ~10%
+    hist = json.loads((cwd / "h.json").read_text())
+    assert hist["args"]["limit"] == 2000 and len(hist["history"]["epochs"]) == 1
+    assert hist["history"]["epochs"][0]["eval_accuracy"] == pytest.approx(acc / 100, abs=5e-5)
+    m = pylenet.load(cwd / "m.npz")
+    assert m.name == "lenet5" and m.normalization == pytest.approx((0.1307, 0.3081))
+    _, opt = pylenet.load(cwd / "m.npz", return_optimizer=True)
+    assert opt.config() == {"kind": "sgd", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "nesterov": True}
+    assert opt.state["steps"] == 32  # ceil(2000 / 64)
+
+
+@needs_mnist
+def test_eval_matches_train(trained):
+    cwd, r_train = trained
+    r = cli(cwd, "eval", "m.npz")
+    assert r.returncode == 0, r.stderr
+    train_acc = re.search(r"test accuracy (\d+\.\d+%)", r_train.stdout).group(1)
+    assert f"mnist test accuracy {train_acc}" in r.stdout and "(10000 images)" in r.stdout
+
+
+@needs_mnist
+def test_predict_png_and_npy(trained):
+    cwd, _ = trained
+    test = pylenet.datasets.mnist(data_root(), train=False, normalize=False, download=False)
+    pix = [np.round(test.images[i, 0] * 255).astype(np.uint8) for i in range(3)]
+    write_png(cwd / "a.png", pix[0])                                   # 28x28 grey, as MNIST
+    np.save(cwd / "b.npy", pix[1])                                     # 28x28 uint8 array
+    big = np.kron(255 - pix[2], np.ones((4, 3), np.uint8))[6:106, 2:82]  # 100x80, dark digit on white
+    write_png(cwd / "c.png", np.stack([big] * 3, axis=-1))              # as RGB
+    r = cli(cwd, "predict", "m.npz", "a.png", "b.npy", "c.png")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 3
+    got = []
+    for line, name in zip(lines, ("a.png", "b.npy", "c.png")):
+        m = re.fullmatch(rf"{re.escape(name)}: (\d) \(p=(\d\.\d+)\)", line)
+        assert m, line
+        assert 0.0 < float(m.group(2)) <= 1.0
+        got.append(int(m.group(1)))
+    # The same model in this process, on the same pixels, gives the same classes.
+    model = pylenet.load(cwd / "m.npz")
+    mean, std = model.normalization
+    x = (np.stack([p / 255.0 for p in pix[:2]] + [load_image(cwd / "c.png")]).astype(np.float32) - mean) / std
+    assert got == model.predict(x).tolist()
+
+
+@needs_mnist
+def test_predict_and_eval_bad_paths(trained):
+    cwd, _ = trained
+    (cwd / "notes.txt").write_text("not a checkpoint")
+    (cwd / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    assert_clean_failure(cli(cwd, "eval", "missing.npz"), "missing.npz")
+    assert_clean_failure(cli(cwd, "eval", "notes.txt"), "notes.txt")
+    assert_clean_failure(cli(cwd, "predict", "missing.npz", "a.png"), "missing.npz")
+    assert_clean_failure(cli(cwd, "predict", "m.npz", "nothere.png"), "nothere.png")
+    assert_clean_failure(cli(cwd, "predict", "m.npz", "broken.png"), "broken.png")
+    assert_clean_failure(cli(cwd, "predict", "m.npz", "notes.txt"))
+    os.makedirs(cwd / "adir", exist_ok=True)
+    assert_clean_failure(cli(cwd, "predict", "m.npz", "adir"))
+
+
+@needs_mnist
+def test_train_bad_arguments(tmp_path):
+    assert_clean_failure(cli(tmp_path, "train", "--limit", "100", "--epochs", "0", "--quiet"), "epochs")
+    assert_clean_failure(cli(tmp_path, "train", "--limit", "100", "--lr", "-1", "--quiet"))
+    assert_clean_failure(cli(tmp_path, "train", "--limit", "100000", "--quiet"))
+    assert not list(tmp_path.glob("*.npz"))
+
+
+def test_cudnn_export_import_commands(tmp_path):
+    src = pylenet.models.cudnn_lenet(seed=8)
+    src.save(tmp_path / "c.npz")
+    r = cli(tmp_path, "export-cudnn", "c.npz", "bins")
+    assert r.returncode == 0, r.stderr
+    assert sorted(os.listdir(tmp_path / "bins")) == sorted(pylenet.cudnn_format.CUDNN_FILES)
+    r = cli(tmp_path, "import-cudnn", "bins", "--save", "back.npz")
+    assert r.returncode == 0, r.stderr
+    back = pylenet.load(tmp_path / "back.npz")
+    for k, v in src.state_dict().items():
+        np.testing.assert_array_equal(back.state_dict()[k], v)
+    pylenet.models.lenet5().save(tmp_path / "l.npz")
+    assert_clean_failure(cli(tmp_path, "export-cudnn", "l.npz", "bins2"), "cudnn_lenet")
+    assert_clean_failure(cli(tmp_path, "import-cudnn", "nowhere"), "nowhere")
