@@ -23,7 +23,7 @@ __all__ = [
     "softmax_cross_entropy", "sgd_step",
 ]
 
-CONV_ALGOS = ("naive", "im2col", "auto")
+CONV_ALGOS = ("naive", "im2col", "direct", "auto", "heuristic")
 
 
 def _handle():
@@ -67,8 +67,10 @@ def _inplace(a, name, op):
 def conv2d(x, w, b=None, stride=1, padding=0, algo="auto"):
     """y = x (*) w + b, cross-correlation with zero padding. x (N, C, H, W), w (K, C, R, S).
 
-    ``algo``: ``"naive"`` (seven loops), ``"im2col"`` (unfold + GEMM) or ``"auto"`` (measure
-    once per shape and keep the fastest, as ``cudnnFindConvolutionForwardAlgorithm`` does).
+    ``algo``: ``"naive"`` (seven loops), ``"im2col"`` (unfold + GEMM), ``"direct"`` (SIMD over
+    output rows; stride 1, small channel counts) or ``"auto"`` (measure once per shape and
+    keep the fastest applicable one, as ``cudnnFindConvolutionForwardAlgorithm`` does) or
+    ``"heuristic"`` (a fixed rule from the shape, like ``cudnnGetConvolutionForwardAlgorithm``).
     """
     op = "conv2d"
     x, w = _f32(x, "input", op), _f32(w, "weight", op)

@@ -221,7 +221,7 @@ class Sequential(Module):
     def architecture(self):
         return [layer.config() for layer in self.layers]
 
-    def _compile(self, batch_size, optimizer=None, conv_algo="im2col", threads=None):
+    def _compile(self, batch_size, optimizer=None, conv_algo="heuristic", threads=None):
         from . import get_num_threads
         spec = optimizer.spec() if optimizer is not None else {"kind": "sgd", "lr": 0.0}
         try:

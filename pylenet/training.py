@@ -103,7 +103,7 @@ class _ProgressBar:
 
 
 def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedule=None, eval_set=None,
-          device="cpu", seed=0, progress=True, conv_algo="im2col", on_epoch=None):
+          device="cpu", seed=0, progress=True, conv_algo="heuristic", on_epoch=None):
     """Trains ``model`` in place and returns a History.
 
     optimizer: an Optimizer, a name ("sgd", "adam", "adadelta") or None (SGD lr 0.01);
@@ -111,8 +111,10 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     schedule: a Schedule or a name ("constant", "step", "cosine", "inv").
     progress: a progress bar on stderr when it is a terminal.
     on_epoch: called with each epoch's record (e.g. to print or checkpoint).
-    Results are bit-identical for the same seed, whatever the thread count (with the default
-    conv_algo; "auto" picks by timing, which can differ between runs).
+    conv_algo: "heuristic" (default: a fixed rule per layer), "direct", "im2col", "naive" or
+    "auto" (time each algorithm once; the choice can differ between runs).
+    Results are bit-identical for the same seed, whatever the thread count (with a fixed
+    conv_algo, i.e. anything but "auto").
     """
     _check_device(device)
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):

@@ -1,7 +1,8 @@
 """conv2d / conv2d_backward against the float64 reference and torch.
 
 Every test runs on every SIMD path (``F`` fixture) and, for conv, on every
-algorithm ("naive", "im2col", "auto").
+algorithm ("naive", "im2col", "direct", "auto"). "direct" handles stride 1 with padding
+smaller than the kernel and kernel widths up to 8; elsewhere it must raise ValueError.
 """
 
 import numpy as np
@@ -10,7 +11,13 @@ import pytest
 import reference as R
 from conftest import assert_close, f32
 
-ALGOS = ["naive", "im2col", "auto"]
+ALGOS = ["naive", "im2col", "direct", "auto"]
+
+
+def direct_supports(case):
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    (sh, sw), (ph, pw) = R.pair(stride), R.pair(padding)
+    return sh == 1 and sw == 1 and ph < kh and pw < kw and kw <= 8
 
 # (n, c, h, w, out_c, kh, kw, stride, padding)
 CASES = [
@@ -26,6 +33,12 @@ CASES = [
     (1, 2, 11, 7, 3, 2, 2, 3, 0),            # stride > kernel: some inputs unused
     (3, 3, 12, 5, 2, 5, 1, (1, 2), (2, 0)),
     (1, 1, 1, 9, 2, 1, 3, 2, 0),             # 1-row image
+    # shapes for the direct kernels: wide rows (several column blocks), kernel width 8,
+    # output channels that leave register-block tails, many input channels
+    (2, 2, 5, 70, 21, 3, 3, 1, 1),
+    (1, 3, 9, 40, 5, 2, 8, 1, (1, 7)),
+    (2, 17, 6, 9, 3, 3, 1, 1, (2, 0)),
+    (3, 1, 13, 33, 37, 4, 4, 1, 3),
 ]
 CASE_IDS = [f"n{n}c{c}_{h}x{w}_o{o}_k{kh}x{kw}_s{s}_p{p}".replace(" ", "")
             for n, c, h, w, o, kh, kw, s, p in CASES]
@@ -52,6 +65,10 @@ def make(rng, n, c, h, w, oc, kh, kw, stride, padding):
 def check_forward(F, rng, case, algo):
     n, c, h, w, oc, kh, kw, stride, padding = case
     x, wt, b, _ = make(rng, *case)
+    if algo == "direct" and not direct_supports(case):
+        with pytest.raises(ValueError, match="direct"):
+            F.conv2d(x, wt, b, stride=stride, padding=padding, algo=algo)
+        return
     x0, w0, b0 = x.copy(), wt.copy(), b.copy()
     y = F.conv2d(x, wt, b, stride=stride, padding=padding, algo=algo)
     assert_close(y, R.conv2d(x, wt, b, stride, padding), what="conv2d y")
@@ -66,6 +83,10 @@ def check_forward(F, rng, case, algo):
 def check_backward(F, rng, case, algo):
     n, c, h, w, oc, kh, kw, stride, padding = case
     x, wt, _, dy = make(rng, *case)
+    if algo == "direct" and not direct_supports(case):
+        with pytest.raises(ValueError, match="direct"):
+            F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo=algo)
+        return
     dx, dw, db = F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo=algo)
     rdx, rdw, rdb = R.conv2d_backward(dy, x, wt, stride, padding)
     assert_close(dx, rdx, what="conv2d dx")
@@ -137,6 +158,8 @@ def test_hand_computed(F):
     expect = np.array([[[[1 * 4, 2 * 3 + 3 * 4],
                          [4 * 2 + 7 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4]]]], np.float32)
     for algo in ALGOS:
+        if algo == "direct":  # stride 2: not a direct shape
+            continue
         np.testing.assert_allclose(F.conv2d(x, w, stride=2, padding=1, algo=algo), expect, rtol=1e-6)
         dx, dw, db = F.conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, w, stride=2, padding=1, algo=algo)
         np.testing.assert_allclose(db, [4.0])
@@ -173,6 +196,8 @@ def test_conv2d_vs_torch(F, rng, case, algo):
     torch = pytest.importorskip("torch")
     n, c, h, w, oc, kh, kw, stride, padding = case
     x, wt, b, dy = make(rng, *case)
+    if algo == "direct" and not direct_supports(case):
+        pytest.skip("direct: stride 1 only (the ValueError is checked in test_conv2d_forward)")
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     wtt = torch.tensor(wt, dtype=torch.float64, requires_grad=True)
     bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
@@ -184,3 +209,14 @@ def test_conv2d_vs_torch(F, rng, case, algo):
     assert_close(dx, xt.grad.numpy(), what="conv2d dx vs torch")
     assert_close(dw, wtt.grad.numpy(), what="conv2d dw vs torch")
     assert_close(db, bt.grad.numpy(), what="conv2d db vs torch")
+
+
+# Stride-1 random shapes, so the direct algorithm meets torch on shapes nobody tuned for.
+TORCH_CASES_S1 = [(n, c, h, w, oc, kh, kw, 1, (min(p[0], kh - 1), min(p[1], kw - 1)))
+                  for (n, c, h, w, oc, kh, kw, s, p) in _random_cases(10, seed=7)]
+
+
+@pytest.mark.parametrize("algo", ["direct", "auto"])
+@pytest.mark.parametrize("case", TORCH_CASES_S1, ids=lambda c: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}".format(*c).replace(" ", ""))
+def test_conv2d_stride1_vs_torch(F, rng, case, algo):
+    test_conv2d_vs_torch(F, rng, case, algo)

@@ -9,8 +9,10 @@
 // Determinism: no atomics on float results anywhere; each output element is summed by one
 // thread (or one fixed reduction tree) in a fixed order, so results are bit-identical run
 // after run on the same GPU. Sums whose order differs from the CPU's (GEMM tiles, gathers
-// instead of scatters) agree with it to rounding, not bit for bit; pooling, activations and
-// the optimizer updates are bit-identical to the CPU kernels on x86-64.
+// instead of scatters) agree with it to rounding, not bit for bit. Pooling, the column sum
+// of linear_backward_bias, relu, the activation gradients and the optimizer updates do the
+// CPU's operations in the CPU's order, unfused, so they should match the CPU kernels bit for
+// bit on x86-64 (tanh forward uses CUDA's tanhf and may differ in the last bit).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -106,15 +108,17 @@ constexpr unsigned long long kNone = ~0ull;
 int64_t softmax_cross_entropy_workspace_bytes(int64_t n);
 
 // Queues the whole loss on `stream` without synchronising (the training loop's form):
-// validates labels and logits, and only if both are good writes dlogits (N, C) (OVERWRITES;
-// skipped when null) and result->loss (mean reduced in a fixed order, in double).
+// validates labels and logits, and only if both are good writes
+// dlogits (N, C) = (softmax - onehot) * grad_scale (OVERWRITES; skipped when null;
+// grad_scale = 1/N for the mean, as in cpu::) and result->loss (the mean over these N rows,
+// reduced in a fixed order, in double).
 // logits (N, C), labels (N,) int64, result: device memory (e.g. CudaContext::scratch()).
 void softmax_cross_entropy_async(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
-                                 LossResult* result, void* ws, cudaStream_t stream);
+                                 float grad_scale, LossResult* result, void* ws, cudaStream_t stream);
 // The cpu:: form: queues the above, SYNCHRONISES the stream and returns the mean loss, or
 // throws InvalidArgument naming the bad label or non-finite logit (nothing was written).
 double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
-                             LossResult* result, void* ws, cudaStream_t stream);
+                             float grad_scale, LossResult* result, void* ws, cudaStream_t stream);
 
 // ---------------------------------------------------------------- optimizers (optim.cu)
 // One launch over a flat buffer of `count` parameters (a network keeps all its parameters

@@ -30,12 +30,11 @@ __global__ void validate_kernel(int64_t n, int64_t c, const float* logits, const
 }
 
 __global__ void __launch_bounds__(kRowThreads) rows_kernel(int64_t n, int64_t c, const float* logits,
-                                                           const int64_t* labels, float* dlogits,
+                                                           const int64_t* labels, float* dlogits, float grad_scale,
                                                            const LossResult* res, double* row_loss) {
   if (res->bad_label != kNone || res->nonfinite != kNone) return;  // rejected: write nothing
   const int lane = threadIdx.x % 32;
   const int64_t warps = int64_t(gridDim.x) * (kRowThreads / 32);
-  const float inv_n = 1.0f / static_cast<float>(n);
   for (int64_t row = int64_t(blockIdx.x) * (kRowThreads / 32) + threadIdx.x / 32; row < n; row += warps) {
     const float* z = logits + row * c;
     float zmax = -INFINITY;
@@ -50,9 +49,9 @@ __global__ void __launch_bounds__(kRowThreads) rows_kernel(int64_t n, int64_t c,
       float* dz = dlogits + row * c;
       const double inv_sum = 1.0 / sum;
       for (int64_t j = lane; j < c; j += 32) {
-        // (float)(p) * inv_n, then - inv_n at the label: the CPU's two roundings, unfused
-        float v = __fmul_rn(static_cast<float>(exp(static_cast<double>(z[j] - zmax)) * inv_sum), inv_n);
-        if (j == label) v -= inv_n;
+        // (float)(p) * grad_scale, then - grad_scale at the label: the CPU's two roundings, unfused
+        float v = __fmul_rn(static_cast<float>(exp(static_cast<double>(z[j] - zmax)) * inv_sum), grad_scale);
+        if (j == label) v -= grad_scale;
         dz[j] = v;
       }
     }
@@ -73,7 +72,7 @@ __global__ void __launch_bounds__(kMeanThreads) mean_kernel(int64_t n, const dou
 int64_t softmax_cross_entropy_workspace_bytes(int64_t n) { return n * static_cast<int64_t>(sizeof(double)); }
 
 void softmax_cross_entropy_async(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
-                                 LossResult* result, void* ws, cudaStream_t stream) {
+                                 float grad_scale, LossResult* result, void* ws, cudaStream_t stream) {
   // All bits set: loss = NaN, bad_label = nonfinite = kNone.
   PYL_CUDA_CHECK(cudaMemsetAsync(result, 0xFF, sizeof(LossResult), stream));
   if (n <= 0 || c <= 0) return;
@@ -81,16 +80,16 @@ void softmax_cross_entropy_async(int64_t n, int64_t c, const float* logits, cons
   PYL_CUDA_LAUNCH_CHECK();
   const int64_t blocks = (n + kRowThreads / 32 - 1) / (kRowThreads / 32);
   rows_kernel<<<static_cast<unsigned>(std::min<int64_t>(blocks, int64_t(1) << 16)), kRowThreads, 0, stream>>>(
-      n, c, logits, labels, dlogits, result, static_cast<double*>(ws));
+      n, c, logits, labels, dlogits, grad_scale, result, static_cast<double*>(ws));
   PYL_CUDA_LAUNCH_CHECK();
   mean_kernel<<<1, kMeanThreads, 0, stream>>>(n, static_cast<const double*>(ws), result);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
 double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
-                             LossResult* result, void* ws, cudaStream_t stream) {
+                             float grad_scale, LossResult* result, void* ws, cudaStream_t stream) {
   const char* op = "softmax_cross_entropy (cuda)";
-  softmax_cross_entropy_async(n, c, logits, labels, dlogits, result, ws, stream);
+  softmax_cross_entropy_async(n, c, logits, labels, dlogits, grad_scale, result, ws, stream);
   LossResult host;
   PYL_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof host, cudaMemcpyDeviceToHost, stream));
   PYL_CUDA_CHECK(cudaStreamSynchronize(stream));

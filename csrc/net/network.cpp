@@ -1,6 +1,7 @@
 #include "net/network.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -329,6 +330,7 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
   for (auto& l : layers_) workspace_bytes_ = std::max(workspace_bytes_, l->workspace_bytes(g, 1));
   for (auto& w : workers_) w->workspace(static_cast<size_t>(workspace_bytes_));
   std::fill(grads_.floats(), grads_.floats() + num_params_, 0.0f);
+  set_profiling(false);
 }
 
 MemoryPlan Network::memory_plan() const {
@@ -379,11 +381,47 @@ const float* Network::layer_input(size_t k, const float* x) const {
   return x;
 }
 
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+}  // namespace
+
+void Network::set_profiling(bool on) {
+  profiling_ = on;
+  times_.assign(workers_.size(), std::vector<double>(2 * layers_.size() + 1, 0.0));
+}
+
+std::vector<std::pair<double, double>> Network::profile() const {
+  std::vector<std::pair<double, double>> out(layers_.size(), {0.0, 0.0});
+  for (auto& w : times_)
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      out[i].first += w[2 * i];
+      out[i].second += w[2 * i + 1];
+    }
+  return out;
+}
+
+double Network::loss_seconds() const {
+  double t = 0;
+  for (auto& w : times_) t += w.back();
+  return t;
+}
+
+// The worker running on handle h (handles are owned by workers_).
+static size_t worker_index(const std::vector<std::unique_ptr<Handle>>& workers, const Handle& h) {
+  for (size_t i = 0; i < workers.size(); ++i)
+    if (workers[i].get() == &h) return i;
+  return 0;
+}
+
 const float* Network::forward(Handle& h, const float* x, int64_t start, int64_t m) {
+  double* t = profiling_ ? times_[worker_index(workers_, h)].data() : nullptr;
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (layers_[i]->is_view()) continue;
+    const auto t0 = Clock::now();
     layers_[i]->forward(h, params_.floats(), layer_input(i, x) + start * in_floats_[i],
                         act_[i + 1] + start * out_floats_[i], m);
+    if (t) t[2 * i] += since(t0);
   }
   return layer_input(layers_.size(), x) + start * classes_;
 }
@@ -393,13 +431,16 @@ void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, floa
   // chunk owns the region at start * grad_stride_ of both buffers, whatever the layer.
   float* dy = grad_a_ + start * grad_stride_;
   float* spare = grad_b_ + start * grad_stride_;
+  double* t = profiling_ ? times_[worker_index(workers_, h)].data() : nullptr;
   for (size_t k = layers_.size(); k-- > 0;) {
     Layer& l = *layers_[k];
     if (l.is_view()) continue;  // the gradient passes through unchanged
     bool need_dx = false;
     for (size_t j = 0; j < k; ++j) need_dx |= (info_[j].weight_count > 0);
+    const auto t0 = Clock::now();
     l.backward(h, params_.floats(), grads, layer_input(k, x) + start * in_floats_[k],
                act_[k + 1] + start * out_floats_[k], dy, need_dx ? spare : nullptr, m);
+    if (t) t[2 * k + 1] += since(t0);
     if (!need_dx) break;  // nothing below has parameters
     std::swap(dy, spare);
   }
@@ -448,8 +489,10 @@ RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, f
     const float* logits = forward(h, x, start, m);
     chunk_bad_[c] = !all_finite(logits, m * classes_);
     if (chunk_bad_[c]) return;
+    const auto t0 = Clock::now();
     chunk_loss_[c] = cpu::softmax_cross_entropy(m, classes_, logits, labels + start, grad_a_ + start * grad_stride_,
                                                 grad_scale) * static_cast<double>(m);
+    if (profiling_) times_[worker_index(workers_, h)].back() += since(t0);
     chunk_correct_[c] = count_correct(logits, labels + start, m, classes_);
     backward(h, x, start, m, chunks > 1 ? chunk_grads_.floats() + c * round16(num_params_) : grads_.floats());
   });

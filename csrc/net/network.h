@@ -110,6 +110,12 @@ class Network {
   void set_optimizer_steps(int64_t n) { optimizer_steps_ = n; }
   const OptimSpec& optimizer() const { return optim_; }
 
+  // Per-layer timing (seconds summed over workers, i.e. CPU time) of forward and backward,
+  // collected while profiling is on; for finding where a step spends its time.
+  void set_profiling(bool on);
+  std::vector<std::pair<double, double>> profile() const;  // (forward, backward) per layer
+  double loss_seconds() const;  // softmax cross-entropy, summed over workers
+
   // Checks that images are (N, *input_shape) [and labels (N,)]; `op` names the caller.
   void check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const;
 
@@ -158,6 +164,8 @@ class Network {
   float* grad_b_ = nullptr;
   int64_t grad_stride_ = 0;  // floats per sample in the gradient buffers (the largest tensor)
   int64_t workspace_bytes_ = 0;  // per worker
+  bool profiling_ = false;
+  std::vector<std::vector<double>> times_;  // [worker][2 * layer + pass], plus loss at the end
 };
 
 }  // namespace pylenet

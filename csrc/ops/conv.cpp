@@ -8,6 +8,7 @@
 
 #include "core/error.h"
 #include "core/simd.h"
+#include "cpu/conv_direct.h"
 
 namespace pylenet {
 
@@ -15,7 +16,9 @@ const char* conv_algo_name(ConvAlgo algo) {
   switch (algo) {
     case ConvAlgo::Naive: return "naive";
     case ConvAlgo::Im2col: return "im2col";
+    case ConvAlgo::Direct: return "direct";
     case ConvAlgo::Auto: return "auto";
+    case ConvAlgo::Heuristic: return "heuristic";
   }
   return "?";
 }
@@ -23,9 +26,31 @@ const char* conv_algo_name(ConvAlgo algo) {
 ConvAlgo conv_algo_from_name(const std::string& name) {
   if (name == "naive") return ConvAlgo::Naive;
   if (name == "im2col") return ConvAlgo::Im2col;
+  if (name == "direct") return ConvAlgo::Direct;
   if (name == "auto") return ConvAlgo::Auto;
-  fail(ErrorKind::InvalidArgument, "conv2d: unknown algorithm '", name, "' (expected naive, im2col or auto)");
+  if (name == "heuristic") return ConvAlgo::Heuristic;
+  fail(ErrorKind::InvalidArgument, "conv2d: unknown algorithm '", name,
+       "' (expected naive, im2col, direct, auto or heuristic)");
 }
+
+bool conv_algo_supported(ConvAlgo algo, const ConvShape& s) {
+  if (algo == ConvAlgo::Direct) return cpu::conv_direct_supported(s);
+  return algo == ConvAlgo::Naive || algo == ConvAlgo::Im2col;
+}
+
+ConvAlgo conv_heuristic_algo(ConvPass pass, const ConvShape& s) {
+  (void)pass;
+  return cpu::conv_direct_supported(s) && s.c * s.r * s.s <= 256 ? ConvAlgo::Direct : ConvAlgo::Im2col;
+}
+
+namespace {
+void require_supported(ConvAlgo algo, const ConvShape& s) {
+  if (!conv_algo_supported(algo, s))
+    fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo), "' does not support stride (",
+         s.sh, ", ", s.sw, "), padding (", s.ph, ", ", s.pw, ") with kernel ", s.r, "x", s.s,
+         " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8); use im2col or auto");
+}
+}  // namespace
 
 ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc& w, const ConvDesc& conv) {
   x.check(op, "input", 4, "(N, C, H, W)");
@@ -49,9 +74,13 @@ size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int
   switch (algo) {
     case ConvAlgo::Naive: return 0;
     case ConvAlgo::Im2col: return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
+    case ConvAlgo::Direct:
+      return cpu::conv_direct_supported(s) ? sizeof(float) * cpu::conv_direct_workspace_floats(pass, s, threads) : 0;
+    case ConvAlgo::Heuristic: return conv_workspace_size(conv_heuristic_algo(pass, s), pass, s, threads);
     case ConvAlgo::Auto: {
       size_t most = 0;
-      for (ConvAlgo a : kConvAlgos) most = std::max(most, conv_workspace_size(a, pass, s, threads));
+      for (ConvAlgo a : kConvAlgos)
+        if (conv_algo_supported(a, s)) most = std::max(most, conv_workspace_size(a, pass, s, threads));
       return most;
     }
   }
@@ -65,14 +94,17 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
   switch (pass) {
     case ConvPass::Forward:
       if (algo == ConvAlgo::Naive) cpu::conv_forward_naive(s, x, w, bias, out, t);
+      else if (algo == ConvAlgo::Direct) cpu::conv_forward_direct(s, x, w, bias, out, ws, t);
       else cpu::conv_forward_im2col(s, x, w, bias, out, ws, t);
       return;
     case ConvPass::BackwardData:
       if (algo == ConvAlgo::Naive) cpu::conv_backward_data_naive(s, w, dy, out, t);
+      else if (algo == ConvAlgo::Direct) cpu::conv_backward_data_direct(s, w, dy, out, ws, t);
       else cpu::conv_backward_data_im2col(s, w, dy, out, ws, t);
       return;
     case ConvPass::BackwardFilter:
       if (algo == ConvAlgo::Naive) cpu::conv_backward_filter_naive(s, x, dy, out, t);
+      else if (algo == ConvAlgo::Direct) cpu::conv_backward_filter_direct(s, x, dy, out, ws, t);
       else cpu::conv_backward_filter_im2col(s, x, dy, out, ws, t);
       return;
   }
@@ -90,7 +122,11 @@ std::string cache_key(ConvPass pass, const ConvShape& s, int threads) {
 // Resolves Auto to the measured-fastest algorithm for this pass and shape (cached).
 ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
                  const float* dy, float* out) {
-  if (algo != ConvAlgo::Auto) return algo;
+  if (algo == ConvAlgo::Heuristic) return conv_heuristic_algo(pass, s);
+  if (algo != ConvAlgo::Auto) {
+    require_supported(algo, s);
+    return algo;
+  }
   auto& cache = h.algo_cache();
   const std::string key = cache_key(pass, s, h.threads());
   auto it = cache.find(key);
@@ -108,6 +144,7 @@ std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const C
                                                const float* w, const float* dy, float* out) {
   std::vector<ConvAlgoPerf> perf;
   for (ConvAlgo a : kConvAlgos) {
+    if (!conv_algo_supported(a, s)) continue;
     double best = std::numeric_limits<double>::infinity();
     // One untimed run warms caches and the workspace; then the best of two runs. The
     // slow naive loops get a single timed run on big shapes.

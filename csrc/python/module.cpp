@@ -89,7 +89,14 @@ py::dict build_info() {
 #else
   info["openmp"] = false;
 #endif
+  // "cuda": a usable GPU backend in this module. The CUDA kernels may already be compiled
+  // (cuda_kernels_built) while their bindings are still to come.
   info["cuda"] = false;
+#ifdef PYLENET_CUDA_KERNELS_BUILT
+  info["cuda_kernels_built"] = true;
+#else
+  info["cuda_kernels_built"] = false;
+#endif
   return info;
 }
 
@@ -218,7 +225,7 @@ PYBIND11_MODULE(_C, m) {
                                               threads);
            }),
            py::arg("layers"), py::arg("input_shape"), py::arg("batch_size"), py::arg("optimizer"),
-           py::arg("conv_algo") = "im2col", py::arg("threads") = 1)
+           py::arg("conv_algo") = "heuristic", py::arg("threads") = 1)
       .def_property_readonly("num_params", &Network::num_params)
       .def_property_readonly("num_classes", &Network::num_classes)
       .def_property_readonly("batch_size", &Network::batch_capacity)
@@ -256,6 +263,19 @@ PYBIND11_MODULE(_C, m) {
       .def("params", [](Network& n) { return view_of(n, n.params(), n.num_params()); })
       .def("grads", [](Network& n) { return view_of(n, n.grads(), n.num_params()); })
       .def_property_readonly("num_state_buffers", &Network::num_state_buffers)
+      .def("set_profiling", &Network::set_profiling, "Collect per-layer forward/backward times (resets them).")
+      .def("profile", [](Network& n) {
+        py::list out;
+        auto p = n.profile();
+        for (size_t i = 0; i < p.size(); ++i) {
+          py::dict d;
+          d["kind"] = n.layers()[i].kind;
+          d["forward_s"] = p[i].first;
+          d["backward_s"] = p[i].second;
+          out.append(d);
+        }
+        return py::make_tuple(out, n.loss_seconds());
+      })
       .def("state", [](Network& n, int i) {
         PYL_CHECK_ARG(i >= 0 && i < n.num_state_buffers(), "Network.state: index ", i, " out of range");
         return view_of(n, n.state(i), n.num_params());

@@ -1,0 +1,187 @@
+// Drivers of the direct convolution: zero-padded copies, the flipped filter for
+// backward-data, threading over images, and the fixed-order reduction of dw.
+#include "cpu/conv_direct.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "core/parallel.h"
+#include "core/simd.h"
+
+namespace pylenet::cpu {
+namespace {
+
+constexpr int64_t kFilterChunk = 8;  // images per partial dw (fixed: results do not depend on threads)
+
+int vector_width() {
+  switch (simd::active()) {
+#ifdef PYLENET_HAVE_AVX512
+    case simd::Level::AVX512: return avx512::vector_width();
+#endif
+#ifdef PYLENET_HAVE_AVX2
+    case simd::Level::AVX2: return avx2::vector_width();
+#endif
+    default: return scalar::vector_width();
+  }
+}
+
+void forward_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w, const float* b,
+                   float* y) {
+  switch (simd::active()) {
+#ifdef PYLENET_HAVE_AVX512
+    case simd::Level::AVX512: return avx512::direct_forward_image(s, hp, wp, xp, w, b, y);
+#endif
+#ifdef PYLENET_HAVE_AVX2
+    case simd::Level::AVX2: return avx2::direct_forward_image(s, hp, wp, xp, w, b, y);
+#endif
+    default: return scalar::direct_forward_image(s, hp, wp, xp, w, b, y);
+  }
+}
+
+void filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp, int64_t wd,
+                   const float* dyp, float* dw) {
+  switch (simd::active()) {
+#ifdef PYLENET_HAVE_AVX512
+    case simd::Level::AVX512: return avx512::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
+#endif
+#ifdef PYLENET_HAVE_AVX2
+    case simd::Level::AVX2: return avx2::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
+#endif
+    default: return scalar::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
+  }
+}
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+inline int64_t round16(int64_t v) { return round_up(v, 16); }
+
+// The padded input of the forward kernel: (C, HP, WP) with the image at (ph, pw) and zeros
+// around it, wide enough for the kernel's whole-vector loads past the last output column.
+struct Padded {
+  int64_t hp, wp;
+};
+Padded padded(const ConvShape& s) {
+  const int64_t v = vector_width();
+  return {s.h + 2 * s.ph, round_up(s.ow, 4 * v) + s.s - 1 + v};
+}
+int64_t dy_width(const ConvShape& s) { return round_up(s.ow, 4 * vector_width()); }
+
+void pad_image(const float* x, int64_t c, int64_t h, int64_t w, int64_t ph, int64_t pw, Padded d, float* xp) {
+  std::fill(xp, xp + c * d.hp * d.wp, 0.0f);
+  for (int64_t ci = 0; ci < c; ++ci)
+    for (int64_t i = 0; i < h; ++i)
+      std::memcpy(xp + (ci * d.hp + i + ph) * d.wp + pw, x + (ci * h + i) * w, sizeof(float) * w);
+}
+
+// Backward-data is a forward convolution of dy (K channels, OH x OW) with the filter flipped
+// in space and its channel axes swapped, padded by (R-1-ph, S-1-pw); its output is (C, H, W).
+ConvShape transposed(const ConvShape& s) {
+  ConvShape t{};
+  t.n = 1; t.c = s.k; t.h = s.oh; t.w = s.ow;
+  t.k = s.c; t.r = s.r; t.s = s.s;
+  t.ph = s.r - 1 - s.ph; t.pw = s.s - 1 - s.pw; t.sh = 1; t.sw = 1;
+  t.oh = s.h; t.ow = s.w;
+  return t;
+}
+
+}  // namespace
+
+bool conv_direct_supported(const ConvShape& s) {
+  return s.sh == 1 && s.sw == 1 && s.ph < s.r && s.pw < s.s && s.s <= 8;
+}
+
+int64_t conv_direct_worker_floats(ConvPass pass, const ConvShape& s) {
+  switch (pass) {
+    case ConvPass::Forward: {
+      const Padded d = padded(s);
+      return round16(s.c * d.hp * d.wp);
+    }
+    case ConvPass::BackwardData: {
+      const ConvShape t = transposed(s);
+      const Padded d = padded(t);
+      return round16(t.c * d.hp * d.wp);
+    }
+    case ConvPass::BackwardFilter: {  // a whole chunk of images, padded
+      const Padded d = padded(s);
+      return round16(kFilterChunk * (s.c * d.hp * d.wp + s.k * s.oh * dy_width(s)));
+    }
+  }
+  return 0;
+}
+
+int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int threads) {
+  const int64_t kcrs = s.k * s.c * s.r * s.s;
+  if (pass == ConvPass::BackwardData)
+    return round16(kcrs) + workers_for(threads, s.n) * conv_direct_worker_floats(pass, s);
+  if (pass == ConvPass::BackwardFilter) {
+    const int64_t chunks = (s.n + kFilterChunk - 1) / kFilterChunk;
+    return round16(chunks * kcrs) + workers_for(threads, chunks) * conv_direct_worker_floats(pass, s);
+  }
+  return workers_for(threads, s.n) * conv_direct_worker_floats(pass, s);
+}
+
+void conv_forward_direct(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
+                         int threads) {
+  const Padded d = padded(s);
+  const int64_t per = conv_direct_worker_floats(ConvPass::Forward, s);
+  parallel_for(threads, s.n, [&](int64_t n, int tid) {
+    float* xp = ws + tid * per;
+    pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp);
+    forward_image(s, d.hp, d.wp, xp, w, b, y + n * s.k * s.oh * s.ow);
+  });
+}
+
+void conv_backward_data_direct(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                               int threads) {
+  const ConvShape t = transposed(s);
+  const Padded d = padded(t);
+  // wf (C, K, R, S): wf[c][k][r][q] = w[k][c][R-1-r][S-1-q]
+  float* wf = ws;
+  for (int64_t k = 0; k < s.k; ++k)
+    for (int64_t c = 0; c < s.c; ++c)
+      for (int64_t r = 0; r < s.r; ++r)
+        for (int64_t q = 0; q < s.s; ++q)
+          wf[((c * s.k + k) * s.r + r) * s.s + q] = w[((k * s.c + c) * s.r + (s.r - 1 - r)) * s.s + (s.s - 1 - q)];
+  float* scratch = ws + round16(s.k * s.c * s.r * s.s);
+  const int64_t per = conv_direct_worker_floats(ConvPass::BackwardData, s);
+  parallel_for(threads, s.n, [&](int64_t n, int tid) {
+    float* dyp = scratch + tid * per;
+    pad_image(dy + n * s.k * s.oh * s.ow, s.k, s.oh, s.ow, t.ph, t.pw, d, dyp);
+    forward_image(t, d.hp, d.wp, dyp, wf, nullptr, dx + n * s.c * s.h * s.w);
+  });
+}
+
+void conv_backward_filter_direct(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                 int threads) {
+  const Padded d = padded(s);
+  const int64_t wd = dy_width(s), kcrs = s.k * s.c * s.r * s.s;
+  const int64_t chunks = (s.n + kFilterChunk - 1) / kFilterChunk;
+  float* partials = ws;
+  float* scratch = ws + round16(chunks * kcrs);
+  const int64_t per = conv_direct_worker_floats(ConvPass::BackwardFilter, s);
+  const int64_t ximg = s.c * d.hp * d.wp, dyimg = s.k * s.oh * wd;  // the kernel's image strides
+  parallel_for(threads, chunks, [&](int64_t chunk, int tid) {
+    float* xp = scratch + tid * per;              // (kFilterChunk, C, HP, WP)
+    float* dyp = xp + kFilterChunk * ximg;        // (kFilterChunk, K, OH, WD), zeros past OW
+    float* out = chunks > 1 ? partials + chunk * kcrs : dw;
+    std::fill(out, out + kcrs, 0.0f);
+    const int64_t n0 = chunk * kFilterChunk, n1 = std::min(s.n, n0 + kFilterChunk);
+    std::fill(dyp, dyp + (n1 - n0) * dyimg, 0.0f);
+    for (int64_t n = n0; n < n1; ++n) {
+      pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp + (n - n0) * ximg);
+      const float* g = dy + n * s.k * s.oh * s.ow;
+      for (int64_t row = 0; row < s.k * s.oh; ++row)
+        std::memcpy(dyp + (n - n0) * dyimg + row * wd, g + row * s.ow, sizeof(float) * s.ow);
+    }
+    filter_images(s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
+  });
+  if (chunks > 1)
+    parallel_for(threads, (kcrs + 1023) / 1024, [&](int64_t blk, int) {
+      for (int64_t i = blk * 1024; i < std::min(kcrs, (blk + 1) * 1024); ++i) {
+        float acc = partials[i];
+        for (int64_t c = 1; c < chunks; ++c) acc += partials[c * kcrs + i];
+        dw[i] = acc;
+      }
+    });
+}
+
+}  // namespace pylenet::cpu

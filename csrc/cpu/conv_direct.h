@@ -1,0 +1,45 @@
+// Direct convolution for small channel counts (stride 1): no unfolded matrix, no GEMM.
+// The output row is the vector dimension: each (c, r, s) tap multiplies a row of the
+// zero-padded input by one weight and adds it into a block of output channels held in
+// registers. Backward-data is the same kernel run on the padded output gradient with the
+// filter flipped and its channel axes swapped; backward-filter accumulates
+// dy-row x input-row products in registers, one image at a time.
+// Compiled once per SIMD level (conv_direct_kernel.inc), like the GEMM.
+#pragma once
+
+#include <cstdint>
+
+#include "ops/conv.h"
+
+namespace pylenet::cpu {
+
+// Whether the direct kernels handle this shape (stride 1, padding < kernel, kernel width <= 8).
+bool conv_direct_supported(const ConvShape& s);
+// Floats of workspace for one worker processing one image of this pass.
+int64_t conv_direct_worker_floats(ConvPass pass, const ConvShape& s);
+int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int threads);
+
+void conv_forward_direct(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
+                         int threads);
+void conv_backward_data_direct(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                               int threads);
+void conv_backward_filter_direct(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                 int threads);
+
+// Per-SIMD-level image kernels (conv_direct_{scalar,avx2,avx512}.cpp).
+#define PYL_DECLARE_DIRECT(ns)                                                                            \
+  namespace ns {                                                                                          \
+  int vector_width();                                                                                     \
+  /* y (K, OH, OW) = conv(xp, w) + b for one image; xp is padded (C, HP, WP) */                            \
+  void direct_forward_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,  \
+                            const float* b, float* y);                                                    \
+  /* dw (K, C, R, S) += sum over nimg images of dy (x) xp; xp (nimg, C, HP, WP), dyp (nimg, K, OH, WD) */    \
+  void direct_filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \
+                            int64_t wd, const float* dyp, float* dw);                                     \
+  }
+PYL_DECLARE_DIRECT(scalar)
+PYL_DECLARE_DIRECT(avx2)
+PYL_DECLARE_DIRECT(avx512)
+#undef PYL_DECLARE_DIRECT
+
+}  // namespace pylenet::cpu
