@@ -51,6 +51,31 @@ void filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, con
   }
 }
 
+bool filter_uses_klanes(const ConvShape& s) {
+  switch (simd::active()) {
+#ifdef PYLENET_HAVE_AVX512
+    case simd::Level::AVX512: return avx512::filter_uses_klanes(s);
+#endif
+#ifdef PYLENET_HAVE_AVX2
+    case simd::Level::AVX2: return avx2::filter_uses_klanes(s);
+#endif
+    default: return scalar::filter_uses_klanes(s);
+  }
+}
+
+void filter_klanes(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp, int64_t kp,
+                   const float* dyt, float* dw) {
+  switch (simd::active()) {
+#ifdef PYLENET_HAVE_AVX512
+    case simd::Level::AVX512: return avx512::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
+#endif
+#ifdef PYLENET_HAVE_AVX2
+    case simd::Level::AVX2: return avx2::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
+#endif
+    default: return scalar::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
+  }
+}
+
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 inline int64_t round16(int64_t v) { return round_up(v, 16); }
 
@@ -64,6 +89,11 @@ Padded padded(const ConvShape& s) {
   return {s.h + 2 * s.ph, round_up(s.ow, 4 * v) + s.s - 1 + v};
 }
 int64_t dy_width(const ConvShape& s) { return round_up(s.ow, 4 * vector_width()); }
+int64_t k_lanes(const ConvShape& s) { return round_up(s.k, vector_width()); }
+// Floats per image of the dy copy the filter kernel reads: padded rows, or (pixels, KP).
+int64_t dy_image_floats(const ConvShape& s) {
+  return filter_uses_klanes(s) ? s.oh * s.ow * k_lanes(s) : s.k * s.oh * dy_width(s);
+}
 
 void pad_image(const float* x, int64_t c, int64_t h, int64_t w, int64_t ph, int64_t pw, Padded d, float* xp) {
   std::fill(xp, xp + c * d.hp * d.wp, 0.0f);
@@ -102,7 +132,7 @@ int64_t conv_direct_worker_floats(ConvPass pass, const ConvShape& s) {
     }
     case ConvPass::BackwardFilter: {  // a whole chunk of images, padded
       const Padded d = padded(s);
-      return round16(kFilterChunk * (s.c * d.hp * d.wp + s.k * s.oh * dy_width(s)));
+      return round16(kFilterChunk * (s.c * d.hp * d.wp + dy_image_floats(s)));
     }
   }
   return 0;
@@ -158,7 +188,9 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   float* partials = ws;
   float* scratch = ws + round16(chunks * kcrs);
   const int64_t per = conv_direct_worker_floats(ConvPass::BackwardFilter, s);
-  const int64_t ximg = s.c * d.hp * d.wp, dyimg = s.k * s.oh * wd;  // the kernel's image strides
+  const bool klanes = filter_uses_klanes(s);
+  const int64_t kp = k_lanes(s);
+  const int64_t ximg = s.c * d.hp * d.wp, dyimg = dy_image_floats(s);  // the kernel's image strides
   parallel_for(threads, chunks, [&](int64_t chunk, int tid) {
     float* xp = scratch + tid * per;              // (kFilterChunk, C, HP, WP)
     float* dyp = xp + kFilterChunk * ximg;        // (kFilterChunk, K, OH, WD), zeros past OW
@@ -169,10 +201,17 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
     for (int64_t n = n0; n < n1; ++n) {
       pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp + (n - n0) * ximg);
       const float* g = dy + n * s.k * s.oh * s.ow;
-      for (int64_t row = 0; row < s.k * s.oh; ++row)
-        std::memcpy(dyp + (n - n0) * dyimg + row * wd, g + row * s.ow, sizeof(float) * s.ow);
+      float* out_n = dyp + (n - n0) * dyimg;
+      if (klanes) {  // (pixels, KP): dy transposed, channels contiguous
+        const int64_t pix = s.oh * s.ow;
+        for (int64_t k = 0; k < s.k; ++k)
+          for (int64_t p = 0; p < pix; ++p) out_n[p * kp + k] = g[k * pix + p];
+      } else {
+        for (int64_t row = 0; row < s.k * s.oh; ++row) std::memcpy(out_n + row * wd, g + row * s.ow, sizeof(float) * s.ow);
+      }
     }
-    filter_images(s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
+    if (klanes) filter_klanes(s, n1 - n0, d.hp, d.wp, xp, kp, dyp, out);
+    else filter_images(s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
   });
   if (chunks > 1)
     parallel_for(threads, (kcrs + 1023) / 1024, [&](int64_t blk, int) {

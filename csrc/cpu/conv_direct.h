@@ -36,6 +36,10 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   /* dw (K, C, R, S) += sum over nimg images of dy (x) xp; xp (nimg, C, HP, WP), dyp (nimg, K, OH, WD) */    \
   void direct_filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \
                             int64_t wd, const float* dyp, float* dw);                                     \
+  /* the same with output channels in the lanes; dyt (nimg, OH*OW, KP), KP a multiple of the width */    \
+  bool filter_uses_klanes(const ConvShape& s);                                                            \
+  void direct_filter_klanes(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \
+                            int64_t kp, const float* dyt, float* dw);                                     \
   }
 PYL_DECLARE_DIRECT(scalar)
 PYL_DECLARE_DIRECT(avx2)
