@@ -32,9 +32,11 @@ class History:
     def __len__(self):
         return len(self.epochs)
 
+    FIELDS = ("epoch", "loss", "train_accuracy", "eval_accuracy", "eval_loss", "seconds", "samples_per_sec", "lr")
+
     def __getattr__(self, key):
-        if key.startswith("_") or key == "epochs":
-            raise AttributeError(key)
+        if key not in self.FIELDS:  # a typo should fail, not return a list of None
+            raise AttributeError(f"History has no field {key!r} (fields: {', '.join(self.FIELDS)})")
         return [e.get(key) for e in self.epochs]
 
     def to_dict(self):
@@ -129,7 +131,12 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     net = model._compile(batch_size, opt, conv_algo)
     model._load_into(net)
     if opt.state is not None:  # resume
-        for i, buf in enumerate(opt.state["buffers"][: net.num_state_buffers]):
+        bufs = opt.state["buffers"][: net.num_state_buffers]
+        if any(np.shape(b) != (net.num_params,) for b in bufs):
+            raise ValueError(f"train: the optimizer's saved state belongs to a model with "
+                             f"{np.size(bufs[0])} parameters, this one has {net.num_params}; "
+                             "use a fresh optimizer for a different model")
+        for i, buf in enumerate(bufs):
             net.state(i)[:] = buf
         net.optimizer_steps = int(opt.state["steps"])
     rng = np.random.default_rng(seed)

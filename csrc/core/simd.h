@@ -1,5 +1,5 @@
 // Run-time SIMD dispatch. Hot kernels are compiled several times with different
-// instruction sets (never -march=native); the active level picks which copy runs.
+// instruction sets (never tuned to the build machine); the active level picks which copy runs.
 // PYLENET_SIMD=scalar|avx2|avx512 in the environment (or set_simd) forces a level,
 // which is how the tests check every path the machine supports.
 #pragma once
