@@ -368,3 +368,16 @@ def test_divergence_leaves_model_at_last_finished_epoch(small):
     assert [r["epoch"] for r in seen] == [1]
     assert np.isfinite(weights(m)).all()
     np.testing.assert_array_equal(weights(m), weights(ref))
+
+
+def test_network_train_step_rejects_bad_labels():
+    # The directly bound single step must check labels too (the loss indexes logits by label).
+    m = models.lenet5()
+    net = m._compile(32, optim.SGD(0.01))
+    x = np.zeros((32, 1, 28, 28), np.float32)
+    for bad in (-1, 10, 1 << 40):
+        y = np.zeros(32, np.int64)
+        y[16] = bad
+        with pytest.raises(ValueError, match="label"):
+            net.train_step(x, y, 0.01)
+    assert net.optimizer_steps == 0

@@ -13,8 +13,13 @@ namespace {
 
 constexpr int64_t kFilterChunk = 8;  // images per partial dw (fixed: results do not depend on threads)
 
-int vector_width() {
-  switch (simd::active()) {
+// Buffers are laid out for the widest vector (16 floats), whatever level runs, so the
+// workspace a caller sized earlier stays valid if the level changes; each driver call reads
+// the level once and uses it for every kernel it runs.
+constexpr int64_t kMaxWidth = 16;
+
+int vector_width(simd::Level level) {
+  switch (level) {
 #ifdef PYLENET_HAVE_AVX512
     case simd::Level::AVX512: return avx512::vector_width();
 #endif
@@ -25,9 +30,9 @@ int vector_width() {
   }
 }
 
-void forward_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w, const float* b,
-                   float* y) {
-  switch (simd::active()) {
+void forward_image(simd::Level level, const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,
+                   const float* b, float* y) {
+  switch (level) {
 #ifdef PYLENET_HAVE_AVX512
     case simd::Level::AVX512: return avx512::direct_forward_image(s, hp, wp, xp, w, b, y);
 #endif
@@ -38,9 +43,9 @@ void forward_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp, 
   }
 }
 
-void filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp, int64_t wd,
-                   const float* dyp, float* dw) {
-  switch (simd::active()) {
+void filter_images(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
+                   int64_t wd, const float* dyp, float* dw) {
+  switch (level) {
 #ifdef PYLENET_HAVE_AVX512
     case simd::Level::AVX512: return avx512::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
 #endif
@@ -51,8 +56,8 @@ void filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, con
   }
 }
 
-bool filter_uses_klanes(const ConvShape& s) {
-  switch (simd::active()) {
+bool filter_uses_klanes(simd::Level level, const ConvShape& s) {
+  switch (level) {
 #ifdef PYLENET_HAVE_AVX512
     case simd::Level::AVX512: return avx512::filter_uses_klanes(s);
 #endif
@@ -63,9 +68,9 @@ bool filter_uses_klanes(const ConvShape& s) {
   }
 }
 
-void filter_klanes(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp, int64_t kp,
-                   const float* dyt, float* dw) {
-  switch (simd::active()) {
+void filter_klanes(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
+                   int64_t kp, const float* dyt, float* dw) {
+  switch (level) {
 #ifdef PYLENET_HAVE_AVX512
     case simd::Level::AVX512: return avx512::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
 #endif
@@ -85,14 +90,14 @@ struct Padded {
   int64_t hp, wp;
 };
 Padded padded(const ConvShape& s) {
-  const int64_t v = vector_width();
-  return {s.h + 2 * s.ph, round_up(s.ow, 4 * v) + s.s - 1 + v};
+  return {s.h + 2 * s.ph, round_up(s.ow, 4 * kMaxWidth) + s.s - 1 + kMaxWidth};
 }
-int64_t dy_width(const ConvShape& s) { return round_up(s.ow, 4 * vector_width()); }
-int64_t k_lanes(const ConvShape& s) { return round_up(s.k, vector_width()); }
-// Floats per image of the dy copy the filter kernel reads: padded rows, or (pixels, KP).
+int64_t dy_width(const ConvShape& s) { return round_up(s.ow, 4 * kMaxWidth); }
+int64_t k_lanes(const ConvShape& s, simd::Level level) { return round_up(s.k, vector_width(level)); }
+// Floats per image of the dy copy the filter kernel reads: padded rows, or (pixels, KP); room
+// for either layout at any level.
 int64_t dy_image_floats(const ConvShape& s) {
-  return filter_uses_klanes(s) ? s.oh * s.ow * k_lanes(s) : s.k * s.oh * dy_width(s);
+  return std::max(s.oh * s.ow * round_up(s.k, kMaxWidth), s.k * s.oh * dy_width(s));
 }
 
 void pad_image(const float* x, int64_t c, int64_t h, int64_t w, int64_t ph, int64_t pw, Padded d, float* xp) {
@@ -151,17 +156,19 @@ int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int thre
 
 void conv_forward_direct(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
                          int threads) {
+  const simd::Level level = simd::active();
   const Padded d = padded(s);
   const int64_t per = conv_direct_worker_floats(ConvPass::Forward, s);
   parallel_for(threads, s.n, [&](int64_t n, int tid) {
     float* xp = ws + tid * per;
     pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp);
-    forward_image(s, d.hp, d.wp, xp, w, b, y + n * s.k * s.oh * s.ow);
+    forward_image(level, s, d.hp, d.wp, xp, w, b, y + n * s.k * s.oh * s.ow);
   });
 }
 
 void conv_backward_data_direct(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
                                int threads) {
+  const simd::Level level = simd::active();
   const ConvShape t = transposed(s);
   const Padded d = padded(t);
   // wf (C, K, R, S): wf[c][k][r][q] = w[k][c][R-1-r][S-1-q]
@@ -176,7 +183,7 @@ void conv_backward_data_direct(const ConvShape& s, const float* w, const float* 
   parallel_for(threads, s.n, [&](int64_t n, int tid) {
     float* dyp = scratch + tid * per;
     pad_image(dy + n * s.k * s.oh * s.ow, s.k, s.oh, s.ow, t.ph, t.pw, d, dyp);
-    forward_image(t, d.hp, d.wp, dyp, wf, nullptr, dx + n * s.c * s.h * s.w);
+    forward_image(level, t, d.hp, d.wp, dyp, wf, nullptr, dx + n * s.c * s.h * s.w);
   });
 }
 
@@ -188,9 +195,11 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   float* partials = ws;
   float* scratch = ws + round16(chunks * kcrs);
   const int64_t per = conv_direct_worker_floats(ConvPass::BackwardFilter, s);
-  const bool klanes = filter_uses_klanes(s);
-  const int64_t kp = k_lanes(s);
-  const int64_t ximg = s.c * d.hp * d.wp, dyimg = dy_image_floats(s);  // the kernel's image strides
+  const simd::Level level = simd::active();
+  const bool klanes = filter_uses_klanes(level, s);
+  const int64_t kp = k_lanes(s, level);
+  // The kernels' image strides (the workspace holds the larger of the two dy layouts).
+  const int64_t ximg = s.c * d.hp * d.wp, dyimg = klanes ? s.oh * s.ow * kp : s.k * s.oh * wd;
   parallel_for(threads, chunks, [&](int64_t chunk, int tid) {
     float* xp = scratch + tid * per;              // (kFilterChunk, C, HP, WP)
     float* dyp = xp + kFilterChunk * ximg;        // (kFilterChunk, K, OH, WD), zeros past OW
@@ -210,8 +219,8 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
         for (int64_t row = 0; row < s.k * s.oh; ++row) std::memcpy(out_n + row * wd, g + row * s.ow, sizeof(float) * s.ow);
       }
     }
-    if (klanes) filter_klanes(s, n1 - n0, d.hp, d.wp, xp, kp, dyp, out);
-    else filter_images(s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
+    if (klanes) filter_klanes(level, s, n1 - n0, d.hp, d.wp, xp, kp, dyp, out);
+    else filter_images(level, s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
   });
   if (chunks > 1)
     parallel_for(threads, (kcrs + 1023) / 1024, [&](int64_t blk, int) {

@@ -357,7 +357,7 @@ template <class F>
 void Network::for_chunks(int64_t n, F&& fn) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int workers = static_cast<int>(std::min<int64_t>(threads(), chunks));
-  std::vector<std::exception_ptr> errors(workers);
+  std::vector<std::exception_ptr> errors(chunks);  // per chunk: the first by chunk order is reported
   parallel_region(workers, [&](int tid, int nt) {
     // Contiguous runs of chunks per worker; which worker runs a chunk never changes its result.
     const int64_t per = (chunks + nt - 1) / nt;
@@ -366,7 +366,7 @@ void Network::for_chunks(int64_t n, F&& fn) {
         const int64_t start = c * kChunk;
         fn(*workers_[tid], c, start, std::min(kChunk, n - start));
       } catch (...) {
-        if (!errors[tid]) errors[tid] = std::current_exception();
+        errors[c] = std::current_exception();
       }
     }
   });
@@ -482,6 +482,7 @@ bool all_finite(const float* x, int64_t n) {
 
 RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, float lr) {
   PYL_CHECK_ARG(n >= 1 && n <= capacity_, "train_step: batch of ", n, " exceeds the planned batch size ", capacity_);
+  check_labels(labels, n, "train_step");  // the loss indexes logits by label
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const float grad_scale = 1.0f / static_cast<float>(n);  // the loss is the mean over the whole batch
   // Phase 1: every chunk forward, loss, backward into its own gradient buffer.
