@@ -381,3 +381,10 @@ def test_network_train_step_rejects_bad_labels():
         with pytest.raises(ValueError, match="label"):
             net.train_step(x, y, 0.01)
     assert net.optimizer_steps == 0
+
+
+def test_plan_larger_than_memory_raises_memory_error():
+    # A plan that cannot fit must raise MemoryError up front, not be killed by the OS later.
+    m = models.cudnn_lenet()
+    with pytest.raises(MemoryError, match="bytes"):
+        m._compile(1 << 20, optim.SGD(0.01))  # ~1M samples: tens of GB of activations

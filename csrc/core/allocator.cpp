@@ -1,7 +1,9 @@
 #include "core/allocator.h"
 
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "core/error.h"
 
@@ -10,8 +12,31 @@ namespace {
 std::atomic<int64_t> g_in_use{0}, g_peak{0}, g_allocs{0}, g_frees{0};
 }
 
+// Bytes the kernel says can still be given out without swapping (MemAvailable), or -1 if
+// unknown. Linux overcommits: a huge malloc "succeeds" and the process is killed later when
+// the pages are touched, so large requests are checked against this first.
+int64_t available_bytes() {
+  std::FILE* f = std::fopen("/proc/meminfo", "r");
+  if (!f) return -1;
+  char line[256];
+  int64_t kib = -1;
+  while (std::fgets(line, sizeof line, f))
+    if (std::strncmp(line, "MemAvailable:", 13) == 0) {
+      kib = std::strtoll(line + 13, nullptr, 10);
+      break;
+    }
+  std::fclose(f);
+  return kib < 0 ? -1 : kib * 1024;
+}
+
 void* allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
+  if (bytes >= (size_t(64) << 20)) {  // only large requests pay for the check
+    const int64_t avail = available_bytes();
+    if (avail >= 0 && static_cast<int64_t>(bytes) > avail)
+      fail(ErrorKind::OutOfMemory, "out of host memory: ", bytes, " bytes asked for, ", avail,
+           " bytes available (", g_in_use.load(), " bytes already held by pylenet)");
+  }
   // aligned_alloc wants a size that is a multiple of the alignment.
   const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   if (rounded < bytes) fail(ErrorKind::OutOfMemory, "host allocation of ", bytes, " bytes overflows");
