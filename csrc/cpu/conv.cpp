@@ -37,6 +37,14 @@ void im2col(const ConvShape& s, const float* x, float* cols) {
             continue;
           }
           const float* src = x + (c * s.h + ih) * s.w;
+          if (s.sw == 1) {  // a contiguous slice of the input row, zeros where it hangs over
+            const int64_t lo = std::clamp<int64_t>(s.pw - q, 0, s.ow);
+            const int64_t hi = std::clamp<int64_t>(s.w + s.pw - q, lo, s.ow);
+            std::fill(row, row + lo, 0.0f);
+            std::memcpy(row + lo, src + lo - s.pw + q, sizeof(float) * (hi - lo));
+            std::fill(row + hi, row + s.ow, 0.0f);
+            continue;
+          }
           for (int64_t ow = 0; ow < s.ow; ++ow) {
             const int64_t iw = ow * s.sw - s.pw + q;
             row[ow] = inside(iw, s.w) ? src[iw] : 0.0f;
@@ -56,6 +64,14 @@ void col2im(const ConvShape& s, const float* cols, float* dx) {
           const int64_t ih = oh * s.sh - s.ph + r;
           if (!inside(ih, s.h)) continue;
           float* dst = dx + (c * s.h + ih) * s.w;
+          if (s.sw == 1) {  // the same slice as in im2col, added back
+            const int64_t lo = std::clamp<int64_t>(s.pw - q, 0, s.ow);
+            const int64_t hi = std::clamp<int64_t>(s.w + s.pw - q, lo, s.ow);
+            float* d = dst - s.pw + q;
+            const float* g = src + oh * s.ow;
+            for (int64_t ow = lo; ow < hi; ++ow) d[ow] += g[ow];
+            continue;
+          }
           for (int64_t ow = 0; ow < s.ow; ++ow) {
             const int64_t iw = ow * s.sw - s.pw + q;
             if (inside(iw, s.w)) dst[iw] += src[oh * s.ow + ow];
