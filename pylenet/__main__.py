@@ -29,7 +29,13 @@ def _cmd_info(args):
           f"supported here {', '.join(simd['supported'])}")
     print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; "
           f"OpenMP {'on' if info['openmp'] else 'off'})")
-    print(f"  cuda     : {'compiled in' if info['cuda'] else 'not compiled in'}")
+    if info["cuda"]:
+        cuda = "available"
+    elif info.get("cuda_kernels_built"):
+        cuda = "kernels compiled in, not bound to Python yet (device='cuda' unavailable)"
+    else:
+        cuda = "not compiled in (no nvcc at build time, or PYLENET_CUDA=OFF)"
+    print(f"  cuda     : {cuda}")
     return 0
 
 
