@@ -3,17 +3,32 @@
 The native core lives in ``pylenet._C`` (C++, bound with pybind11); this package is the thin
 Python layer over it. ``pylenet.functional`` exposes every op on NumPy arrays.
 """
+def _installed_copy():
+    """An installed pylenet folder (one holding the compiled _C) other than this one, if any."""
+    import glob
+    import os
+    import sys
+    here = os.path.realpath(os.path.dirname(__file__))
+    for entry in sys.path:
+        folder = os.path.join(entry or os.getcwd(), "pylenet")
+        if os.path.realpath(folder) != here and glob.glob(os.path.join(folder, "_C*.so")):
+            return folder
+    return None
+
+
 try:
     from . import _C
-except ImportError as _e:  # most often: running from the source folder, which holds no build
-    import os as _os
-    if _os.path.exists(_os.path.join(_os.path.dirname(__file__), "..", "CMakeLists.txt")):
+except ImportError as _e:
+    # Usually: Python was started in the repository root, so `import pylenet` found the source
+    # folder, which holds no compiled extension. Defer to the installed build (the package
+    # imports its modules from there), or say what to do.
+    _where = _installed_copy()
+    if _where is None:
         raise ImportError(
-            f"pylenet's native extension could not be imported ({_e}). You are importing pylenet from its "
-            f"source folder ({_os.path.dirname(_os.path.abspath(__file__))}), which has no compiled extension: "
-            "install it with `pip install .` and run from another folder, or use the `pylenet` and `pytest` "
-            "commands (not `python -m ...` from the repository root).") from _e
-    raise
+            f"pylenet's native extension could not be imported ({_e}). This pylenet has no compiled "
+            "extension (a source folder?): install it with `pip install .`.") from _e
+    __path__[:] = [_where]
+    from . import _C
 from . import functional, nn, models, optim, datasets
 from .nn import Sequential, load
 from .training import History, evaluate, train
