@@ -3,9 +3,22 @@
 #include <cmath>
 
 #include "core/parallel.h"
+#include "core/simd.h"
 #include "ops/pool.h"
 
 namespace pylenet::cpu {
+
+// Per-SIMD-level 2x2/stride-2 max-pool backward over one plane (pool_kernel.inc).
+#define PYL_DECLARE_POOL(ns)                                                                                  \
+  namespace ns {                                                                                              \
+  void max_pool2x2_backward_plane(int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, const float* dy, \
+                                  float* dx);                                                                 \
+  }
+PYL_DECLARE_POOL(scalar)
+PYL_DECLARE_POOL(avx2)
+PYL_DECLARE_POOL(avx512)
+#undef PYL_DECLARE_POOL
+
 namespace {
 
 // Index within the plane of the window's first maximum (NaN counts as the maximum).
@@ -62,42 +75,21 @@ void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads)
 
 void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads) {
   const bool tiling = is_2x2_tiling(s);
+  const simd::Level level = simd::active();
   parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
     const float* plane = x + p * s.h * s.w;
     const float* g = dy + p * s.oh * s.ow;
     float* d = dx + p * s.h * s.w;
-    if (tiling) {
-      // Each window writes its four cells: the gradient into its first maximum, zeros elsewhere.
-      // Rows/columns left over by an odd size belong to no window.
-      if (s.h > 2 * s.oh) std::fill(d + 2 * s.oh * s.w, d + s.h * s.w, 0.0f);
-      for (int64_t oh = 0; oh < s.oh; ++oh) {
-        const float* r0 = plane + 2 * oh * s.w;
-        const float* r1 = r0 + s.w;
-        float* d0 = d + 2 * oh * s.w;
-        float* d1 = d0 + s.w;
-        for (int64_t ow = 0; ow < s.ow; ++ow) {
-          // Selects rather than branches, so this loop vectorises too.
-          float m = r0[2 * ow];
-          int at = 0;
-          const bool b1 = beats(r0[2 * ow + 1], m);
-          m = b1 ? r0[2 * ow + 1] : m;
-          at = b1 ? 1 : at;
-          const bool b2 = beats(r1[2 * ow], m);
-          m = b2 ? r1[2 * ow] : m;
-          at = b2 ? 2 : at;
-          at = beats(r1[2 * ow + 1], m) ? 3 : at;
-          const float v = g[oh * s.ow + ow];
-          d0[2 * ow] = at == 0 ? v : 0.0f;
-          d0[2 * ow + 1] = at == 1 ? v : 0.0f;
-          d1[2 * ow] = at == 2 ? v : 0.0f;
-          d1[2 * ow + 1] = at == 3 ? v : 0.0f;
-        }
-        if (s.w > 2 * s.ow) {
-          d0[s.w - 1] = 0.0f;
-          d1[s.w - 1] = 0.0f;
-        }
+    if (tiling) {  // every cell written once: dy at its window's first maximum, else 0
+      switch (level) {
+#ifdef PYLENET_HAVE_AVX512
+        case simd::Level::AVX512: avx512::max_pool2x2_backward_plane(s.h, s.w, s.oh, s.ow, plane, g, d); return;
+#endif
+#ifdef PYLENET_HAVE_AVX2
+        case simd::Level::AVX2: avx2::max_pool2x2_backward_plane(s.h, s.w, s.oh, s.ow, plane, g, d); return;
+#endif
+        default: scalar::max_pool2x2_backward_plane(s.h, s.w, s.oh, s.ow, plane, g, d); return;
       }
-      return;
     }
     std::fill(d, d + s.h * s.w, 0.0f);
     for (int64_t oh = 0; oh < s.oh; ++oh)
