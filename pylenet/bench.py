@@ -2,7 +2,8 @@
 
 Same architecture, same initial weights (through state_dict), same batches, same optimizer
 (SGD, momentum 0.9), same number of steps and the same thread count. Warm-up is excluded;
-each measurement is repeated and the median reported. Data loading is excluded for both:
+the two frameworks are timed alternately, repeat after repeat, so a change in the machine's
+load hits both; throughputs are medians and ratios are medians of the paired runs. Data loading is excluded for both:
 the images are in memory and each framework indexes its batches itself.
 
     python benchmarks/bench_cpu.py [--threads 2] [--steps 100] [--repeats 5] [--epoch]
@@ -55,11 +56,11 @@ def _maxrss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def bench_pylenet(name, batch, steps, repeats, images, labels, threads):
+def setup_pylenet(name, batch, steps, images, labels, threads):
+    """(train, infer, info): callables running `steps` batches of each, warmed up."""
     model = models.create(name, seed=0)
     pylenet.set_num_threads(threads)
     opt = optim.SGD(0.01, momentum=0.9)
-    rss0 = _maxrss_mib()
     net = model._compile(batch, opt)
     model._load_into(net)
     n = batch * steps
@@ -67,16 +68,12 @@ def bench_pylenet(name, batch, steps, repeats, images, labels, threads):
     order = np.arange(n, dtype=np.int64)
     sched = {"kind": "constant"}
     net.train_epoch(x[: batch * 3], y[: batch * 3], order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
-    t_train, _ = _median_time(lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1), repeats)
     infer = model._compile(batch)
     model._load_into(infer)
     infer.predict(x[: batch * 3])
-    t_infer, _ = _median_time(lambda: infer.predict(x), repeats)
-    flops = 3 * sum(l["flops"] for l in net.layers)  # forward + backward (data and weights)
-    return {"train_samples_per_s": n / t_train, "infer_images_per_s": n / t_infer,
-            "train_gflops": flops * n / t_train / 1e9, "memory_plan_bytes": net.memory_plan()["total"],
-            "host_peak_bytes": pylenet.host_memory_stats()["peak_bytes"],
-            "maxrss_growth_mib": _maxrss_mib() - rss0, "conv_algorithms": net.conv_algorithms}
+    info = {"flops_per_sample": 3 * sum(l["flops"] for l in net.layers),  # forward + both backward passes
+            "memory_plan_bytes": net.memory_plan()["total"], "conv_algorithms": net.conv_algorithms}
+    return (lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1)), (lambda: infer.predict(x)), info
 
 
 def _torch_model(name):
@@ -91,7 +88,8 @@ def _torch_model(name):
     raise ValueError(name)
 
 
-def bench_torch(name, batch, steps, repeats, images, labels, threads):
+def setup_torch(name, batch, steps, images, labels, threads):
+    """(train, infer, info) for the torch twin: same weights, batches and optimizer, warmed up."""
     import torch
     import torch.nn.functional as TF
     torch.set_num_threads(threads)
@@ -100,7 +98,6 @@ def bench_torch(name, batch, steps, repeats, images, labels, threads):
     opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
     n = batch * steps
     X, Y = torch.from_numpy(images[:n]), torch.from_numpy(labels[:n])
-    rss0 = _maxrss_mib()
 
     def run_train(count=n):
         for i in range(0, count, batch):
@@ -115,11 +112,50 @@ def bench_torch(name, batch, steps, repeats, images, labels, threads):
                 torch.softmax(tm(X[i:i + batch]), dim=1)
 
     run_train(batch * 3)
-    t_train, _ = _median_time(run_train, repeats)
     run_infer(batch * 3)
-    t_infer, _ = _median_time(run_infer, repeats)
-    return {"train_samples_per_s": n / t_train, "infer_images_per_s": n / t_infer,
-            "maxrss_growth_mib": _maxrss_mib() - rss0, "torch_version": torch.__version__}
+    return run_train, run_infer, {"torch_version": torch.__version__}
+
+
+def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
+    """Times pylenet and torch ALTERNATELY (p, t, p, t, ...), so drifts in the machine's load
+    hit both; ratios are medians of the paired runs."""
+    n = batch * steps
+    rss0 = _maxrss_mib()
+    p_train, p_infer, p_info = setup_pylenet(name, batch, steps, images, labels, threads)
+    p_rss = _maxrss_mib() - rss0
+    t_train = t_infer = None
+    if with_torch:
+        rss0 = _maxrss_mib()
+        t_train, t_infer, t_info = setup_torch(name, batch, steps, images, labels, threads)
+        t_rss = _maxrss_mib() - rss0
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    times = {"p_train": [], "p_infer": [], "t_train": [], "t_infer": []}
+    for _ in range(repeats):
+        times["p_train"].append(timed(p_train))
+        if with_torch:
+            times["t_train"].append(timed(t_train))
+    for _ in range(repeats):
+        times["p_infer"].append(timed(p_infer))
+        if with_torch:
+            times["t_infer"].append(timed(t_infer))
+    med = {k: statistics.median(v) for k, v in times.items() if v}
+    run = {"model": name, "batch": batch,
+           "pylenet": {"train_samples_per_s": n / med["p_train"], "infer_images_per_s": n / med["p_infer"],
+                       "train_gflops": p_info["flops_per_sample"] * n / med["p_train"] / 1e9,
+                       "memory_plan_bytes": p_info["memory_plan_bytes"],
+                       "host_peak_bytes": pylenet.host_memory_stats()["peak_bytes"],
+                       "maxrss_growth_mib": p_rss, "conv_algorithms": p_info["conv_algorithms"]}}
+    if with_torch:
+        run["torch"] = {"train_samples_per_s": n / med["t_train"], "infer_images_per_s": n / med["t_infer"],
+                        "maxrss_growth_mib": t_rss, **t_info}
+        run["train_ratio"] = statistics.median(t / p for t, p in zip(times["t_train"], times["p_train"]))
+        run["infer_ratio"] = statistics.median(t / p for t, p in zip(times["t_infer"], times["p_infer"]))
+    return run
 
 
 def load_images(n):
@@ -175,12 +211,7 @@ def main(argv=None):
         pass
     for name in args.models.split(","):
         for batch in batches:
-            run = {"model": name, "batch": batch,
-                   "pylenet": bench_pylenet(name, batch, args.steps, args.repeats, images, labels, args.threads)}
-            if have_torch:
-                run["torch"] = bench_torch(name, batch, args.steps, args.repeats, images, labels, args.threads)
-                run["train_ratio"] = run["pylenet"]["train_samples_per_s"] / run["torch"]["train_samples_per_s"]
-                run["infer_ratio"] = run["pylenet"]["infer_images_per_s"] / run["torch"]["infer_images_per_s"]
+            run = measure(name, batch, args.steps, args.repeats, images, labels, args.threads, have_torch)
             run["train_fraction_of_gemm_ceiling"] = run["pylenet"]["train_gflops"] / result["gemm_ceiling_gflops"]
             result["runs"].append(run)
     if args.epoch:
