@@ -29,7 +29,7 @@ except ImportError as _e:
             "extension (a source folder?): install it with `pip install .`.") from _e
     __path__[:] = [_where]
     from . import _C
-from . import functional, nn, models, optim, datasets
+from . import functional, nn, models, optim, datasets, bench
 from .nn import Sequential, load
 from .training import History, evaluate, train
 

@@ -76,16 +76,29 @@ def setup_pylenet(name, batch, steps, images, labels, threads):
     return (lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1)), (lambda: infer.predict(x)), info
 
 
-def _torch_model(name):
-    import torch.nn as tnn
-    if name == "lenet5":
-        return tnn.Sequential(tnn.Conv2d(1, 6, 5, padding=2), tnn.ReLU(), tnn.MaxPool2d(2), tnn.Conv2d(6, 16, 5),
-                              tnn.ReLU(), tnn.MaxPool2d(2), tnn.Flatten(), tnn.Linear(400, 120), tnn.ReLU(),
-                              tnn.Linear(120, 84), tnn.ReLU(), tnn.Linear(84, 10))
-    if name == "cudnn_lenet":
-        return tnn.Sequential(tnn.Conv2d(1, 20, 5), tnn.MaxPool2d(2), tnn.Conv2d(20, 50, 5), tnn.MaxPool2d(2),
-                              tnn.Flatten(), tnn.Linear(800, 500), tnn.ReLU(), tnn.Linear(500, 10))
-    raise ValueError(name)
+def torch_twin(model, dtype=None):
+    """The torch.nn.Sequential with the same layers as a pylenet model, holding its weights
+    (cast to `dtype`, e.g. torch.float64; float32 by default). Used by the benchmark and the
+    tests' PyTorch comparisons."""
+    import torch
+    nn = torch.nn
+    layers = []
+    for cfg in model.architecture():
+        k = cfg["kind"]
+        if k == "Conv2d":
+            layers.append(nn.Conv2d(cfg["in"], cfg["out"], tuple(cfg["kernel"]), tuple(cfg["stride"]),
+                                    tuple(cfg["padding"]), bias=cfg["bias"]))
+        elif k == "Linear":
+            layers.append(nn.Linear(cfg["in"], cfg["out"], bias=cfg["bias"]))
+        elif k in ("MaxPool2d", "AvgPool2d"):
+            layers.append(getattr(nn, k)(tuple(cfg["kernel"]), tuple(cfg["stride"]), tuple(cfg["padding"])))
+        else:
+            layers.append(getattr(nn, k)())
+    twin = nn.Sequential(*layers)
+    dtype = dtype or torch.float32
+    twin = twin.to(dtype)
+    twin.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in model.state_dict().items()})
+    return twin
 
 
 def setup_torch(name, batch, steps, images, labels, threads):
@@ -93,8 +106,7 @@ def setup_torch(name, batch, steps, images, labels, threads):
     import torch
     import torch.nn.functional as TF
     torch.set_num_threads(threads)
-    tm = _torch_model(name)
-    tm.load_state_dict({k: torch.from_numpy(v) for k, v in models.create(name, seed=0).state_dict().items()})
+    tm = torch_twin(models.create(name, seed=0))
     opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
     n = batch * steps
     X, Y = torch.from_numpy(images[:n]), torch.from_numpy(labels[:n])

@@ -284,9 +284,6 @@ class Sequential(Module):
         ids = probs.argmax(axis=1)
         return (ids, probs) if return_probs else ids
 
-    def forward_probs(self, images):
-        return self.predict(images, return_probs=True)[1]
-
     # ---- summary ------------------------------------------------------------------------
     def summary(self, batch_size=64, optimizer="sgd", print_fn=print):
         """Per-layer output shape, parameters, FLOPs and activation bytes, and the memory plan

@@ -23,22 +23,10 @@ EXPECTED_PARAMS = {
 
 
 def torch_twin(model):
-    """The torch.nn.Sequential with the same layers (PyTorch defaults for everything else)."""
-    torch = pytest.importorskip("torch")
-    nn = torch.nn
-    layers = []
-    for cfg in model.architecture():
-        k = cfg["kind"]
-        if k == "Conv2d":
-            layers.append(nn.Conv2d(cfg["in"], cfg["out"], tuple(cfg["kernel"]), tuple(cfg["stride"]),
-                                    tuple(cfg["padding"]), bias=cfg["bias"]))
-        elif k == "Linear":
-            layers.append(nn.Linear(cfg["in"], cfg["out"], bias=cfg["bias"]))
-        elif k in ("MaxPool2d", "AvgPool2d"):
-            layers.append(getattr(nn, k)(tuple(cfg["kernel"]), tuple(cfg["stride"]), tuple(cfg["padding"])))
-        else:
-            layers.append(getattr(nn, k)())
-    return nn.Sequential(*layers)
+    """The torch.nn.Sequential with the same layers and weights (pylenet.bench builds it)."""
+    pytest.importorskip("torch")
+    from pylenet.bench import torch_twin as build
+    return build(model)
 
 
 def summary(model, **kw):

@@ -39,22 +39,9 @@ def batch():
 
 
 def torch_twin(model):
-    nn = torch.nn
-    layers = []
-    for cfg in model.architecture():
-        k = cfg["kind"]
-        if k == "Conv2d":
-            layers.append(nn.Conv2d(cfg["in"], cfg["out"], tuple(cfg["kernel"]), tuple(cfg["stride"]),
-                                    tuple(cfg["padding"]), bias=cfg["bias"]))
-        elif k == "Linear":
-            layers.append(nn.Linear(cfg["in"], cfg["out"], bias=cfg["bias"]))
-        elif k in ("MaxPool2d", "AvgPool2d"):
-            layers.append(getattr(nn, k)(tuple(cfg["kernel"]), tuple(cfg["stride"]), tuple(cfg["padding"])))
-        else:
-            layers.append(getattr(nn, k)())
-    twin = nn.Sequential(*layers).double()
-    twin.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in model.state_dict().items()})
-    return twin
+    """The float64 torch twin of a pylenet model, holding its weights."""
+    from pylenet.bench import torch_twin as build
+    return build(model, torch.float64)
 
 
 def assert_same_weights(model, twin, rtol, what=""):

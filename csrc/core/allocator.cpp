@@ -61,6 +61,4 @@ MemoryStats stats() {
   return MemoryStats{g_in_use.load(), g_peak.load(), g_allocs.load(), g_frees.load()};
 }
 
-void reset_peak() { g_peak.store(g_in_use.load()); }
-
 }  // namespace pylenet::host

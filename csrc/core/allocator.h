@@ -21,7 +21,6 @@ constexpr size_t kAlignment = 64;
 void* allocate(size_t bytes);
 void deallocate(void* p, size_t bytes);
 MemoryStats stats();
-void reset_peak();
 }  // namespace host
 
 // Move-only owner of an aligned host allocation.

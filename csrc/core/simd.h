@@ -20,3 +20,14 @@ Level active();
 void set_active(Level level);                // throws InvalidArgument if not available
 
 }  // namespace pylenet::simd
+
+// Calls fn(args...) from the copy compiled for `level`: avx512::fn, avx2::fn or scalar::fn of
+// the enclosing namespace (levels not compiled into this build fall back to scalar::).
+#if defined(PYLENET_HAVE_AVX512) && defined(PYLENET_HAVE_AVX2)
+#define PYL_SIMD_DISPATCH(level, fn, ...)                                  \
+  ((level) == ::pylenet::simd::Level::AVX512 ? avx512::fn(__VA_ARGS__)     \
+   : (level) == ::pylenet::simd::Level::AVX2 ? avx2::fn(__VA_ARGS__)       \
+                                              : scalar::fn(__VA_ARGS__))
+#else
+#define PYL_SIMD_DISPATCH(level, fn, ...) (static_cast<void>(level), scalar::fn(__VA_ARGS__))
+#endif

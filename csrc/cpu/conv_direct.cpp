@@ -18,67 +18,25 @@ constexpr int64_t kFilterChunk = 8;  // images per partial dw (fixed: results do
 // the level once and uses it for every kernel it runs.
 constexpr int64_t kMaxWidth = 16;
 
-int vector_width(simd::Level level) {
-  switch (level) {
-#ifdef PYLENET_HAVE_AVX512
-    case simd::Level::AVX512: return avx512::vector_width();
-#endif
-#ifdef PYLENET_HAVE_AVX2
-    case simd::Level::AVX2: return avx2::vector_width();
-#endif
-    default: return scalar::vector_width();
-  }
-}
+int vector_width(simd::Level level) { return PYL_SIMD_DISPATCH(level, vector_width); }
 
 void forward_image(simd::Level level, const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,
                    const float* b, float* y) {
-  switch (level) {
-#ifdef PYLENET_HAVE_AVX512
-    case simd::Level::AVX512: return avx512::direct_forward_image(s, hp, wp, xp, w, b, y);
-#endif
-#ifdef PYLENET_HAVE_AVX2
-    case simd::Level::AVX2: return avx2::direct_forward_image(s, hp, wp, xp, w, b, y);
-#endif
-    default: return scalar::direct_forward_image(s, hp, wp, xp, w, b, y);
-  }
+  PYL_SIMD_DISPATCH(level, direct_forward_image, s, hp, wp, xp, w, b, y);
 }
 
 void filter_images(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
                    int64_t wd, const float* dyp, float* dw) {
-  switch (level) {
-#ifdef PYLENET_HAVE_AVX512
-    case simd::Level::AVX512: return avx512::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
-#endif
-#ifdef PYLENET_HAVE_AVX2
-    case simd::Level::AVX2: return avx2::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
-#endif
-    default: return scalar::direct_filter_images(s, nimg, hp, wp, xp, wd, dyp, dw);
-  }
+  PYL_SIMD_DISPATCH(level, direct_filter_images, s, nimg, hp, wp, xp, wd, dyp, dw);
 }
 
 bool filter_uses_klanes(simd::Level level, const ConvShape& s) {
-  switch (level) {
-#ifdef PYLENET_HAVE_AVX512
-    case simd::Level::AVX512: return avx512::filter_uses_klanes(s);
-#endif
-#ifdef PYLENET_HAVE_AVX2
-    case simd::Level::AVX2: return avx2::filter_uses_klanes(s);
-#endif
-    default: return scalar::filter_uses_klanes(s);
-  }
+  return PYL_SIMD_DISPATCH(level, filter_uses_klanes, s);
 }
 
 void filter_klanes(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
                    int64_t kp, const float* dyt, float* dw) {
-  switch (level) {
-#ifdef PYLENET_HAVE_AVX512
-    case simd::Level::AVX512: return avx512::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
-#endif
-#ifdef PYLENET_HAVE_AVX2
-    case simd::Level::AVX2: return avx2::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
-#endif
-    default: return scalar::direct_filter_klanes(s, nimg, hp, wp, xp, kp, dyt, dw);
-  }
+  PYL_SIMD_DISPATCH(level, direct_filter_klanes, s, nimg, hp, wp, xp, kp, dyt, dw);
 }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }

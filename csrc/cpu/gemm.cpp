@@ -18,18 +18,8 @@ int64_t sgemm_workspace_floats(int64_t m, int64_t n, int64_t k) {
 void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc, float* workspace, int threads) {
-  switch (simd::active()) {
-#ifdef PYLENET_HAVE_AVX512
-    case simd::Level::AVX512:
-      return avx512::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace, threads);
-#endif
-#ifdef PYLENET_HAVE_AVX2
-    case simd::Level::AVX2:
-      return avx2::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace, threads);
-#endif
-    default:
-      return scalar::sgemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, workspace, threads);
-  }
+  PYL_SIMD_DISPATCH(simd::active(), sgemm, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc,
+                    workspace, threads);
 }
 
 }  // namespace pylenet::cpu

@@ -81,15 +81,8 @@ void max_pool_backward(const PoolShape& s, const float* x, const float* dy, floa
     const float* g = dy + p * s.oh * s.ow;
     float* d = dx + p * s.h * s.w;
     if (tiling) {  // every cell written once: dy at its window's first maximum, else 0
-      switch (level) {
-#ifdef PYLENET_HAVE_AVX512
-        case simd::Level::AVX512: avx512::max_pool2x2_backward_plane(s.h, s.w, s.oh, s.ow, plane, g, d); return;
-#endif
-#ifdef PYLENET_HAVE_AVX2
-        case simd::Level::AVX2: avx2::max_pool2x2_backward_plane(s.h, s.w, s.oh, s.ow, plane, g, d); return;
-#endif
-        default: scalar::max_pool2x2_backward_plane(s.h, s.w, s.oh, s.ow, plane, g, d); return;
-      }
+      PYL_SIMD_DISPATCH(level, max_pool2x2_backward_plane, s.h, s.w, s.oh, s.ow, plane, g, d);
+      return;
     }
     std::fill(d, d + s.h * s.w, 0.0f);
     for (int64_t oh = 0; oh < s.oh; ++oh)

@@ -59,7 +59,7 @@ class ConvLayer : public Layer {
     info.out_shape = {shape_.k, shape_.oh, shape_.ow};
     info.weight_count = shape_.k * shape_.c * shape_.r * shape_.s;
     info.bias_count = bias_ ? shape_.k : 0;
-    info.flops = shape_.flops(ConvPass::Forward) + (bias_ ? shape_.k * shape_.oh * shape_.ow : 0);
+    info.flops = shape_.forward_flops() + (bias_ ? shape_.k * shape_.oh * shape_.ow : 0);
   }
   ConvShape at(int64_t n) const { ConvShape s = shape_; s.n = n; return s; }
   int64_t workspace_bytes(int64_t n, int threads) const override {
@@ -275,6 +275,12 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
   PYL_CHECK_ARG(shape.size() == 1, "Network: the last layer must output class scores (classes,), got ", shape_str(shape),
                 " (end the model with Flatten/Linear)");
   classes_ = shape[0];
+  // A layer computes its input gradient only if some earlier layer has parameters.
+  bool params_below = false;
+  for (auto& info : info_) {
+    needs_dx_.push_back(params_below);
+    params_below |= info.weight_count > 0;
+  }
   PYL_CHECK_ARG(classes_ >= 2, "Network: the model must output at least 2 classes, got ", classes_);
 
   // The memory plan: everything the training loop touches is allocated here, once.
@@ -291,6 +297,7 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
   chunk_loss_.assign(chunks, 0.0);
   chunk_correct_.assign(chunks, 0);
   chunk_bad_.assign(chunks, 0);
+  chunk_errors_.assign(chunks, nullptr);
 
   int64_t act_floats = round16(capacity * sample_floats_) + round16(capacity * 2);  // input + labels (int64)
   grad_stride_ = sample_floats_;
@@ -357,7 +364,8 @@ template <class F>
 void Network::for_chunks(int64_t n, F&& fn) {
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const int workers = static_cast<int>(std::min<int64_t>(threads(), chunks));
-  std::vector<std::exception_ptr> errors(chunks);  // per chunk: the first by chunk order is reported
+  std::vector<std::exception_ptr>& errors = chunk_errors_;  // per chunk: the first by chunk order is reported
+  std::fill(errors.begin(), errors.begin() + chunks, nullptr);
   parallel_region(workers, [&](int tid, int nt) {
     // Contiguous runs of chunks per worker; which worker runs a chunk never changes its result.
     const int64_t per = (chunks + nt - 1) / nt;
@@ -370,8 +378,8 @@ void Network::for_chunks(int64_t n, F&& fn) {
       }
     }
   });
-  for (auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  for (int64_t c = 0; c < chunks; ++c)
+    if (errors[c]) std::rethrow_exception(errors[c]);
 }
 
 const float* Network::layer_input(size_t k, const float* x) const {
@@ -435,8 +443,7 @@ void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, floa
   for (size_t k = layers_.size(); k-- > 0;) {
     Layer& l = *layers_[k];
     if (l.is_view()) continue;  // the gradient passes through unchanged
-    bool need_dx = false;
-    for (size_t j = 0; j < k; ++j) need_dx |= (info_[j].weight_count > 0);
+    const bool need_dx = needs_dx_[k];
     const auto t0 = Clock::now();
     l.backward(h, params_.floats(), grads, layer_input(k, x) + start * in_floats_[k],
                act_[k + 1] + start * out_floats_[k], dy, need_dx ? spare : nullptr, m);

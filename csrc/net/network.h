@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <exception>
 #include <functional>
 #include <memory>
 #include <string>
@@ -160,6 +161,8 @@ class Network {
   std::vector<double> chunk_loss_;  // per chunk: loss sum, correct count, non-finite flag
   std::vector<int64_t> chunk_correct_;
   std::vector<char> chunk_bad_;
+  std::vector<std::exception_ptr> chunk_errors_;  // sized once, so a step allocates nothing
+  std::vector<char> needs_dx_;  // per layer: does any earlier layer have parameters
   float* grad_a_ = nullptr;
   float* grad_b_ = nullptr;
   int64_t grad_stride_ = 0;  // floats per sample in the gradient buffers (the largest tensor)

@@ -148,7 +148,7 @@ std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const C
     double best = std::numeric_limits<double>::infinity();
     // One untimed run warms caches and the workspace; then the best of two runs. The
     // slow naive loops get a single timed run on big shapes.
-    const int runs = (a == ConvAlgo::Naive && s.flops(pass) > 5e7) ? 1 : 2;
+    const int runs = (a == ConvAlgo::Naive && s.forward_flops() > 5e7) ? 1 : 2;
     conv_run(h, a, pass, s, x, w, nullptr, dy, out);
     for (int i = 0; i < runs; ++i) {
       auto t0 = std::chrono::steady_clock::now();

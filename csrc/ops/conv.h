@@ -52,7 +52,7 @@ struct ConvShape {
   TensorDesc y_desc() const { return TensorDesc{n, k, oh, ow}; }
   int64_t col_rows() const { return c * r * s; }  // rows of the unfolded input
   int64_t col_cols() const { return oh * ow; }
-  double flops(ConvPass pass) const { (void)pass; return 2.0 * n * k * oh * ow * c * r * s; }
+  double forward_flops() const { return 2.0 * n * k * oh * ow * c * r * s; }  // each backward pass costs the same
 };
 
 // The rule behind Heuristic (like cudnnGetConvolution*Algorithm, where Auto is Find):
