@@ -78,6 +78,9 @@ if(PYLENET_WITH_CUDA)
   add_library(pylenet_cuda STATIC
     csrc/cuda/allocator.cpp
     csrc/cuda/context.cpp
+    csrc/cuda/ops.cpp
+    csrc/cuda/tensor.cpp
+    csrc/net/cuda_network.cpp
     csrc/cuda/gemm.cu
     csrc/cuda/conv.cu
     csrc/cuda/pool.cu

@@ -17,6 +17,7 @@ const char* conv_algo_name(ConvAlgo algo) {
     case ConvAlgo::Naive: return "naive";
     case ConvAlgo::Im2col: return "im2col";
     case ConvAlgo::Direct: return "direct";
+    case ConvAlgo::ImplicitGemm: return "implicit_gemm";
     case ConvAlgo::Auto: return "auto";
     case ConvAlgo::Heuristic: return "heuristic";
   }
@@ -27,10 +28,11 @@ ConvAlgo conv_algo_from_name(const std::string& name) {
   if (name == "naive") return ConvAlgo::Naive;
   if (name == "im2col") return ConvAlgo::Im2col;
   if (name == "direct") return ConvAlgo::Direct;
+  if (name == "implicit_gemm") return ConvAlgo::ImplicitGemm;
   if (name == "auto") return ConvAlgo::Auto;
   if (name == "heuristic") return ConvAlgo::Heuristic;
   fail(ErrorKind::InvalidArgument, "conv2d: unknown algorithm '", name,
-       "' (expected naive, im2col, direct, auto or heuristic)");
+       "' (expected naive, im2col, direct, implicit_gemm, auto or heuristic)");
 }
 
 bool conv_algo_supported(ConvAlgo algo, const ConvShape& s) {
@@ -45,6 +47,9 @@ ConvAlgo conv_heuristic_algo(ConvPass pass, const ConvShape& s) {
 
 namespace {
 void require_supported(ConvAlgo algo, const ConvShape& s) {
+  if (algo == ConvAlgo::ImplicitGemm)
+    fail(ErrorKind::InvalidArgument, "conv2d: algorithm 'implicit_gemm' runs on CUDA devices only; on the CPU use "
+         "naive, im2col, direct, auto or heuristic");
   if (!conv_algo_supported(algo, s))
     fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo), "' does not support stride (",
          s.sh, ", ", s.sw, "), padding (", s.ph, ", ", s.pw, ") with kernel ", s.r, "x", s.s,
@@ -76,6 +81,7 @@ size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int
     case ConvAlgo::Im2col: return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
     case ConvAlgo::Direct:
       return cpu::conv_direct_supported(s) ? sizeof(float) * cpu::conv_direct_workspace_floats(pass, s, threads) : 0;
+    case ConvAlgo::ImplicitGemm: require_supported(algo, s); return 0;  // throws: CUDA only
     case ConvAlgo::Heuristic: return conv_workspace_size(conv_heuristic_algo(pass, s), pass, s, threads);
     case ConvAlgo::Auto: {
       size_t most = 0;

@@ -21,13 +21,14 @@ namespace pylenet {
 enum class ConvAlgo {
   Naive = 0,   // the seven nested loops: the reference a reader compares against
   Im2col = 1,  // unfold the input into columns, then one GEMM per image
-  Direct = 2,  // SIMD over output rows, no unfolding: small channel counts, stride 1
+  Direct = 2,  // SIMD over output rows, no unfolding: small channel counts, stride 1 (CPU only)
+  ImplicitGemm = 3,  // the GEMM with the unfolding done while tiles load (CUDA only)
   Auto = -1,   // measure each applicable algorithm once per shape and keep the fastest
   Heuristic = -2,  // pick by a fixed rule from the shape (deterministic, no timing)
 };
 constexpr ConvAlgo kConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col, ConvAlgo::Direct};
 const char* conv_algo_name(ConvAlgo algo);
-ConvAlgo conv_algo_from_name(const std::string& name);  // "naive", "im2col", "direct", "auto"
+ConvAlgo conv_algo_from_name(const std::string& name);  // "naive", "im2col", "direct", "implicit_gemm", "auto", "heuristic"
 
 enum class ConvPass { Forward = 0, BackwardData = 1, BackwardFilter = 2 };
 

@@ -26,6 +26,12 @@
 namespace py = pybind11;
 using namespace pylenet;
 
+#ifdef PYLENET_HAVE_CUDA
+// The CUDA bindings (csrc/python/cuda_ops.cpp, cuda_network.cpp), compiled only with CUDA.
+void bind_cuda_ops(py::module_& m);
+void bind_cuda_network(py::module_& m);
+#endif
+
 namespace {
 
 using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
@@ -89,13 +95,12 @@ py::dict build_info() {
 #else
   info["openmp"] = false;
 #endif
-  // "cuda": a usable GPU backend in this module. The CUDA kernels may already be compiled
-  // (cuda_kernels_built) while their bindings are still to come.
-  info["cuda"] = false;
-#ifdef PYLENET_CUDA_KERNELS_BUILT
-  info["cuda_kernels_built"] = true;
+  // "cuda": the CUDA backend (kernels and bindings, pylenet._C.cuda) is in this build. It
+  // says nothing about a GPU being present: pylenet.cuda.is_available() does.
+#ifdef PYLENET_HAVE_CUDA
+  info["cuda"] = true;
 #else
-  info["cuda_kernels_built"] = false;
+  info["cuda"] = false;
 #endif
   return info;
 }
@@ -507,4 +512,10 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("handle"), py::arg("param").noconvert(), py::arg("grad"), py::arg("velocity").noconvert(),
       py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"));
+
+#ifdef PYLENET_HAVE_CUDA
+  py::module_ cuda_module = m.def_submodule("cuda", "CUDA backend: device tensors, ops, memory, networks");
+  bind_cuda_ops(cuda_module);
+  bind_cuda_network(cuda_module);
+#endif
 }

@@ -1,0 +1,1 @@
+// Placeholder: the device tensor lands here (see csrc/cuda/tensor.h).

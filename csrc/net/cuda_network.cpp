@@ -1,0 +1,1 @@
+// Placeholder: the CUDA network runtime lands here.
