@@ -36,31 +36,13 @@ class Layer {
 
 namespace {
 
-int64_t numel(const std::vector<int64_t>& s) {
-  int64_t n = 1;
-  for (int64_t d : s) n *= d;
-  return n;
-}
+int64_t numel(const std::vector<int64_t>& s) { return shape_numel(s); }
 
 std::string shape_str(const std::vector<int64_t>& s) { return TensorDesc(s).str(); }
 
 class ConvLayer : public Layer {
  public:
-  ConvLayer(const LayerSpec& spec, const std::vector<int64_t>& in, ConvAlgo algo) : algo_(algo) {
-    PYL_CHECK_ARG(in.size() == 3, "expects an image input (C, H, W), got ", shape_str(in));
-    PYL_CHECK_ARG(spec.in == in[0], "has in_channels=", spec.in, " but its input has ", in[0], " channels, shape ",
-                  shape_str(in));
-    PYL_CHECK_ARG(spec.out >= 1, "out_channels must be >= 1, got ", spec.out);
-    shape_ = ConvShape::make("conv2d", TensorDesc{1, in[0], in[1], in[2]},
-                             TensorDesc{spec.out, spec.in, spec.kernel.h, spec.kernel.w},
-                             ConvDesc{spec.stride, spec.pad});
-    bias_ = spec.bias;
-    info.kind = "Conv2d";
-    info.out_shape = {shape_.k, shape_.oh, shape_.ow};
-    info.weight_count = shape_.k * shape_.c * shape_.r * shape_.s;
-    info.bias_count = bias_ ? shape_.k : 0;
-    info.flops = shape_.forward_flops() + (bias_ ? shape_.k * shape_.oh * shape_.ow : 0);
-  }
+  ConvLayer(const LayerPlan& p, ConvAlgo algo) : shape_(p.conv), bias_(p.spec.bias), algo_(algo) {}
   ConvShape at(int64_t n) const { ConvShape s = shape_; s.n = n; return s; }
   int64_t workspace_bytes(int64_t n, int threads) const override {
     int64_t most = 0;
@@ -98,15 +80,8 @@ class ConvLayer : public Layer {
 
 class PoolLayer : public Layer {
  public:
-  PoolLayer(const LayerSpec& spec, const std::vector<int64_t>& in) {
-    mode_ = spec.kind == LayerKind::MaxPool2d ? PoolMode::Max : PoolMode::Avg;
-    PYL_CHECK_ARG(in.size() == 3, "expects an image input (C, H, W), got ", shape_str(in));
-    shape_ = PoolShape::make(pool_op_name(mode_, false), TensorDesc{1, in[0], in[1], in[2]},
-                             PoolDesc{mode_, spec.kernel, spec.stride, spec.pad});
-    info.kind = mode_ == PoolMode::Max ? "MaxPool2d" : "AvgPool2d";
-    info.out_shape = {shape_.c, shape_.oh, shape_.ow};
-    info.flops = static_cast<double>(shape_.kh * shape_.kw * shape_.c * shape_.oh * shape_.ow);
-  }
+  explicit PoolLayer(const LayerPlan& p)
+      : mode_(p.spec.kind == LayerKind::MaxPool2d ? PoolMode::Max : PoolMode::Avg), shape_(p.pool) {}
   PoolShape at(int64_t n) const { PoolShape s = shape_; s.n = n; return s; }
   void forward(Handle& h, const float*, const float* x, float* y, int64_t n) override {
     pool_run_forward(h, mode_, at(n), x, y);
@@ -123,20 +98,7 @@ class PoolLayer : public Layer {
 
 class LinearLayer : public Layer {
  public:
-  LinearLayer(const LayerSpec& spec, const std::vector<int64_t>& in) {
-    PYL_CHECK_ARG(in.size() == 1, "expects a flat input (features,); got ", shape_str(in),
-                  " (add a Flatten layer before it)");
-    PYL_CHECK_ARG(spec.in == in[0], "has in_features=", spec.in, " but its input has ", in[0], " features");
-    PYL_CHECK_ARG(spec.out >= 1, "out_features must be >= 1, got ", spec.out);
-    in_ = spec.in;
-    out_ = spec.out;
-    bias_ = spec.bias;
-    info.kind = "Linear";
-    info.out_shape = {out_};
-    info.weight_count = in_ * out_;
-    info.bias_count = bias_ ? out_ : 0;
-    info.flops = 2.0 * in_ * out_ + (bias_ ? out_ : 0);
-  }
+  explicit LinearLayer(const LayerPlan& p) : in_(p.spec.in), out_(p.spec.out), bias_(p.spec.bias) {}
   int64_t workspace_bytes(int64_t n, int) const override {
     return sizeof(float) * cpu::linear_workspace_floats(LinearShape{n, in_, out_});
   }
@@ -158,13 +120,8 @@ class LinearLayer : public Layer {
 
 class ActivationLayer : public Layer {
  public:
-  ActivationLayer(const LayerSpec& spec, const std::vector<int64_t>& in)
-      : act_(spec.kind == LayerKind::ReLU ? Activation::ReLU : Activation::Tanh) {
-    info.kind = act_ == Activation::ReLU ? "ReLU" : "Tanh";
-    info.out_shape = in;
-    count_ = numel(in);
-    info.flops = static_cast<double>(count_);
-  }
+  explicit ActivationLayer(const LayerPlan& p)
+      : act_(p.spec.kind == LayerKind::ReLU ? Activation::ReLU : Activation::Tanh), count_(numel(p.in_shape)) {}
   void forward(Handle& h, const float*, const float* x, float* y, int64_t n) override {
     activation_run_forward(h, act_, n * count_, x, y);
   }
@@ -180,10 +137,6 @@ class ActivationLayer : public Layer {
 
 class FlattenLayer : public Layer {
  public:
-  explicit FlattenLayer(const std::vector<int64_t>& in) {
-    info.kind = "Flatten";
-    info.out_shape = {numel(in)};
-  }
   bool is_view() const override { return true; }
   void forward(Handle&, const float*, const float*, float*, int64_t) override {}
   void backward(Handle&, const float*, float*, const float*, const float*, const float*, float*, int64_t) override {}
@@ -202,22 +155,130 @@ const char* kind_name(LayerKind k) {
   return "?";
 }
 
-std::unique_ptr<Layer> make_layer(const LayerSpec& spec, const std::vector<int64_t>& in, ConvAlgo algo) {
+// Shape inference for one layer: checks `in` against the spec and fills info and the op shape.
+LayerPlan plan_layer(const LayerSpec& spec, const std::vector<int64_t>& in) {
+  LayerPlan p;
+  p.spec = spec;
+  p.in_shape = in;
+  LayerInfo& info = p.info;
+  info.kind = kind_name(spec.kind);
   switch (spec.kind) {
-    case LayerKind::Conv2d: return std::make_unique<ConvLayer>(spec, in, algo);
+    case LayerKind::Conv2d: {
+      PYL_CHECK_ARG(in.size() == 3, "expects an image input (C, H, W), got ", shape_str(in));
+      PYL_CHECK_ARG(spec.in == in[0], "has in_channels=", spec.in, " but its input has ", in[0], " channels, shape ",
+                    shape_str(in));
+      PYL_CHECK_ARG(spec.out >= 1, "out_channels must be >= 1, got ", spec.out);
+      const ConvShape& c = p.conv = ConvShape::make("conv2d", TensorDesc{1, in[0], in[1], in[2]},
+                                                    TensorDesc{spec.out, spec.in, spec.kernel.h, spec.kernel.w},
+                                                    ConvDesc{spec.stride, spec.pad});
+      info.out_shape = {c.k, c.oh, c.ow};
+      info.weight_count = c.k * c.c * c.r * c.s;
+      info.bias_count = spec.bias ? c.k : 0;
+      info.flops = c.forward_flops() + (spec.bias ? c.k * c.oh * c.ow : 0);
+      break;
+    }
     case LayerKind::MaxPool2d:
-    case LayerKind::AvgPool2d: return std::make_unique<PoolLayer>(spec, in);
-    case LayerKind::Linear: return std::make_unique<LinearLayer>(spec, in);
+    case LayerKind::AvgPool2d: {
+      const PoolMode mode = spec.kind == LayerKind::MaxPool2d ? PoolMode::Max : PoolMode::Avg;
+      PYL_CHECK_ARG(in.size() == 3, "expects an image input (C, H, W), got ", shape_str(in));
+      const PoolShape& s = p.pool = PoolShape::make(pool_op_name(mode, false), TensorDesc{1, in[0], in[1], in[2]},
+                                                    PoolDesc{mode, spec.kernel, spec.stride, spec.pad});
+      info.out_shape = {s.c, s.oh, s.ow};
+      info.flops = static_cast<double>(s.kh * s.kw * s.c * s.oh * s.ow);
+      break;
+    }
+    case LayerKind::Linear:
+      PYL_CHECK_ARG(in.size() == 1, "expects a flat input (features,); got ", shape_str(in),
+                    " (add a Flatten layer before it)");
+      PYL_CHECK_ARG(spec.in == in[0], "has in_features=", spec.in, " but its input has ", in[0], " features");
+      PYL_CHECK_ARG(spec.out >= 1, "out_features must be >= 1, got ", spec.out);
+      info.out_shape = {spec.out};
+      info.weight_count = spec.in * spec.out;
+      info.bias_count = spec.bias ? spec.out : 0;
+      info.flops = 2.0 * spec.in * spec.out + (spec.bias ? spec.out : 0);
+      break;
     case LayerKind::ReLU:
-    case LayerKind::Tanh: return std::make_unique<ActivationLayer>(spec, in);
-    case LayerKind::Flatten: return std::make_unique<FlattenLayer>(in);
+    case LayerKind::Tanh:
+      info.out_shape = in;
+      info.flops = static_cast<double>(numel(in));
+      break;
+    case LayerKind::Flatten:
+      info.out_shape = {numel(in)};
+      break;
   }
-  fail(ErrorKind::InvalidArgument, "unknown layer kind");
+  info.activation_floats = p.is_view() ? 0 : numel(info.out_shape);
+  return p;
+}
+
+std::unique_ptr<Layer> make_layer(const LayerPlan& p, ConvAlgo algo) {
+  std::unique_ptr<Layer> l;
+  switch (p.spec.kind) {
+    case LayerKind::Conv2d: l = std::make_unique<ConvLayer>(p, algo); break;
+    case LayerKind::MaxPool2d:
+    case LayerKind::AvgPool2d: l = std::make_unique<PoolLayer>(p); break;
+    case LayerKind::Linear: l = std::make_unique<LinearLayer>(p); break;
+    case LayerKind::ReLU:
+    case LayerKind::Tanh: l = std::make_unique<ActivationLayer>(p); break;
+    case LayerKind::Flatten: l = std::make_unique<FlattenLayer>(); break;
+  }
+  l->info = p.info;
+  l->in_shape = p.in_shape;
+  return l;
 }
 
 inline int64_t round16(int64_t n) { return (n + 15) / 16 * 16; }
 
 }  // namespace
+
+// ------------------------------------------------------------------------------ model plan
+int64_t shape_numel(const std::vector<int64_t>& s) {
+  int64_t n = 1;
+  for (int64_t d : s) n *= d;
+  return n;
+}
+
+ModelPlan plan_model(const std::vector<LayerSpec>& specs, const std::vector<int64_t>& input_chw) {
+  TensorDesc(input_chw).check("Network", "input shape", -1);
+  PYL_CHECK_ARG(input_chw.size() == 3 || input_chw.size() == 1, "Network: input shape must be (C, H, W) or (features,), got ",
+                shape_str(input_chw));
+  PYL_CHECK_ARG(!specs.empty(), "Network: the model has no layers");
+  ModelPlan m;
+  std::vector<int64_t> shape = input_chw;
+  m.sample_floats = m.grad_stride = numel(input_chw);
+  bool params_below = false;
+  for (size_t i = 0; i < specs.size(); ++i) {
+    try {
+      m.layers.push_back(plan_layer(specs[i], shape));
+    } catch (const Error& e) {
+      fail(e.kind(), "layer ", i, " (", kind_name(specs[i].kind), ") with input ", shape_str(shape), ": ", e.what());
+    }
+    LayerPlan& l = m.layers.back();
+    l.info.param_offset = m.num_params;
+    m.num_params += l.info.weight_count + l.info.bias_count;
+    // A layer computes its input gradient only if some earlier layer has parameters.
+    l.needs_dx = params_below;
+    params_below |= l.info.weight_count > 0;
+    shape = l.info.out_shape;
+    m.grad_stride = std::max(m.grad_stride, numel(shape));
+  }
+  PYL_CHECK_ARG(shape.size() == 1, "Network: the last layer must output class scores (classes,), got ", shape_str(shape),
+                " (end the model with Flatten/Linear)");
+  m.classes = shape[0];
+  PYL_CHECK_ARG(m.classes >= 2, "Network: the model must output at least 2 classes, got ", m.classes);
+  return m;
+}
+
+void check_optim_spec(const OptimSpec& optim) {
+  switch (optim.kind) {
+    case OptimKind::SGD: check_sgd_params(SgdParams{optim.lr, optim.momentum, optim.weight_decay, optim.nesterov}); break;
+    case OptimKind::Adam: check_adam_params(AdamParams{optim.lr, optim.beta1, optim.beta2, optim.eps, optim.weight_decay}); break;
+    case OptimKind::Adadelta: check_adadelta_params(AdadeltaParams{optim.lr, optim.rho, optim.eps, optim.weight_decay}); break;
+  }
+}
+
+void check_batch_capacity(const char* op, int64_t capacity) {
+  PYL_CHECK_ARG(capacity >= 1 && capacity <= (1 << 20), op, ": batch size must be 1 to 1048576, got ", capacity);
+}
 
 // ------------------------------------------------------------------------------ schedules
 int optimizer_state_buffers(OptimKind kind) { return kind == OptimKind::SGD ? 1 : 2; }
@@ -242,46 +303,19 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
                  const OptimSpec& optim, ConvAlgo conv_algo, int threads)
     : input_chw_(input_chw), capacity_(capacity), optim_(optim) {
   PYL_CHECK_ARG(threads >= 1 && threads <= 4096, "Network: threads must be 1 to 4096, got ", threads);
-  TensorDesc(input_chw).check("Network", "input shape", -1);
-  PYL_CHECK_ARG(input_chw.size() == 3 || input_chw.size() == 1, "Network: input shape must be (C, H, W) or (features,), got ",
-                shape_str(input_chw));
-  PYL_CHECK_ARG(capacity >= 1 && capacity <= (1 << 20), "Network: batch size must be 1 to 1048576, got ", capacity);
-  PYL_CHECK_ARG(!specs.empty(), "Network: the model has no layers");
-  switch (optim.kind) {
-    case OptimKind::SGD: check_sgd_params(SgdParams{optim.lr, optim.momentum, optim.weight_decay, optim.nesterov}); break;
-    case OptimKind::Adam: check_adam_params(AdamParams{optim.lr, optim.beta1, optim.beta2, optim.eps, optim.weight_decay}); break;
-    case OptimKind::Adadelta: check_adadelta_params(AdadeltaParams{optim.lr, optim.rho, optim.eps, optim.weight_decay}); break;
+  check_batch_capacity("Network", capacity);
+  check_optim_spec(optim);
+  const ModelPlan plan = plan_model(specs, input_chw);
+  for (const LayerPlan& p : plan.layers) {
+    layers_.push_back(make_layer(p, conv_algo));
+    info_.push_back(p.info);
+    in_floats_.push_back(numel(p.in_shape));
+    out_floats_.push_back(numel(p.info.out_shape));
+    needs_dx_.push_back(p.needs_dx);
   }
-
-  // Shape inference: each layer checks its input and reports its output.
-  std::vector<int64_t> shape = input_chw;
-  sample_floats_ = numel(input_chw);
-  for (size_t i = 0; i < specs.size(); ++i) {
-    try {
-      layers_.push_back(make_layer(specs[i], shape, conv_algo));
-    } catch (const Error& e) {
-      fail(e.kind(), "layer ", i, " (", kind_name(specs[i].kind), ") with input ", shape_str(shape), ": ", e.what());
-    }
-    Layer& l = *layers_.back();
-    l.in_shape = shape;
-    l.info.param_offset = num_params_;
-    num_params_ += l.info.weight_count + l.info.bias_count;
-    l.info.activation_floats = l.is_view() ? 0 : numel(l.info.out_shape);
-    in_floats_.push_back(numel(shape));
-    out_floats_.push_back(numel(l.info.out_shape));
-    shape = l.info.out_shape;
-    info_.push_back(l.info);
-  }
-  PYL_CHECK_ARG(shape.size() == 1, "Network: the last layer must output class scores (classes,), got ", shape_str(shape),
-                " (end the model with Flatten/Linear)");
-  classes_ = shape[0];
-  // A layer computes its input gradient only if some earlier layer has parameters.
-  bool params_below = false;
-  for (auto& info : info_) {
-    needs_dx_.push_back(params_below);
-    params_below |= info.weight_count > 0;
-  }
-  PYL_CHECK_ARG(classes_ >= 2, "Network: the model must output at least 2 classes, got ", classes_);
+  num_params_ = plan.num_params;
+  classes_ = plan.classes;
+  sample_floats_ = plan.sample_floats;
 
   // The memory plan: everything the training loop touches is allocated here, once.
   const int64_t chunks = (capacity + kChunk - 1) / kChunk;
@@ -300,11 +334,8 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
   chunk_errors_.assign(chunks, nullptr);
 
   int64_t act_floats = round16(capacity * sample_floats_) + round16(capacity * 2);  // input + labels (int64)
-  grad_stride_ = sample_floats_;
-  for (auto& l : layers_) {
-    act_floats += round16(capacity * l->info.activation_floats);
-    grad_stride_ = std::max(grad_stride_, numel(l->info.out_shape));
-  }
+  grad_stride_ = plan.grad_stride;
+  for (auto& l : layers_) act_floats += round16(capacity * l->info.activation_floats);
   zeroed(acts_, act_floats);
   zeroed(grad_bufs_, 2 * round16(capacity * grad_stride_));
   grad_a_ = grad_bufs_.floats();

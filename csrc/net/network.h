@@ -16,6 +16,7 @@
 #include "core/handle.h"
 #include "ops/conv.h"
 #include "ops/optim.h"
+#include "ops/pool.h"
 #include "ops/tensor.h"
 
 namespace pylenet {
@@ -39,6 +40,28 @@ struct LayerInfo {
   int64_t activation_floats = 0;  // per sample; 0 when the layer is a view of its input
 };
 
+// A model after shape inference, shared by the CPU Network and the CUDA CudaNetwork: per
+// layer what it is, its shapes and costs per sample, and the op shape it runs with (batch 1;
+// a backend sets n). plan_model checks every layer against its input and names the layer
+// in any error; it allocates nothing, so it is also how Python checks a model it builds.
+struct LayerPlan {
+  LayerSpec spec;
+  LayerInfo info;
+  std::vector<int64_t> in_shape;
+  ConvShape conv{};  // Conv2d
+  PoolShape pool{};  // MaxPool2d, AvgPool2d
+  bool needs_dx = false;  // does an earlier layer have parameters (so the input gradient is needed)
+  bool is_view() const { return spec.kind == LayerKind::Flatten; }
+};
+struct ModelPlan {
+  std::vector<LayerPlan> layers;
+  int64_t num_params = 0, classes = 0;
+  int64_t sample_floats = 0;  // input floats per sample
+  int64_t grad_stride = 0;    // floats per sample of the largest tensor (input or any output)
+};
+ModelPlan plan_model(const std::vector<LayerSpec>& specs, const std::vector<int64_t>& input_chw);
+int64_t shape_numel(const std::vector<int64_t>& s);
+
 struct MemoryPlan {
   int64_t batch_capacity = 0;
   int64_t params = 0, grads = 0, optimizer_state = 0;  // bytes
@@ -57,6 +80,8 @@ struct OptimSpec {
   float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, rho = 0.9f;
 };
 int optimizer_state_buffers(OptimKind kind);  // SGD: 1 (velocity), Adam: 2, Adadelta: 2
+void check_optim_spec(const OptimSpec& optim);  // InvalidArgument for bad hyper-parameters
+void check_batch_capacity(const char* op, int64_t capacity);
 
 enum class ScheduleKind { Constant = 0, Step = 1, Cosine = 2, Inv = 3 };
 struct ScheduleSpec {
