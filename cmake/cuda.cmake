@@ -88,6 +88,7 @@ if(PYLENET_WITH_CUDA)
     csrc/cuda/activation.cu
     csrc/cuda/loss.cu
     csrc/cuda/optim.cu
+    csrc/cuda/train.cu
   )
   set_target_properties(pylenet_cuda PROPERTIES
     CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}"

@@ -30,9 +30,11 @@ def _cmd_info(args):
     print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; "
           f"OpenMP {'on' if info['openmp'] else 'off'})")
     if info["cuda"]:
-        cuda = "available"
-    elif info.get("cuda_kernels_built"):
-        cuda = "kernels compiled in, not bound to Python yet (device='cuda' unavailable)"
+        if pylenet.cuda.is_available():
+            names = [pylenet.cuda.get_device_name(i) for i in range(pylenet.cuda.device_count())]
+            cuda = f"compiled in; {len(names)} device(s): " + ", ".join(f"cuda:{i} {n}" for i, n in enumerate(names))
+        else:
+            cuda = f"compiled in; not usable here ({pylenet.cuda.unavailable_reason()})"
     else:
         cuda = "not compiled in (no nvcc at build time, or PYLENET_CUDA=OFF)"
     print(f"  cuda     : {cuda}")
@@ -86,6 +88,7 @@ def _cmd_train(args):
 
     t0 = time.perf_counter()
     history = pylenet.train(model, train_set, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+                            device=args.device,
                             schedule=sched, eval_set=test_set, seed=args.seed, progress=not args.quiet,
                             on_epoch=on_epoch)
     total = time.perf_counter() - t0
@@ -110,7 +113,7 @@ def _cmd_eval(args):
         with np.load(args.checkpoint, allow_pickle=False) as z:
             name = json.loads(str(z["meta"])).get("extra", {}).get("dataset", "mnist")
     test_set = datasets.load(name, root=args.data, train=False)
-    res = pylenet.evaluate(model, test_set)
+    res = pylenet.evaluate(model, test_set, device=args.device)
     print(f"{args.checkpoint}: {name} test accuracy {res['accuracy']:.2%}, loss {res['loss']:.4f} "
           f"({len(test_set)} images)")
     return 0
@@ -128,7 +131,7 @@ def _cmd_predict(args):
     if model.normalization:
         mean, std = model.normalization
         imgs = (imgs - mean) / std
-    ids, probs = model.predict(imgs, return_probs=True)
+    ids, probs = model.predict(imgs, return_probs=True, device=args.device)
     for path, i, p in zip(args.images, ids, probs):
         print(f"{path}: {int(i)} (p={p[i]:.3f})")
     return 0
@@ -189,6 +192,7 @@ def build_parser():
     p.add_argument("--save", default=None, help="checkpoint path (default: <model>-<dataset>.npz)")
     p.add_argument("--history", default=None, help="also write the per-epoch history as JSON here")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved model on a test split")
@@ -196,11 +200,13 @@ def build_parser():
     p.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"],
                    help="default: the dataset the model was trained on")
     p.add_argument("--data", default=None)
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("predict", help="classify images (PNG of any size, or .npy)")
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
+    p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("bench", help="pylenet vs PyTorch on the CPU (see benchmarks/)", add_help=False)

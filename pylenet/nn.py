@@ -169,7 +169,7 @@ class Sequential(Module):
         self.name = name
         # (mean, std) the model's inputs were normalised with; predict() on raw pixels uses it.
         self.normalization = normalization
-        self._infer_net = None
+        self._infer_net, self._infer_key = None, None
         probe = self._compile(batch_size=1)  # shape inference: raises on impossible stacks
         self._shapes = [tuple(l["out_shape"]) for l in probe.layers]
         self.num_classes = probe.num_classes
@@ -221,23 +221,31 @@ class Sequential(Module):
     def architecture(self):
         return [layer.config() for layer in self.layers]
 
-    def _compile(self, batch_size, optimizer=None, conv_algo="heuristic", threads=None):
+    def _compile(self, batch_size, optimizer=None, conv_algo="heuristic", threads=None, device=None):
+        """The native network for this model: on the CPU, or on CUDA device ``device`` (an int)."""
         from . import get_num_threads
         spec = optimizer.spec() if optimizer is not None else {"kind": "sgd", "lr": 0.0}
         try:
+            if device is not None:
+                return _C.cuda.Network(self.architecture(), list(self.input_shape), int(batch_size), spec,
+                                       conv_algo, int(device))
             return _C.Network(self.architecture(), list(self.input_shape), int(batch_size), spec, conv_algo,
                               int(threads or get_num_threads()))
         except ValueError as e:
             raise ValueError(f"{self.name}: {e}") from None
 
     def _load_into(self, net):
-        flat = net.params()
-        for name, arr in self.named_parameters():
-            off = self._offsets()[name]
-            flat[off:off + arr.size] = arr.ravel()
+        if not hasattr(net, "set_params"):  # CPU: write into the network's own buffer
+            flat = net.params()
+            for name, arr in self.named_parameters():
+                off = self._offsets()[name]
+                flat[off:off + arr.size] = arr.ravel()
+            return
+        arrays = [arr.ravel() for _, arr in self.named_parameters()]  # device: one copy
+        net.set_params(np.concatenate(arrays).astype(np.float32) if arrays else np.zeros(0, np.float32))
 
     def _store_from(self, net):
-        flat = net.params()
+        flat = net.params()  # a view on the CPU, a host copy from a device
         for name, arr in self.named_parameters():
             off = self._offsets()[name]
             arr[...] = flat[off:off + arr.size].reshape(arr.shape)
@@ -269,18 +277,25 @@ class Sequential(Module):
             raise ValueError(f"{op}: no images given")
         return np.ascontiguousarray(x, dtype=np.float32)
 
-    def _inference_net(self, batch_size=256):
+    def _inference_net(self, batch_size=256, device=None):
         from . import get_num_threads
-        net = self._infer_net
-        if net is None or net.batch_size != batch_size or net.threads != get_num_threads():
-            net = self._infer_net = self._compile(batch_size)
+        net, key = self._infer_net, (batch_size, device, get_num_threads() if device is None else None)
+        if net is None or self._infer_key != key:
+            self._infer_net = None  # free the old one (device memory) before planning the new one
+            net = self._infer_net = self._compile(batch_size, device=device)
+            self._infer_key = key
         self._load_into(net)
         return net
 
-    def predict(self, images, return_probs=False, batch_size=256):
-        """Class ids (N,) for a batch or a single image; with return_probs, also (N, classes) softmax."""
+    def predict(self, images, return_probs=False, batch_size=256, device="cpu"):
+        """Class ids (N,) for a batch or a single image; with return_probs, also (N, classes) softmax.
+
+        ``device``: "cpu" or "cuda[:N]" (the images are uploaded once, then run in batches)."""
+        from .training import device_index
+        dev = device_index(device, "predict")
         x = self._images(images, "predict")
-        probs = self._inference_net(min(batch_size, len(x))).predict(x)
+        net = self._inference_net(min(batch_size, len(x)), dev)
+        probs = net.predict(x) if dev is None else net.predict(net.upload(x, None, "predict"))
         ids = probs.argmax(axis=1)
         return (ids, probs) if return_probs else ids
 

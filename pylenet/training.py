@@ -67,19 +67,27 @@ def _arrays(data, op):
     return images, np.ascontiguousarray(labels, dtype=np.int64)
 
 
-def _check_device(device):
-    if device in ("cpu", None):
-        return
-    if isinstance(device, str) and (device == "cuda" or device.startswith("cuda:")):
-        import pylenet
-        if not pylenet.build_info()["cuda"]:
-            raise RuntimeError("device='cuda': this pylenet was built without CUDA kernels "
-                               "(reinstall on a machine with nvcc, or use device='cpu')")
-        # The CUDA kernels are compiled in, but the GPU network runtime is not wired up yet:
-        # say so rather than silently training on the CPU.
-        raise RuntimeError("device='cuda': training and inference on the GPU are not available in this "
-                           "version yet (the CUDA kernels are built but not bound); use device='cpu'")
-    raise ValueError(f"unknown device {device!r} (expected 'cpu' or 'cuda')")
+def device_index(device, op):
+    """None for the CPU ("cpu" or None), the CUDA device id for "cuda" / "cuda:N".
+
+    Raises ValueError for a device string that means nothing, RuntimeError (saying why) when
+    CUDA cannot be used: a build without CUDA, no driver or no GPU, or an id out of range."""
+    if device is None or device == "cpu":
+        return None
+    if not isinstance(device, str) or not (device == "cuda" or device.startswith("cuda:")):
+        raise ValueError(f"{op}: unknown device {device!r} (expected 'cpu', 'cuda' or 'cuda:N')")
+    index = 0
+    if device.startswith("cuda:"):
+        text = device[5:]
+        if not text.isdigit():
+            raise ValueError(f"{op}: bad device {device!r} (expected 'cuda:N' with N a device number)")
+        index = int(text)
+    from . import cuda
+    cuda.require(f"{op}(device={device!r})")
+    count = cuda.device_count()
+    if index >= count:
+        raise ValueError(f"{op}: device {device!r} does not exist: {count} CUDA device(s) found")
+    return index
 
 
 class _ProgressBar:
@@ -113,12 +121,14 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     schedule: a Schedule or a name ("constant", "step", "cosine", "inv").
     progress: a progress bar on stderr when it is a terminal.
     on_epoch: called with each epoch's record (e.g. to print or checkpoint).
-    conv_algo: "heuristic" (default: a fixed rule per layer), "direct", "im2col", "naive" or
-    "auto" (time each algorithm once; the choice can differ between runs).
+    device: "cpu", or "cuda" / "cuda:N": the datasets are uploaded once, batches are gathered
+    on the GPU, and the host reads only the progress numbers.
+    conv_algo: "heuristic" (default: a fixed rule per layer), "naive", "im2col", "direct" (CPU)
+    or "implicit_gemm" (CUDA), or "auto" (time each once; the choice can differ between runs).
     Results are bit-identical for the same seed, whatever the thread count (with a fixed
-    conv_algo, i.e. anything but "auto").
+    conv_algo, i.e. anything but "auto"), and run after run on the same GPU.
     """
-    _check_device(device)
+    dev = device_index(device, "train")
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"train: {name} must be a positive int, got {v!r}")
@@ -128,8 +138,11 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     sched = make_schedule(schedule)
     batch_size = int(min(batch_size, len(images)))
 
-    net = model._compile(batch_size, opt, conv_algo)
+    net = model._compile(batch_size, opt, conv_algo, device=dev)
     model._load_into(net)
+    if dev is not None:  # the datasets go to the device once; epochs gather batches there
+        train_data = net.upload(images, labels, "train")
+        eval_data = net.upload(*eval_arrays, "train (eval_set)") if eval_arrays is not None else None
     if opt.state is not None:  # resume
         bufs = opt.state["buffers"][: net.num_state_buffers]
         if any(np.shape(b) != (net.num_params,) for b in bufs):
@@ -137,7 +150,10 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
                              f"{np.size(bufs[0])} parameters, this one has {net.num_params}; "
                              "use a fresh optimizer for a different model")
         for i, buf in enumerate(bufs):
-            net.state(i)[:] = buf
+            if dev is None:
+                net.state(i)[:] = buf
+            else:
+                net.set_state(i, np.ascontiguousarray(buf, dtype=np.float32))
         net.optimizer_steps = int(opt.state["steps"])
     rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(images) // batch_size)
@@ -151,7 +167,8 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         bar = _ProgressBar(show, epoch, epochs)
         t0 = time.perf_counter()
         try:
-            stats, iteration = net.train_epoch(images, labels, order, batch_size, sched_spec, iteration, bar,
+            data = (images, labels) if dev is None else (train_data,)
+            stats, iteration = net.train_epoch(*data, order, batch_size, sched_spec, iteration, bar,
                                                max(1, steps_per_epoch // 100))
         finally:
             bar.close()
@@ -165,7 +182,7 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
                   "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,
                   "samples_per_sec": stats["samples"] / seconds, "lr": lr}
         if eval_arrays is not None:
-            ev = net.evaluate(*eval_arrays)
+            ev = net.evaluate(*eval_arrays) if dev is None else net.evaluate(eval_data)
             record["eval_loss"] = ev["loss_sum"] / ev["samples"]
             record["eval_accuracy"] = ev["correct"] / ev["samples"]
         history.append(record)
@@ -180,9 +197,10 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
 
 def evaluate(model, dataset, batch_size=256, device="cpu"):
     """{"accuracy": float in [0, 1], "loss": mean cross-entropy} of model on dataset."""
-    _check_device(device)
+    dev = device_index(device, "evaluate")
     images, labels = _arrays(dataset, "evaluate")
     if images.shape[1:] != model.input_shape:
         raise ValueError(f"evaluate: images of shape {images.shape} do not match the model input {model.input_shape}")
-    ev = model._inference_net(min(batch_size, len(images))).evaluate(images, labels)
+    net = model._inference_net(min(batch_size, len(images)), dev)
+    ev = net.evaluate(images, labels) if dev is None else net.evaluate(net.upload(images, labels, "evaluate"))
     return {"accuracy": ev["correct"] / ev["samples"], "loss": ev["loss_sum"] / ev["samples"]}

@@ -137,4 +137,26 @@ void check_finite(int64_t count, const float* x, int* nonfinite, cudaStream_t st
 // The cpu:: form: check_finite into `flag` (device int), then SYNCHRONISES and returns.
 bool all_finite(int64_t count, const float* x, int* flag, cudaStream_t stream);
 
+// ---------------------------------------------------------------- training loop (train.cu)
+// Running totals of a training epoch or an evaluation, kept on the device so that a step
+// needs no host round-trip; the host reads them only when it shows progress.
+struct RunTotals {
+  double loss_sum;               // summed over samples
+  unsigned long long correct;    // rows whose first maximum logit is the label
+  unsigned long long steps;      // batches accepted
+  int bad;                       // sticky: a batch was rejected (non-finite logit or bad label)
+  int pad_;
+};
+// x (n, sample_floats) = images[order[i]], y (n,) = labels[order[i]]; order: device int64
+// indices already checked to lie in the dataset.
+void gather_batch(int64_t n, int64_t sample_floats, const float* images, const int64_t* labels,
+                  const int64_t* order, float* x, int64_t* y, cudaStream_t stream);
+// After softmax_cross_entropy_async on these n rows: if `result` rejected them, sets
+// totals->bad (and the optimizer, given &totals->bad as its skip flag, does nothing);
+// otherwise adds loss * n, the number of correct rows and one step. One block, fixed order.
+void accumulate_step(int64_t n, int64_t c, const float* logits, const int64_t* labels, const LossResult* result,
+                     RunTotals* totals, cudaStream_t stream);
+// probs (n, c) = softmax of each row of logits, computed in double like the CPU's predict.
+void softmax_rows(int64_t n, int64_t c, const float* logits, float* probs, cudaStream_t stream);
+
 }  // namespace pylenet::cuda

@@ -484,7 +484,8 @@ void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, floa
   }
 }
 
-void Network::check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const {
+void check_batch_shapes(const char* op, const std::vector<int64_t>& input_chw_, const TensorDesc& images,
+                        const TensorDesc* labels) {
   images.check(op, "images", static_cast<int>(input_chw_.size()) + 1);
   std::vector<int64_t> per_sample(images.dims().begin() + 1, images.dims().end());
   PYL_CHECK_ARG(per_sample == input_chw_, op, ": images of shape ", images.str(), " do not match the model input ",

@@ -82,6 +82,9 @@ struct OptimSpec {
 int optimizer_state_buffers(OptimKind kind);  // SGD: 1 (velocity), Adam: 2, Adadelta: 2
 void check_optim_spec(const OptimSpec& optim);  // InvalidArgument for bad hyper-parameters
 void check_batch_capacity(const char* op, int64_t capacity);
+// Checks that images are (N, *input_chw) [and labels (N,)]; `op` names the caller.
+void check_batch_shapes(const char* op, const std::vector<int64_t>& input_chw, const TensorDesc& images,
+                        const TensorDesc* labels);
 
 enum class ScheduleKind { Constant = 0, Step = 1, Cosine = 2, Inv = 3 };
 struct ScheduleSpec {
@@ -143,7 +146,9 @@ class Network {
   double loss_seconds() const;  // softmax cross-entropy, summed over workers
 
   // Checks that images are (N, *input_shape) [and labels (N,)]; `op` names the caller.
-  void check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const;
+  void check_batch(const char* op, const TensorDesc& images, const TensorDesc* labels) const {
+    check_batch_shapes(op, input_chw_, images, labels);
+  }
 
   // One step on a batch already in memory: x (n, C, H, W), labels (n,), n <= capacity.
   RunStats train_step(const float* x, const int64_t* labels, int64_t n, float lr);

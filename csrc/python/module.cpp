@@ -22,9 +22,11 @@
 #include "ops/loss.h"
 #include "ops/optim.h"
 #include "ops/pool.h"
+#include "python/convert.h"
 
 namespace py = pybind11;
 using namespace pylenet;
+using namespace pylenet::python;
 
 #ifdef PYLENET_HAVE_CUDA
 // The CUDA bindings (csrc/python/cuda_ops.cpp, cuda_network.cpp), compiled only with CUDA.
@@ -36,12 +38,10 @@ namespace {
 
 using FArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using Shape = std::vector<int64_t>;
-using PairT = std::tuple<int64_t, int64_t>;
 
 TensorDesc desc_of(const py::array& a) {
   return TensorDesc(Shape(a.shape(), a.shape() + a.ndim()));
 }
-Pair pair_of(const PairT& p) { return Pair{std::get<0>(p), std::get<1>(p)}; }
 FArray empty_like_desc(const TensorDesc& d) { return FArray(d.dims()); }
 const float* ptr_or_null(const std::optional<FArray>& a) { return a ? a->data() : nullptr; }
 TensorDesc desc_or_empty(const std::optional<FArray>& a) { return a ? desc_of(*a) : TensorDesc(); }
@@ -107,64 +107,9 @@ py::dict build_info() {
 
 using LArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
-LayerSpec layer_spec_of(const py::dict& d) {
-  static const std::map<std::string, LayerKind> kinds = {
-      {"Conv2d", LayerKind::Conv2d}, {"MaxPool2d", LayerKind::MaxPool2d}, {"AvgPool2d", LayerKind::AvgPool2d},
-      {"Linear", LayerKind::Linear}, {"ReLU", LayerKind::ReLU}, {"Tanh", LayerKind::Tanh},
-      {"Flatten", LayerKind::Flatten}};
-  const std::string kind = d["kind"].cast<std::string>();
-  auto it = kinds.find(kind);
-  PYL_CHECK_ARG(it != kinds.end(), "Network: unknown layer kind '", kind, "'");
-  LayerSpec s;
-  s.kind = it->second;
-  auto get = [&](const char* key, auto fallback) { return d.contains(key) ? d[key].cast<decltype(fallback)>() : fallback; };
-  s.in = get("in", int64_t(0));
-  s.out = get("out", int64_t(0));
-  s.kernel = pair_of(get("kernel", PairT{1, 1}));
-  s.stride = pair_of(get("stride", PairT{1, 1}));
-  s.pad = pair_of(get("padding", PairT{0, 0}));
-  s.bias = get("bias", true);
-  return s;
-}
 
-OptimSpec optim_spec_of(const py::dict& d) {
-  OptimSpec o;
-  const std::string kind = d["kind"].cast<std::string>();
-  if (kind == "sgd") o.kind = OptimKind::SGD;
-  else if (kind == "adam") o.kind = OptimKind::Adam;
-  else if (kind == "adadelta") o.kind = OptimKind::Adadelta;
-  else fail(ErrorKind::InvalidArgument, "unknown optimizer '", kind, "' (expected sgd, adam or adadelta)");
-  auto getf = [&](const char* key, float& v) { if (d.contains(key)) v = d[key].cast<float>(); };
-  getf("lr", o.lr); getf("momentum", o.momentum); getf("weight_decay", o.weight_decay);
-  getf("beta1", o.beta1); getf("beta2", o.beta2); getf("eps", o.eps); getf("rho", o.rho);
-  if (d.contains("nesterov")) o.nesterov = d["nesterov"].cast<bool>();
-  return o;
-}
 
-ScheduleSpec schedule_spec_of(const py::dict& d) {
-  ScheduleSpec s;
-  const std::string kind = d["kind"].cast<std::string>();
-  if (kind == "constant") s.kind = ScheduleKind::Constant;
-  else if (kind == "step") s.kind = ScheduleKind::Step;
-  else if (kind == "cosine") s.kind = ScheduleKind::Cosine;
-  else if (kind == "inv") s.kind = ScheduleKind::Inv;
-  else fail(ErrorKind::InvalidArgument, "unknown schedule '", kind, "' (expected constant, step, cosine or inv)");
-  if (d.contains("gamma")) s.gamma = d["gamma"].cast<double>();
-  if (d.contains("power")) s.power = d["power"].cast<double>();
-  if (d.contains("min_lr")) s.min_lr = d["min_lr"].cast<double>();
-  if (d.contains("step_iters")) s.step_iters = d["step_iters"].cast<int64_t>();
-  if (d.contains("total_iters")) s.total_iters = d["total_iters"].cast<int64_t>();
-  return s;
-}
 
-py::dict stats_dict(const RunStats& s) {
-  py::dict d;
-  d["loss_sum"] = s.loss_sum;
-  d["correct"] = s.correct;
-  d["samples"] = s.samples;
-  d["steps"] = s.steps;
-  return d;
-}
 
 // A float32 NumPy view of `count` floats owned by the network; keeps the network alive.
 py::array view_of(Network& net, float* p, int64_t count) {
@@ -224,9 +169,7 @@ PYBIND11_MODULE(_C, m) {
   py::class_<Network>(m, "Network", "A compiled Sequential: memory plan, native training step and epoch.")
       .def(py::init([](const py::list& layers, const Shape& input, int64_t capacity, const py::dict& optim,
                        const std::string& algo, int threads) {
-             std::vector<LayerSpec> specs;
-             for (auto l : layers) specs.push_back(layer_spec_of(l.cast<py::dict>()));
-             return std::make_unique<Network>(specs, input, capacity, optim_spec_of(optim), conv_algo_from_name(algo),
+             return std::make_unique<Network>(layer_specs_of(layers), input, capacity, optim_spec_of(optim), conv_algo_from_name(algo),
                                               threads);
            }),
            py::arg("layers"), py::arg("input_shape"), py::arg("batch_size"), py::arg("optimizer"),
@@ -236,35 +179,8 @@ PYBIND11_MODULE(_C, m) {
       .def_property_readonly("batch_size", &Network::batch_capacity)
       .def_property_readonly("threads", &Network::threads)
       .def_property_readonly("conv_algorithms", &Network::conv_algorithms)
-      .def_property_readonly("layers", [](Network& n) {
-        py::list out;
-        for (auto& l : n.layers()) {
-          py::dict d;
-          d["kind"] = l.kind;
-          d["out_shape"] = py::tuple(py::cast(l.out_shape));
-          d["weight_count"] = l.weight_count;
-          d["bias_count"] = l.bias_count;
-          d["param_offset"] = l.param_offset;
-          d["flops"] = l.flops;
-          d["activation_floats"] = l.activation_floats;
-          out.append(d);
-        }
-        return out;
-      })
-      .def("memory_plan", [](Network& n) {
-        MemoryPlan p = n.memory_plan();
-        py::dict d;
-        d["batch_size"] = p.batch_capacity;
-        d["params"] = p.params;
-        d["grads"] = p.grads;
-        d["chunk_grads"] = p.chunk_grads;
-        d["optimizer_state"] = p.optimizer_state;
-        d["activations"] = p.activations;
-        d["activation_grads"] = p.activation_grads;
-        d["workspace"] = p.workspace;
-        d["total"] = p.total();
-        return d;
-      })
+      .def_property_readonly("layers", [](Network& n) { return layers_list(n.layers()); })
+      .def("memory_plan", [](Network& n) { return memory_plan_dict(n.memory_plan()); })
       .def("params", [](Network& n) { return view_of(n, n.params(), n.num_params()); })
       .def("grads", [](Network& n) { return view_of(n, n.grads(), n.num_params()); })
       .def_property_readonly("num_state_buffers", &Network::num_state_buffers)
@@ -303,14 +219,7 @@ PYBIND11_MODULE(_C, m) {
         n.check_batch("train", desc_of(images), &ld);
         desc_of(order).check("train", "order", 1);
         const ScheduleSpec sched = schedule_spec_of(schedule);
-        ProgressFn fn;
-        if (!progress.is_none())
-          fn = [&progress](int64_t done, int64_t total, const RunStats& s) {
-            py::gil_scoped_acquire gil;
-            if (PyErr_CheckSignals() != 0) throw py::error_already_set();  // Ctrl-C stops the epoch
-            py::object r = progress(done, total, stats_dict(s));
-            return r.is_none() || r.cast<bool>();
-          };
+        const ProgressFn fn = progress_fn(progress);
         RunStats s;
         {
           py::gil_scoped_release nogil;

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Build pylenet on a GPU machine and run the whole test suite there, CUDA tests included.
+# Usage: bash benchmarks/gpu_check.sh [extra pytest args]
+#   PYLENET_DATA   folder with mnist/ (default: ./.gpudata, a git-ignored copy of the data)
+#   OUT            where logs go (default: ./gpu-logs)
+#   SANITIZE=1     also run compute-sanitizer (memcheck, racecheck) over the CUDA kernel tests
+# Builds for the local GPU only (sm from nvidia-smi), which is what a user's `pip install .`
+# does not do: it keeps the build short inside a device lease.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-$PWD/gpu-logs}
+mkdir -p "$OUT"
+export PYLENET_DATA=${PYLENET_DATA:-$PWD/.gpudata}
+PY=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -1 | tr -d .)
+export CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=${cc:-90} -DPYLENET_CUDA=ON"
+export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
+t0=$(date +%s)
+$PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
+echo "build: $(( $(date +%s) - t0 )) s"; grep -iE "warning|spill" "$OUT/build.log" | grep -v "^ *$" | head -20
+cd /tmp  # import the installed build, not the source folder
+$PY -c "import pylenet; print(pylenet.build_info()); print('cuda available:', pylenet.cuda.is_available())"
+$PY -m pytest -q -rs --durations=12 -p no:cacheprovider "$OLDPWD/tests" "$@" 2>&1 | tee "$OUT/pytest.log" | tail -80
+status=$?
+if [ "${SANITIZE:-0}" = 1 ]; then
+  for tool in memcheck racecheck; do
+    compute-sanitizer --tool $tool --print-limit 20 $PY -m pytest -q -x -p no:cacheprovider \
+      "$OLDPWD/tests/test_cuda.py" -k "not 17x1x28 and not 9x20" 2>&1 | tee "$OUT/sanitizer-$tool.log" | tail -15
+  done
+fi
+exit $status
