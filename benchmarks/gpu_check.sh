@@ -3,6 +3,8 @@
 # Usage: bash benchmarks/gpu_check.sh [extra pytest args]
 #   PYLENET_DATA   folder with mnist/ (default: ./.gpudata, a git-ignored copy of the data)
 #   OUT            where logs go (default: ./gpu-logs)
+#   TESTS          test files/folders, relative to the repository (default: tests)
+#   BENCH=1        also run `pylenet bench --device cuda --epoch` (pylenet vs PyTorch + cuDNN)
 #   SANITIZE=1     also run compute-sanitizer (memcheck, racecheck) over the CUDA kernel tests
 # Builds for the local GPU only (sm from nvidia-smi), which is what a user's `pip install .`
 # does not do: it keeps the build short inside a device lease.
@@ -19,14 +21,20 @@ export CMAKE_BUILD_PARALLEL_LEVEL=$(nproc)
 t0=$(date +%s)
 $PY -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1 || { tail -60 "$OUT/build.log"; exit 1; }
 echo "build: $(( $(date +%s) - t0 )) s"; grep -iE "warning|spill" "$OUT/build.log" | grep -v "^ *$" | head -20
+REPO=$PWD
 cd /tmp  # import the installed build, not the source folder
 $PY -c "import pylenet; print(pylenet.build_info()); print('cuda available:', pylenet.cuda.is_available())"
-$PY -m pytest -q -rs --durations=12 -p no:cacheprovider "$OLDPWD/tests" "$@" 2>&1 | tee "$OUT/pytest.log" | tail -80
+paths=$(for t in ${TESTS:-tests}; do echo "$REPO/$t"; done)
+timeout ${TEST_TIMEOUT:-420} $PY -m pytest -q -rs --durations=12 -p no:cacheprovider $paths "$@" 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-80}
 status=$?
+if [ "${BENCH:-0}" = 1 ]; then
+  (cd "$REPO" && timeout ${BENCH_TIMEOUT:-240} $PY -m pylenet bench --device cuda --steps ${BENCH_STEPS:-200} --repeats 5 --epoch \
+     --out "$OUT/cuda-bench.json" 2>&1 | tail -20)
+fi
 if [ "${SANITIZE:-0}" = 1 ]; then
   for tool in memcheck racecheck; do
     compute-sanitizer --tool $tool --print-limit 20 $PY -m pytest -q -x -p no:cacheprovider \
-      "$OLDPWD/tests/test_cuda.py" -k "not 17x1x28 and not 9x20" 2>&1 | tee "$OUT/sanitizer-$tool.log" | tail -15
+      "$REPO/tests/test_cuda.py" -k "not 17x1x28 and not 9x20" 2>&1 | tee "$OUT/sanitizer-$tool.log" | tail -15
   done
 fi
 exit $status

@@ -170,6 +170,173 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
     return run
 
 
+# ----------------------------------------------------------------------------- CUDA
+def _sync_torch():
+    import torch
+    torch.cuda.synchronize()
+
+
+def setup_pylenet_cuda(name, batch, steps, images, labels, device=0):
+    """(train, infer, info) on a GPU: the data uploaded once; each call ends synchronised
+    (train_epoch reads its totals back, predict copies the probabilities back)."""
+    model = models.create(name, seed=0)
+    net = model._compile(batch, optim.SGD(0.01, momentum=0.9), "heuristic", device=device)
+    model._load_into(net)
+    n = batch * steps
+    data = net.upload(images[:n], labels[:n])
+    order = np.arange(n, dtype=np.int64)
+    sched = {"kind": "constant"}
+    net.train_epoch(data, order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
+    infer = model._compile(batch, device=device)
+    model._load_into(infer)
+    infer.predict(data)
+    info = {"flops_per_sample": 3 * sum(l["flops"] for l in net.layers),
+            "memory_plan_bytes": net.memory_plan()["total"], "conv_algorithms": net.conv_algorithms}
+    keep = (net, infer, data)  # alive as long as the callables
+    return ((lambda: keep[0].train_epoch(data, order, batch, sched, 0, None, n // batch)),
+            (lambda: keep[1].predict(data)), info)
+
+
+def setup_torch_cuda(name, batch, steps, images, labels, tf32=False):
+    """The torch twin on the GPU with cuDNN: same weights, batches (already on the device) and
+    optimizer; TF32 off for a like-for-like float32 comparison unless `tf32`."""
+    import torch
+    import torch.nn.functional as TF
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    tm = torch_twin(models.create(name, seed=0)).cuda()
+    opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    n = batch * steps
+    X, Y = torch.from_numpy(images[:n]).cuda(), torch.from_numpy(labels[:n]).cuda()
+
+    def run_train(count=n):
+        for i in range(0, count, batch):
+            opt.zero_grad(set_to_none=True)
+            TF.cross_entropy(tm(X[i:i + batch]), Y[i:i + batch]).backward()
+            opt.step()
+        _sync_torch()
+
+    def run_infer(count=n):
+        with torch.inference_mode():
+            for i in range(0, count, batch):
+                torch.softmax(tm(X[i:i + batch]), dim=1)
+        _sync_torch()
+
+    run_train(batch * 3)
+    run_infer(batch * 3)
+    return run_train, run_infer, {"torch_version": torch.__version__, "cudnn": torch.backends.cudnn.version(),
+                                  "tf32": tf32}
+
+
+def measure_cuda(name, batch, steps, repeats, images, labels, with_torch):
+    n = batch * steps
+    pylenet.cuda.empty_cache()
+    pylenet.cuda.reset_peak_memory_stats()
+    p_train, p_infer, p_info = setup_pylenet_cuda(name, batch, steps, images, labels)
+    peers = {}
+    if with_torch:
+        import torch
+        torch.cuda.reset_peak_memory_stats()
+        for key, tf32 in (("torch", False), ("torch_tf32", True)):
+            peers[key] = setup_torch_cuda(name, batch, steps, images, labels, tf32)
+
+    def timed(fn):
+        t0 = time.perf_counter()
+        fn()
+        return time.perf_counter() - t0
+
+    times = {k: [] for k in ("p_train", "p_infer", *(f"{k}_{w}" for k in peers for w in ("train", "infer")))}
+    for what, idx in (("train", 0), ("infer", 1)):
+        for _ in range(repeats):  # alternate, so drifts hit every framework alike
+            times[f"p_{what}"].append(timed((p_train, p_infer)[idx]))
+            for k, fns in peers.items():
+                times[f"{k}_{what}"].append(timed(fns[idx]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    run = {"model": name, "batch": batch,
+           "pylenet": {"train_samples_per_s": n / med["p_train"], "infer_images_per_s": n / med["p_infer"],
+                       "train_gflops": p_info["flops_per_sample"] * n / med["p_train"] / 1e9,
+                       "memory_plan_bytes": p_info["memory_plan_bytes"],
+                       "device_peak_bytes": pylenet.cuda.memory_stats()["peak_bytes"],
+                       "conv_algorithms": p_info["conv_algorithms"]}}
+    if with_torch:
+        import torch
+        for k, fns in peers.items():
+            run[k] = {"train_samples_per_s": n / med[f"{k}_train"], "infer_images_per_s": n / med[f"{k}_infer"],
+                      **fns[2]}
+            run[f"train_ratio_vs_{k}"] = statistics.median(t / p for t, p in zip(times[f"{k}_train"], times["p_train"]))
+            run[f"infer_ratio_vs_{k}"] = statistics.median(t / p for t, p in zip(times[f"{k}_infer"], times["p_infer"]))
+        run["torch"]["device_peak_bytes"] = torch.cuda.max_memory_allocated()
+    return run
+
+
+def full_epoch_cuda(with_torch):
+    """Seconds of one full MNIST epoch (lenet5, batch 64) through pylenet.train on the GPU, and
+    the same epoch in PyTorch (data on the device, shuffled batches, float32 without TF32)."""
+    ds = pylenet.datasets.mnist(train=True, download=False)
+    sgd = lambda: optim.SGD(0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    pylenet.train(models.lenet5(), ds.subset(640), epochs=1, optimizer=sgd(), progress=False, device="cuda")
+    h = pylenet.train(models.lenet5(), ds, epochs=2, batch_size=64, optimizer=sgd(), progress=False, device="cuda")
+    out = {"pylenet": min(h.seconds)}
+    if with_torch:
+        import torch
+        import torch.nn.functional as TF
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        tm = torch_twin(models.lenet5()).cuda()
+        opt = torch.optim.SGD(tm.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        X, Y = torch.from_numpy(ds.images).cuda(), torch.from_numpy(ds.labels.astype(np.int64)).cuda()
+        secs = []
+        for _ in range(3):
+            perm = torch.randperm(len(X), device="cuda")
+            _sync_torch()
+            t0 = time.perf_counter()
+            for i in range(0, len(X), 64):
+                idx = perm[i:i + 64]
+                opt.zero_grad(set_to_none=True)
+                TF.cross_entropy(tm(X[idx]), Y[idx]).backward()
+                opt.step()
+            _sync_torch()
+            secs.append(time.perf_counter() - t0)
+        out["torch"] = min(secs[1:])
+    return out
+
+
+def main_cuda(args, have_torch):
+    batches = [int(b) for b in args.batches.split(",")]
+    images, labels, source = load_images(max(batches) * args.steps)
+    result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "device": "cuda",
+              "gpu": pylenet.cuda.get_device_name(0), "steps": args.steps, "repeats": args.repeats, "data": source,
+              "pylenet": pylenet.build_info(), "runs": []}
+    for name in args.models.split(","):
+        for batch in batches:
+            result["runs"].append(measure_cuda(name, batch, args.steps, args.repeats, images, labels, have_torch))
+    if args.epoch:
+        result["full_epoch_seconds_lenet5_b64"] = full_epoch_cuda(have_torch)
+    print(f"GPU: {result['gpu']}, pylenet {result['pylenet']['version']}, data {source}; ratios: "
+          "torch time / pylenet time (torch float32 with TF32 off; tf32 = torch's defaults)")
+    hdr = (f"{'model':<12} {'batch':>5} | {'train/s pylenet':>15} {'torch':>9} {'ratio':>6} {'tf32':>6} | "
+           f"{'infer/s pylenet':>15} {'torch':>9} {'ratio':>6} | {'peak MiB':>8} {'torch':>7}")
+    print(hdr)
+    print("-" * len(hdr))
+    fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+    for r in result["runs"]:
+        p, t = r["pylenet"], r.get("torch", {})
+        print(f"{r['model']:<12} {r['batch']:>5} | {p['train_samples_per_s']:>15,.0f} "
+              f"{fmt(t.get('train_samples_per_s'), '>9,.0f'):>9} {fmt(r.get('train_ratio_vs_torch'), '>6.2f'):>6} "
+              f"{fmt(r.get('train_ratio_vs_torch_tf32'), '>6.2f'):>6} | {p['infer_images_per_s']:>15,.0f} "
+              f"{fmt(t.get('infer_images_per_s'), '>9,.0f'):>9} {fmt(r.get('infer_ratio_vs_torch'), '>6.2f'):>6} | "
+              f"{p['device_peak_bytes'] / 2**20:>8.1f} {fmt(t.get('device_peak_bytes', 0) / 2**20, '>7.1f'):>7}")
+    if "full_epoch_seconds_lenet5_b64" in result:
+        e = result["full_epoch_seconds_lenet5_b64"]
+        print(f"full MNIST epoch, lenet5, batch 64: pylenet.train {e['pylenet']:.3f} s"
+              + (f", torch {e['torch']:.3f} s" if "torch" in e else ""))
+    out = args.out or os.path.join("benchmarks", "results", f"cuda-{datetime.date.today().isoformat()}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out}")
+    return 0
+
+
 def load_images(n):
     """Real MNIST when available (same bytes for both frameworks), else seeded noise."""
     try:
@@ -200,7 +367,9 @@ def main(argv=None):
     ap.add_argument("--batches", default="64,256")
     ap.add_argument("--epoch", action="store_true", help="also time a full MNIST epoch through pylenet.train")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/cpu-<date>.json)")
+    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>-<date>.json)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                    help="cuda: pylenet on the GPU vs PyTorch + cuDNN on the same GPU")
     args = ap.parse_args(argv)
 
     try:
@@ -210,6 +379,12 @@ def main(argv=None):
         have_torch = True
     except ImportError:
         have_torch = False
+    if args.device == "cuda":
+        pylenet.cuda.require("bench --device cuda")
+        if have_torch:
+            import torch
+            have_torch = torch.cuda.is_available()
+        return main_cuda(args, have_torch)
     batches = [int(b) for b in args.batches.split(",")]
     images, labels, source = load_images(max(batches) * args.steps)
     result = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "machine": platform.processor() or
