@@ -1,7 +1,8 @@
 """pylenet: a small-CNN training runtime with hand-written CPU (and CUDA) kernels.
 
 The native core lives in ``pylenet._C`` (C++, bound with pybind11); this package is the thin
-Python layer over it. ``pylenet.functional`` exposes every op on NumPy arrays.
+Python layer over it. ``pylenet.functional`` exposes every op on NumPy arrays (and, with
+CUDA, on device arrays); ``pylenet.cuda`` holds device tensors and the GPU's state.
 """
 def _installed_copy():
     """An installed pylenet folder (one holding the compiled _C) other than this one, if any."""
@@ -29,7 +30,7 @@ except ImportError as _e:
             "extension (a source folder?): install it with `pip install .`.") from _e
     __path__[:] = [_where]
     from . import _C
-from . import functional, nn, models, optim, datasets, bench
+from . import cuda, functional, nn, models, optim, datasets, bench
 from .nn import Sequential, load
 from .training import History, evaluate, train
 
@@ -84,6 +85,6 @@ def host_memory_stats():
 
 
 __all__ = [
-    "functional", "nn", "models", "optim", "datasets", "Sequential", "load", "train", "evaluate", "History", "build_info", "available_simd", "get_simd", "set_simd",
+    "cuda", "functional", "nn", "models", "optim", "datasets", "Sequential", "load", "train", "evaluate", "History", "build_info", "available_simd", "get_simd", "set_simd",
     "get_num_threads", "set_num_threads", "host_memory_stats", "__version__",
 ]
