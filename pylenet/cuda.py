@@ -44,7 +44,7 @@ else:
         """Placeholder: this pylenet was built without CUDA, so no device tensor can exist."""
 
         def __init__(self, *args, **kwargs):
-            raise RuntimeError(f"pylenet.cuda: {unavailable_reason()}")
+            require("pylenet.cuda.Tensor")
 
 
 def unavailable_reason():
@@ -63,10 +63,10 @@ def unavailable_reason():
 
 
 def require(what="pylenet.cuda"):
-    """Raise RuntimeError "<what>: <why>" unless CUDA is usable here."""
+    """Raise RuntimeError naming ``what`` and the reason unless CUDA is usable here."""
     reason = unavailable_reason()
     if reason is not None:
-        raise RuntimeError(f"{what}: {reason}")
+        raise RuntimeError(f"{what}: CUDA cannot be used: {reason}")
 
 
 def _backend():
