@@ -28,8 +28,9 @@ import numpy as np
 from . import _C
 
 __all__ = [
-    "is_available", "device_count", "Tensor", "tensor", "from_numpy", "empty", "as_tensor",
-    "memory_stats", "reset_peak_memory_stats", "empty_cache", "synchronize", "get_device_name",
+    "is_available", "unavailable_reason", "require", "device_count", "Tensor", "tensor",
+    "from_numpy", "empty", "as_tensor", "memory_stats", "reset_peak_memory_stats", "empty_cache",
+    "synchronize", "get_device_name",
 ]
 
 _native = getattr(_C, "cuda", None)  # absent when the build has no CUDA kernels
@@ -43,10 +44,10 @@ else:
         """Placeholder: this pylenet was built without CUDA, so no device tensor can exist."""
 
         def __init__(self, *args, **kwargs):
-            raise RuntimeError(f"pylenet.cuda: {_unusable_reason()}")
+            require("pylenet.cuda.Tensor")
 
 
-def _unusable_reason():
+def unavailable_reason():
     """Why CUDA cannot be used here, or None when it can."""
     if _native is None:
         return ("this pylenet was built without CUDA kernels (no nvcc at build time, or "
@@ -61,11 +62,16 @@ def _unusable_reason():
     return None
 
 
+def require(what="pylenet.cuda"):
+    """Raise RuntimeError naming ``what`` and the reason unless CUDA is usable here."""
+    reason = unavailable_reason()
+    if reason is not None:
+        raise RuntimeError(f"{what}: CUDA cannot be used: {reason}")
+
+
 def _backend():
     """The native CUDA module, or RuntimeError saying why CUDA cannot be used."""
-    reason = _unusable_reason()
-    if reason is not None:
-        raise RuntimeError(f"pylenet.cuda: {reason}")
+    require()
     return _native
 
 
@@ -84,7 +90,7 @@ def require(what="pylenet.cuda"):
 def is_available():
     """True when this build has CUDA kernels and a GPU is usable. Never raises."""
     try:
-        return _unusable_reason() is None
+        return unavailable_reason() is None
     except Exception:
         return False
 
@@ -157,12 +163,12 @@ def tensor(array, device=0, dtype=None):
                         f"(supported: {', '.join(DTYPES)}; pass dtype= to convert)")
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
-    return native.to_device(np.ascontiguousarray(a), dev)
+    return native.to_device(a, dev)  # makes it C-contiguous (np.ascontiguousarray would make 0-d 1-d)
 
 
 def from_numpy(array, device=0):
     """A new Tensor on ``device`` holding a copy of the NumPy array."""
-    if not isinstance(array, np.ndarray):
+    if not isinstance(array, (np.ndarray, np.generic)):
         raise TypeError(f"pylenet.cuda.from_numpy: expected a numpy.ndarray, got {type(array).__name__}")
     return tensor(array, device)
 

@@ -10,8 +10,8 @@ arrays run the CUDA kernels on their GPU, without copies. Device arrays are CuPy
 ``pylenet.cuda.Tensor`` and anything else speaking ``__cuda_array_interface__`` or DLPack
 (PyTorch, Numba, ...). Outputs are of the caller's kind: CuPy in, CuPy out (a view of
 pylenet's memory); otherwise ``pylenet.cuda.Tensor``, which every such library can view.
-With CuPy inputs the op is ordered with CuPy's current stream, so its results can be used
-there at once. Mixing host and device arrays in one call raises ``TypeError``. CuPy is
+With CuPy (or PyTorch) inputs the op is ordered with that library's current stream, so its
+results can be used there at once, and its inputs freed. Mixing host and device arrays in one call raises ``TypeError``. CuPy is
 optional: it is imported only when a CuPy array is passed.
 
 Shape and value errors raise ``ValueError`` naming the op and the shapes; arrays of the
@@ -70,16 +70,15 @@ def _kind(a):
 
 
 class _OnDevice:
-    """The CUDA side of one call: device inputs as pylenet.cuda.Tensor views, CuPy's current
-    stream to order with, and outputs converted back to the caller's kind."""
+    """The CUDA side of one call: device inputs as pylenet.cuda.Tensor views, the caller's
+    stream to order with (CuPy's or PyTorch's current one), and outputs converted back to the
+    caller's kind."""
 
-    def __init__(self, op, cp, device_of_first_cupy):
+    def __init__(self, op, cp, stream):
         self.op = op
         self.native = _cuda._backend()  # RuntimeError naming what is missing
         self.cp = cp
-        self.stream = None
-        if cp is not None and cp.cuda.runtime.getDevice() == device_of_first_cupy:
-            self.stream = cp.cuda.get_current_stream().ptr
+        self.stream = stream
 
     def _is_cupy(self, a):
         return self.cp is not None and isinstance(a, self.cp.ndarray)
@@ -133,18 +132,17 @@ class _OnDevice:
 def _on_device(op, *named):
     """None when every array of ``named`` ((name, array) pairs; None skipped) is on the host,
     an _OnDevice when all are device arrays; TypeError naming both kinds when they mix."""
-    host = device = None
-    cupy_device = None
-    any_cupy = False
+    host = device = first_cupy = first_torch = None
     for name, a in named:
         if a is None:
             continue
         if _cuda._is_device_array(a):
             device = device or (name, a)
-            if type(a).__module__.partition(".")[0] == "cupy":
-                if not any_cupy:
-                    cupy_device = getattr(getattr(a, "device", None), "id", None)
-                any_cupy = True
+            library = type(a).__module__.partition(".")[0]
+            if library == "cupy":
+                first_cupy = first_cupy if first_cupy is not None else a
+            elif library == "torch":
+                first_torch = first_torch if first_torch is not None else a
         else:
             host = host or (name, a)
     if device is None:
@@ -153,10 +151,17 @@ def _on_device(op, *named):
         raise TypeError(f"{op}: {device[0]} is a device array ({_kind(device[1])}) but {host[0]} is a host "
                         f"array ({_kind(host[1])}); pass all arrays on the same side (on the GPU, e.g. "
                         "cupy.asarray(...), or on the host, e.g. cupy.asnumpy(...))")
-    cp = None
-    if any_cupy:
-        import cupy as cp  # only once a CuPy array was passed: CuPy stays optional
-    return _OnDevice(op, cp, cupy_device)
+    # The library's current stream on the arrays' device, for the op to order with. Imported
+    # only once one of its arrays was passed: CuPy and PyTorch stay optional.
+    cp = stream = None
+    if first_cupy is not None:
+        import cupy as cp
+        if cp.cuda.runtime.getDevice() == first_cupy.device.id:
+            stream = cp.cuda.get_current_stream().ptr
+    elif first_torch is not None:
+        import torch
+        stream = torch.cuda.current_stream(first_torch.device).cuda_stream
+    return _OnDevice(op, cp, stream)
 
 
 def _inplace(a, name, op):

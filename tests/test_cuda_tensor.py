@@ -34,7 +34,7 @@ def plc(pylenet_module):
 def device(plc):
     """pylenet.cuda when a GPU is usable; skips otherwise."""
     if not plc.is_available():
-        pytest.skip(f"pylenet.cuda is not usable here: {plc._unusable_reason()}")
+        pytest.skip(f"pylenet.cuda is not usable here: {plc.unavailable_reason()}")
     return plc
 
 
@@ -70,7 +70,12 @@ def test_is_available_is_a_bool_and_agrees_with_device_count(plc, pylenet_module
     available = plc.is_available()
     assert isinstance(available, bool)
     assert isinstance(plc.device_count(), int)
-    assert available == (plc.device_count() > 0)
+    assert available == (plc.device_count() > 0) == (plc.unavailable_reason() is None)
+    if available:
+        plc.require("test")
+    else:
+        with pytest.raises(RuntimeError, match="^test: "):
+            plc.require("test")
     if not pylenet_module.build_info()["cuda"]:
         assert not available and plc.device_count() == 0
 
@@ -161,7 +166,7 @@ def test_placeholder_tensor_without_cuda_build(plc, pylenet_module):
 @pytest.mark.parametrize("dtype", ["float32", "int64", "float64", "int32", "uint8"])
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 4), (), (0, 3)], ids=str)
 def test_round_trip(device, dtype, shape):
-    a = (np.arange(int(np.prod(shape))).reshape(shape) * 3 % 251).astype(dtype)
+    a = np.asarray(np.arange(int(np.prod(shape))).reshape(shape) * 3 % 251, dtype=dtype)
     t = device.tensor(a)
     assert isinstance(t, device.Tensor)
     assert t.shape == shape and t.dtype == np.dtype(dtype) and t.device == 0
@@ -246,12 +251,12 @@ def test_memory_stats_return_to_baseline(device):
     del x, w, y, ys
     gc.collect()
     freed = device.memory_stats()
-    assert freed["bytes_cached"] > 0  # kept for reuse
-    assert freed["num_allocs"] - base["num_allocs"] - (freed["num_frees"] - base["num_frees"]) <= 1  # workspace
+    assert freed["bytes_cached"] > 0, freed  # kept for reuse
     device.empty_cache()
     end = device.memory_stats()
-    assert end["bytes_in_use"] == base["bytes_in_use"]
-    assert end["bytes_reserved"] == base["bytes_reserved"]
+    assert end["bytes_in_use"] == base["bytes_in_use"], (base, mid, freed, end)
+    assert end["num_allocs"] - base["num_allocs"] == end["num_frees"] - base["num_frees"], (base, end)
+    assert end["bytes_reserved"] == base["bytes_reserved"], (base, end)
     assert end["bytes_cached"] == 0
     assert end["peak_bytes"] >= mid["bytes_in_use"]
     device.reset_peak_memory_stats()
@@ -508,3 +513,10 @@ def test_torch_interop(gpu, rng):
         np.testing.assert_array_equal(view.numpy(), src.cpu().numpy())
     out = F.relu(src - 2)  # torch in: a pylenet Tensor out, viewable by torch
     np.testing.assert_array_equal(torch.from_dlpack(out).cpu().numpy(), np.maximum(np.arange(6) - 2, 0).reshape(2, 3))
+    side = torch.cuda.Stream()  # ordered with torch's current stream, as with CuPy's
+    with torch.cuda.stream(side):
+        for _ in range(5):
+            a = torch.randn(64, 3, 32, 32, device="cuda") * 3
+            r = torch.from_dlpack(F.relu(a))
+            assert torch.equal(r, torch.relu(a))
+    side.synchronize()
