@@ -75,18 +75,6 @@ def _backend():
     return _native
 
 
-def unavailable_reason():
-    """Why CUDA cannot be used here (a sentence), or None when it can."""
-    return _unusable_reason()
-
-
-def require(what="pylenet.cuda"):
-    """Raises RuntimeError naming `what` and the reason when CUDA cannot be used."""
-    reason = _unusable_reason()
-    if reason is not None:
-        raise RuntimeError(f"{what}: CUDA cannot be used: {reason}")
-
-
 def is_available():
     """True when this build has CUDA kernels and a GPU is usable. Never raises."""
     try:

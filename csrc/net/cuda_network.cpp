@@ -6,6 +6,7 @@
 #include "core/error.h"
 #include "cuda/check.h"
 #include "cuda/ops.h"
+#include "cuda/tensor.h"
 
 namespace pylenet {
 
@@ -48,7 +49,9 @@ DeviceDataset::DeviceDataset(int device, const float* images, const int64_t* lab
 }
 
 // ------------------------------------------------------------------------------ network
-CudaNetwork::~CudaNetwork() = default;
+// Nothing queued may still use the plan when its buffers go back to the pool (the members
+// are released before ctx_, which is declared first).
+CudaNetwork::~CudaNetwork() { (void)cudaStreamSynchronize(ctx_.stream()); (void)cudaGetLastError(); }
 
 CudaNetwork::CudaNetwork(const std::vector<LayerSpec>& specs, const std::vector<int64_t>& input_chw, int64_t capacity,
                          const OptimSpec& optim, ConvAlgo conv_algo, int device)
@@ -65,8 +68,14 @@ CudaNetwork::CudaNetwork(const std::vector<LayerSpec>& specs, const std::vector<
   sample_floats_ = plan.sample_floats;
   grad_stride_ = plan.grad_stride;
 
-  // The memory plan, allocated once on the device.
+  // The memory plan, allocated once on the device. The caching allocator does not track
+  // streams: blocks freed by device tensors (on the default context's stream) may come
+  // back here, so that stream's queued work must finish before this stream writes them.
   const int dev = ctx_.device();
+  if (cuda::DefaultContext* dc = cuda::default_context_if_created(dev)) {
+    std::lock_guard<std::mutex> lock(dc->mu);
+    dc->ctx.synchronize();
+  }
   cuda::DeviceGuard guard(dev);
   cudaStream_t st = ctx_.stream();
   const int64_t p = std::max<int64_t>(num_params_, 1);
