@@ -387,3 +387,37 @@ def test_plan_larger_than_memory_raises_memory_error():
     m = models.cudnn_lenet()
     with pytest.raises(MemoryError, match="bytes"):
         m._compile(1 << 20, optim.SGD(0.01))  # ~1M samples: tens of GB of activations
+
+
+def test_relu_before_max_pool_is_run_after_it_exactly():
+    """The CPU network runs ReLU -> MaxPool as MaxPool -> ReLU (a quarter of the ReLU work).
+    Its gradients must equal the layer-by-layer composition of the functional ops on inputs
+    full of ties and all-negative windows, where the two orders could differ."""
+    F = pylenet.functional
+    rng = np.random.default_rng(3)
+    model = pylenet.Sequential(pylenet.nn.Conv2d(1, 4, 3, padding=1), pylenet.nn.ReLU(), pylenet.nn.MaxPool2d(2),
+                               pylenet.nn.Flatten(), pylenet.nn.Linear(4 * 4 * 4, 3), input_shape=(1, 8, 8))
+    sd = model.state_dict()
+    sd["0.weight"][...] = np.round(rng.standard_normal(sd["0.weight"].shape) * 2) / 4  # many ties
+    sd["0.bias"][...] = -0.25
+    model.load_state_dict(sd)
+    x = np.round(rng.standard_normal((20, 1, 8, 8)) * 2).astype(np.float32)
+    y = rng.integers(0, 3, 20)
+    net = model._compile(20, optim.SGD(0.0))
+    model._load_into(net)
+    stats = net.train_step(x, y, 0.0)
+    # The reference, op by op in the model's order.
+    w0, b0, w1, b1 = (sd[k] for k in ("0.weight", "0.bias", "4.weight", "4.bias"))
+    c = F.conv2d(x, w0, b0, padding=1, algo="naive")
+    r = F.relu(c)
+    p = F.max_pool2d(r, 2)
+    z = F.linear(p.reshape(20, -1), w1, b1)
+    loss, dz = F.softmax_cross_entropy(z, y)
+    dp, dw1, db1 = F.linear_backward(dz, p.reshape(20, -1), w1)
+    dr = F.max_pool2d_backward(dp.reshape(p.shape), r, 2)
+    dc = F.relu_backward(dr, c)
+    _, dw0, db0 = F.conv2d_backward(dc, x, w0, padding=1, algo="naive")
+    assert abs(stats["loss_sum"] / 20 - loss) <= 1e-6 * loss
+    ref = np.concatenate([a.ravel() for a in (dw0, db0, dw1, db1)])
+    np.testing.assert_allclose(net.grads(), ref, rtol=1e-5, atol=1e-6)
+    assert (r.reshape(20, 4, 4, 2, 4, 2) <= 0).all(axis=(3, 5)).any()  # the data has all-non-positive windows

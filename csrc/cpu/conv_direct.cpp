@@ -30,6 +30,15 @@ void filter_images(simd::Level level, const ConvShape& s, int64_t nimg, int64_t 
   PYL_SIMD_DISPATCH(level, direct_filter_images, s, nimg, hp, wp, xp, wd, dyp, dw);
 }
 
+bool filter_uses_kblocks(simd::Level level, const ConvShape& s) {
+  return PYL_SIMD_DISPATCH(level, filter_uses_kblocks, s);
+}
+
+void filter_kblocks(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
+                    const float* dy, const float* tail, float* dw) {
+  PYL_SIMD_DISPATCH(level, direct_filter_kblocks, s, nimg, hp, wp, xp, dy, tail, dw);
+}
+
 bool filter_uses_klanes(simd::Level level, const ConvShape& s) {
   return PYL_SIMD_DISPATCH(level, filter_uses_klanes, s);
 }
@@ -155,16 +164,19 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   const int64_t per = conv_direct_worker_floats(ConvPass::BackwardFilter, s);
   const simd::Level level = simd::active();
   const bool klanes = filter_uses_klanes(level, s);
-  const int64_t kp = k_lanes(s, level);
-  // The kernels' image strides (the workspace holds the larger of the two dy layouts).
-  const int64_t ximg = s.c * d.hp * d.wp, dyimg = klanes ? s.oh * s.ow * kp : s.k * s.oh * wd;
+  const bool kblocks = !klanes && filter_uses_kblocks(level, s);
+  const int64_t kp = k_lanes(s, level), vw = vector_width(level);
+  // The kernels' image strides (the workspace holds the largest of the dy layouts).
+  const int64_t ximg = s.c * d.hp * d.wp;
+  const int64_t dyimg = klanes ? s.oh * s.ow * kp : kblocks ? s.k * s.oh * vw : s.k * s.oh * wd;
+  const int64_t tail0 = s.ow / vw * vw;  // first column of the partial vector (kblocks)
   parallel_for(threads, chunks, [&](int64_t chunk, int tid) {
     float* xp = scratch + tid * per;              // (kFilterChunk, C, HP, WP)
-    float* dyp = xp + kFilterChunk * ximg;        // (kFilterChunk, K, OH, WD), zeros past OW
+    float* dyp = xp + kFilterChunk * ximg;        // the dy copy the kernel reads (layout above)
     float* out = chunks > 1 ? partials + chunk * kcrs : dw;
     std::fill(out, out + kcrs, 0.0f);
     const int64_t n0 = chunk * kFilterChunk, n1 = std::min(s.n, n0 + kFilterChunk);
-    std::fill(dyp, dyp + (n1 - n0) * dyimg, 0.0f);
+    if (!kblocks || tail0 < s.ow) std::fill(dyp, dyp + (n1 - n0) * dyimg, 0.0f);
     for (int64_t n = n0; n < n1; ++n) {
       pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp + (n - n0) * ximg);
       const float* g = dy + n * s.k * s.oh * s.ow;
@@ -173,11 +185,16 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
         const int64_t pix = s.oh * s.ow;
         for (int64_t k = 0; k < s.k; ++k)
           for (int64_t p = 0; p < pix; ++p) out_n[p * kp + k] = g[k * pix + p];
+      } else if (kblocks) {  // only the last partial vector of each row, zero-padded
+        if (tail0 < s.ow)
+          for (int64_t row = 0; row < s.k * s.oh; ++row)
+            std::memcpy(out_n + row * vw, g + row * s.ow + tail0, sizeof(float) * (s.ow - tail0));
       } else {
         for (int64_t row = 0; row < s.k * s.oh; ++row) std::memcpy(out_n + row * wd, g + row * s.ow, sizeof(float) * s.ow);
       }
     }
     if (klanes) filter_klanes(level, s, n1 - n0, d.hp, d.wp, xp, kp, dyp, out);
+    else if (kblocks) filter_kblocks(level, s, n1 - n0, d.hp, d.wp, xp, dy + n0 * s.k * s.oh * s.ow, dyp, out);
     else filter_images(level, s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
   });
   if (chunks > 1)

@@ -36,6 +36,11 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   /* dw (K, C, R, S) += sum over nimg images of dy (x) xp; xp (nimg, C, HP, WP), dyp (nimg, K, OH, WD) */    \
   void direct_filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \
                             int64_t wd, const float* dyp, float* dw);                                     \
+  /* the same, KB channels per pass, reading dy (nimg, K, OH, OW) in place; tail (nimg, K, OH, width)  */ \
+  /* holds the last partial vector of columns, zero-filled (unused when OW is a multiple of the width) */ \
+  bool filter_uses_kblocks(const ConvShape& s);                                                           \
+  void direct_filter_kblocks(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,   \
+                             const float* dy, const float* tail, float* dw);                              \
   /* the same with output channels in the lanes; dyt (nimg, OH*OW, KP), KP a multiple of the width */    \
   bool filter_uses_klanes(const ConvShape& s);                                                            \
   void direct_filter_klanes(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \

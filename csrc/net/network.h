@@ -193,6 +193,8 @@ class Network {
   std::vector<char> chunk_bad_;
   std::vector<std::exception_ptr> chunk_errors_;  // sized once, so a step allocates nothing
   std::vector<char> needs_dx_;  // per layer: does any earlier layer have parameters
+  // Per layer: a ReLU followed by a max pool, run after the pool instead (see forward()).
+  std::vector<char> relu_after_pool_;
   float* grad_a_ = nullptr;
   float* grad_b_ = nullptr;
   int64_t grad_stride_ = 0;  // floats per sample in the gradient buffers (the largest tensor)
