@@ -220,3 +220,22 @@ TORCH_CASES_S1 = [(n, c, h, w, oc, kh, kw, 1, (min(p[0], kh - 1), min(p[1], kw -
 @pytest.mark.parametrize("case", TORCH_CASES_S1, ids=lambda c: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}".format(*c).replace(" ", ""))
 def test_conv2d_stride1_vs_torch(F, rng, case, algo):
     test_conv2d_vs_torch(F, rng, case, algo)
+
+
+# Shapes that take the direct kernels' special paths on some SIMD level: output rows
+# narrower than a vector with many channels (forward and filter with channels in the lanes,
+# 1-4 vectors of them, ragged pixel blocks), several channel blocks in backward filter with
+# a partial last column vector, and padding rows skipped in backward data.
+DIRECT_PATHS = [
+    (3, 6, 14, 14, 16, 5, 5, 1, 0),   # LeNet conv2: 10 columns, 16 channels
+    (2, 3, 9, 13, 20, 3, 3, 1, 1),    # 13 columns, 20 channels (two vectors of them on AVX-512)
+    (2, 2, 7, 5, 37, 3, 2, 1, (2, 1)),  # 37 channels, 6 columns, padding rows
+    (2, 1, 28, 28, 6, 5, 5, 1, 2),    # LeNet conv1: 28 columns = 16 + a partial 12
+    (2, 2, 6, 21, 7, 2, 4, 1, 1),     # 7 channels in uneven blocks
+]
+
+
+@pytest.mark.parametrize("case", DIRECT_PATHS, ids=lambda c: "x".join(map(str, c[:7])))
+def test_direct_special_paths(F, rng, case):
+    check_forward(F, rng, case, "direct")
+    check_backward(F, rng, case, "direct")

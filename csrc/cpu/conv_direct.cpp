@@ -25,6 +25,15 @@ void forward_image(simd::Level level, const ConvShape& s, int64_t hp, int64_t wp
   PYL_SIMD_DISPATCH(level, direct_forward_image, s, hp, wp, xp, w, b, y);
 }
 
+bool forward_uses_klanes(simd::Level level, const ConvShape& s) {
+  return PYL_SIMD_DISPATCH(level, forward_uses_klanes, s);
+}
+
+void forward_klanes_image(simd::Level level, const ConvShape& s, int64_t hp, int64_t wp, const float* xp,
+                          const float* wt, int64_t kp, const float* bp, float* y) {
+  PYL_SIMD_DISPATCH(level, direct_forward_klanes_image, s, hp, wp, xp, wt, kp, bp, y);
+}
+
 void filter_images(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
                    int64_t wd, const float* dyp, float* dw) {
   PYL_SIMD_DISPATCH(level, direct_filter_images, s, nimg, hp, wp, xp, wd, dyp, dw);
@@ -110,6 +119,12 @@ int64_t conv_direct_worker_floats(ConvPass pass, const ConvShape& s) {
   return 0;
 }
 
+// Floats of the transposed filter and padded bias the k-lanes forward kernel reads.
+int64_t forward_klanes_floats(const ConvShape& s) {
+  const int64_t kp = round_up(s.k, kMaxWidth);
+  return round16(s.c * s.r * s.s * kp) + kp;
+}
+
 int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int threads) {
   const int64_t kcrs = s.k * s.c * s.r * s.s;
   if (pass == ConvPass::BackwardData)
@@ -118,7 +133,7 @@ int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int thre
     const int64_t chunks = (s.n + kFilterChunk - 1) / kFilterChunk;
     return round16(chunks * kcrs) + workers_for(threads, chunks) * conv_direct_worker_floats(pass, s);
   }
-  return workers_for(threads, s.n) * conv_direct_worker_floats(pass, s);
+  return workers_for(threads, s.n) * conv_direct_worker_floats(pass, s) + forward_klanes_floats(s);
 }
 
 void conv_forward_direct(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
@@ -126,10 +141,23 @@ void conv_forward_direct(const ConvShape& s, const float* x, const float* w, con
   const simd::Level level = simd::active();
   const Padded d = padded(s);
   const int64_t per = conv_direct_worker_floats(ConvPass::Forward, s);
+  const bool klanes = forward_uses_klanes(level, s);
+  float* wt = ws + workers_for(threads, s.n) * per;  // (C, R, S, KP), then the bias (KP,)
+  const int64_t kp = k_lanes(s, level), crs = s.c * s.r * s.s;
+  if (klanes) {
+    float* bp = wt + round16(crs * kp);
+    std::fill(wt, bp + kp, 0.0f);
+    for (int64_t k = 0; k < s.k; ++k) {
+      for (int64_t i = 0; i < crs; ++i) wt[i * kp + k] = w[k * crs + i];
+      if (b) bp[k] = b[k];
+    }
+  }
   parallel_for(threads, s.n, [&](int64_t n, int tid) {
     float* xp = ws + tid * per;
     pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp);
-    forward_image(level, s, d.hp, d.wp, xp, w, b, y + n * s.k * s.oh * s.ow);
+    float* yn = y + n * s.k * s.oh * s.ow;
+    if (klanes) forward_klanes_image(level, s, d.hp, d.wp, xp, wt, kp, wt + round16(crs * kp), yn);
+    else forward_image(level, s, d.hp, d.wp, xp, w, b, yn);
   });
 }
 

@@ -33,6 +33,10 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   /* y (K, OH, OW) = conv(xp, w) + b for one image; xp is padded (C, HP, WP) */                            \
   void direct_forward_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,  \
                             const float* b, float* y);                                                    \
+  /* the same with output channels in the lanes; wt (C, R, S, KP) and bp (KP,) zero past K */          \
+  bool forward_uses_klanes(const ConvShape& s);                                                           \
+  void direct_forward_klanes_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp,           \
+                                   const float* wt, int64_t kp, const float* bp, float* y);               \
   /* dw (K, C, R, S) += sum over nimg images of dy (x) xp; xp (nimg, C, HP, WP), dyp (nimg, K, OH, WD) */    \
   void direct_filter_images(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \
                             int64_t wd, const float* dyp, float* dw);                                     \
