@@ -112,7 +112,7 @@ class Layer;
 // and backward serially on one worker, into its own gradient buffer; the chunk gradients
 // are then summed in chunk order together with the optimizer update. The chunk size does
 // not depend on the thread count, so neither do the results (bit for bit).
-constexpr int64_t kChunk = 16;
+constexpr int64_t kChunk = 32;
 
 class Network {
  public:
