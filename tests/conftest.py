@@ -126,3 +126,21 @@ def rng(request):
 def f32(rng, *shape, scale=1.0):
     """Standard-normal float32 array of the given shape."""
     return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+
+def cupy_on_a_gpu(request):
+    """CuPy, when it imports, sees a GPU and this pylenet was built with CUDA; skips (saying
+    which is missing) otherwise. For the fixtures of the CUDA test files."""
+    try:
+        import cupy as cp
+    except Exception:  # not installed, or no usable CUDA runtime
+        pytest.skip("cupy is not installed")
+    try:
+        count = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # no driver
+        pytest.skip(f"no CUDA device ({exc})")
+    if count == 0:
+        pytest.skip("no CUDA device")
+    if not request.getfixturevalue("pylenet_module").build_info()["cuda"]:
+        pytest.skip("pylenet was built without CUDA kernels")
+    return cp

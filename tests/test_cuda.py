@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import reference as R
-from conftest import assert_close, f32
+from conftest import assert_close, cupy_on_a_gpu, f32
 
 try:
     import cupy as cp
@@ -31,19 +31,10 @@ except Exception:  # not installed, or no usable CUDA runtime
 @pytest.fixture
 def gpu(request):
     """(pylenet, pylenet.functional, cupy) when the CUDA path can run here; skips otherwise."""
-    if cp is None:
-        pytest.skip("cupy is not installed")
-    try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        pytest.skip(f"no CUDA device ({exc})")
-    if count == 0:
-        pytest.skip("no CUDA device")
-    pylenet_module = request.getfixturevalue("pylenet_module")
-    if not pylenet_module.build_info()["cuda"]:
-        pytest.skip("pylenet was built without CUDA kernels (or they are not bound yet)")
+    cp = cupy_on_a_gpu(request)
+    import pylenet
     import pylenet.functional as F
-    return pylenet_module, F, cp
+    return pylenet, F, cp
 
 
 def host(a):

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 import reference as R
-from conftest import assert_close, f32
+from conftest import assert_close, cupy_on_a_gpu, f32
 
 try:
     import cupy as cp
@@ -41,17 +41,7 @@ def device(plc):
 @pytest.fixture
 def gpu(request):
     """(pylenet.cuda, pylenet.functional, cupy) when the CUDA path can run with CuPy here."""
-    if cp is None:
-        pytest.skip("cupy is not installed")
-    try:
-        count = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # no driver
-        pytest.skip(f"no CUDA device ({exc})")
-    if count == 0:
-        pytest.skip("no CUDA device")
-    pylenet_module = request.getfixturevalue("pylenet_module")
-    if not pylenet_module.build_info()["cuda"]:
-        pytest.skip("pylenet was built without CUDA kernels")
+    cp = cupy_on_a_gpu(request)
     import pylenet.cuda as plc
     import pylenet.functional as F
     return plc, F, cp

@@ -1,5 +1,6 @@
-// Marshalling shared by the CPU and CUDA bindings (module.cpp, cuda_network.cpp): Python
-// dicts to the runtime's specs and back. No logic beyond conversion.
+// Marshalling shared by the CPU and CUDA bindings (module.cpp, cuda_ops.cpp,
+// cuda_network.cpp): names and Python dicts to the runtime's enums and specs, and back. No
+// logic beyond conversion.
 #pragma once
 
 #include <pybind11/pybind11.h>
@@ -12,6 +13,9 @@
 
 #include "core/error.h"
 #include "net/network.h"
+#include "ops/activation.h"
+#include "ops/conv.h"
+#include "ops/pool.h"
 
 namespace pylenet::python {
 
@@ -19,6 +23,25 @@ namespace py = pybind11;
 using PairT = std::tuple<int64_t, int64_t>;
 
 inline Pair pair_of(const PairT& p) { return Pair{std::get<0>(p), std::get<1>(p)}; }
+
+inline ConvDesc conv_desc(const PairT& stride, const PairT& pad) { return ConvDesc{pair_of(stride), pair_of(pad)}; }
+inline PoolDesc pool_desc(const std::string& mode, const PairT& k, const PairT& s, const PairT& p) {
+  PYL_CHECK_ARG(mode == "max" || mode == "avg", "pool2d: mode must be 'max' or 'avg', got '", mode, "'");
+  return PoolDesc{mode == "max" ? PoolMode::Max : PoolMode::Avg, pair_of(k), pair_of(s), pair_of(p)};
+}
+inline Activation activation_of(const std::string& name) {
+  if (name == "relu") return Activation::ReLU;
+  if (name == "tanh") return Activation::Tanh;
+  if (name == "identity") return Activation::Identity;
+  fail(ErrorKind::InvalidArgument, "unknown activation '", name, "' (expected relu, tanh or identity)");
+}
+inline ConvPass pass_of(const std::string& name) {
+  if (name == "forward") return ConvPass::Forward;
+  if (name == "backward_data") return ConvPass::BackwardData;
+  if (name == "backward_filter") return ConvPass::BackwardFilter;
+  fail(ErrorKind::InvalidArgument, "conv2d: unknown pass '", name,
+       "' (expected forward, backward_data or backward_filter)");
+}
 
 inline LayerSpec layer_spec_of(const py::dict& d) {
   static const std::map<std::string, LayerKind> kinds = {

@@ -37,9 +37,11 @@
 #include "ops/linear.h"
 #include "ops/optim.h"
 #include "ops/pool.h"
+#include "python/convert.h"
 
 namespace py = pybind11;
 using namespace pylenet;
+using namespace pylenet::python;
 using cuda::DeviceTensor;
 using cuda::DType;
 
@@ -92,7 +94,6 @@ constexpr const char* kUsedCapsuleVersioned = "used_dltensor_versioned";
 }  // namespace dlpack
 
 using Shape = std::vector<int64_t>;
-using PairT = std::tuple<int64_t, int64_t>;
 using OptTensor = std::optional<DeviceTensor>;
 
 // ---------------------------------------------------------------- small conversions
@@ -102,25 +103,6 @@ using OptTensor = std::optional<DeviceTensor>;
   throw py::error_already_set();
 }
 
-Pair pair_of(const PairT& p) { return Pair{std::get<0>(p), std::get<1>(p)}; }
-ConvDesc conv_desc(const PairT& stride, const PairT& pad) { return ConvDesc{pair_of(stride), pair_of(pad)}; }
-PoolDesc pool_desc(const std::string& mode, const PairT& k, const PairT& s, const PairT& p) {
-  PYL_CHECK_ARG(mode == "max" || mode == "avg", "pool2d: mode must be 'max' or 'avg', got '", mode, "'");
-  return PoolDesc{mode == "max" ? PoolMode::Max : PoolMode::Avg, pair_of(k), pair_of(s), pair_of(p)};
-}
-Activation activation_of(const std::string& name) {
-  if (name == "relu") return Activation::ReLU;
-  if (name == "tanh") return Activation::Tanh;
-  if (name == "identity") return Activation::Identity;
-  fail(ErrorKind::InvalidArgument, "unknown activation '", name, "' (expected relu, tanh or identity)");
-}
-ConvPass pass_of(const std::string& name) {
-  if (name == "forward") return ConvPass::Forward;
-  if (name == "backward_data") return ConvPass::BackwardData;
-  if (name == "backward_filter") return ConvPass::BackwardFilter;
-  fail(ErrorKind::InvalidArgument, "conv2d: unknown pass '", name,
-       "' (expected forward, backward_data or backward_filter)");
-}
 
 DType dtype_from_name(const std::string& name) {
   for (DType d : {DType::Float32, DType::Float64, DType::Int32, DType::Int64, DType::UInt8})

@@ -46,24 +46,6 @@ FArray empty_like_desc(const TensorDesc& d) { return FArray(d.dims()); }
 const float* ptr_or_null(const std::optional<FArray>& a) { return a ? a->data() : nullptr; }
 TensorDesc desc_or_empty(const std::optional<FArray>& a) { return a ? desc_of(*a) : TensorDesc(); }
 
-ConvDesc conv_desc(const PairT& stride, const PairT& pad) { return ConvDesc{pair_of(stride), pair_of(pad)}; }
-PoolDesc pool_desc(const std::string& mode, const PairT& k, const PairT& s, const PairT& p) {
-  PYL_CHECK_ARG(mode == "max" || mode == "avg", "pool2d: mode must be 'max' or 'avg', got '", mode, "'");
-  return PoolDesc{mode == "max" ? PoolMode::Max : PoolMode::Avg, pair_of(k), pair_of(s), pair_of(p)};
-}
-Activation activation_of(const std::string& name) {
-  if (name == "relu") return Activation::ReLU;
-  if (name == "tanh") return Activation::Tanh;
-  if (name == "identity") return Activation::Identity;
-  fail(ErrorKind::InvalidArgument, "unknown activation '", name, "' (expected relu, tanh or identity)");
-}
-ConvPass pass_of(const std::string& name) {
-  if (name == "forward") return ConvPass::Forward;
-  if (name == "backward_data") return ConvPass::BackwardData;
-  if (name == "backward_filter") return ConvPass::BackwardFilter;
-  fail(ErrorKind::InvalidArgument, "conv2d: unknown pass '", name,
-       "' (expected forward, backward_data or backward_filter)");
-}
 
 Handle& default_handle() {
   static Handle handle;
