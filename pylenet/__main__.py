@@ -227,11 +227,11 @@ def build_parser():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:  # the harness parses its own options
-        from pylenet import bench
-        return bench.main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["bench"]:  # the harness parses its own options
+            from pylenet import bench
+            return bench.main(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except KeyboardInterrupt:
         print("pylenet: interrupted", file=sys.stderr)

@@ -186,3 +186,12 @@ def test_cudnn_export_import_commands(tmp_path):
     pylenet.models.lenet5().save(tmp_path / "l.npz")
     assert_clean_failure(cli(tmp_path, "export-cudnn", "l.npz", "bins2"), "cudnn_lenet")
     assert_clean_failure(cli(tmp_path, "import-cudnn", "nowhere"), "nowhere")
+
+
+def test_device_cuda_where_it_cannot_run_is_a_clean_error(tmp_path):
+    import pylenet
+    if pylenet.cuda.is_available():
+        pytest.skip("a GPU is usable here")
+    assert_clean_failure(cli(tmp_path, "bench", "--device", "cuda"), "CUDA")
+    assert_clean_failure(cli(tmp_path, "train", "--device", "cuda", "--epochs", "1", "--limit", "64"), "CUDA")
+    assert_clean_failure(cli(tmp_path, "train", "--device", "tpu", "--epochs", "1", "--limit", "64"), "device")
