@@ -192,9 +192,7 @@ def setup_pylenet_cuda(name, batch, steps, images, labels, device=0):
     infer.predict(data)
     info = {"flops_per_sample": 3 * sum(l["flops"] for l in net.layers),
             "memory_plan_bytes": net.memory_plan()["total"], "conv_algorithms": net.conv_algorithms}
-    keep = (net, infer, data)  # alive as long as the callables
-    return ((lambda: keep[0].train_epoch(data, order, batch, sched, 0, None, n // batch)),
-            (lambda: keep[1].predict(data)), info)
+    return (lambda: net.train_epoch(data, order, batch, sched, 0, None, n // batch)), (lambda: infer.predict(data)), info
 
 
 def setup_torch_cuda(name, batch, steps, images, labels, tf32=False):

@@ -173,6 +173,8 @@ class Network {
   void reduce_and_update(int64_t chunks, float lr);
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
   const float* layer_input(size_t k, const float* x) const;  // batch-start pointer
+  // Layers with no buffer of their own: views (Flatten) and a ReLU deferred past its pool.
+  bool passes_through(size_t k) const;
 
   std::vector<std::unique_ptr<Handle>> workers_;  // one single-threaded handle per worker
   std::vector<int64_t> input_chw_;
