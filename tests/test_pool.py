@@ -20,6 +20,8 @@ CASES = [
     (1, 2, 11, 7, 2, 3, 0),                # stride > kernel
     (2, 3, 1, 9, (1, 3), (1, 2), 0),       # 1-row image
     (1, 1, 2, 2, 3, 3, 1),                 # kernel larger than the image, fits with padding
+    (2, 3, 8, 70, 2, 2, 0),                # 2x2 fast path: rows of several vectors and a tail
+    (1, 2, 9, 67, 2, None, 0),             # 2x2 fast path: odd last row and column, wide rows
 ]
 CASE_IDS = [f"n{n}c{c}_{h}x{w}_k{k}_s{s}_p{p}".replace(" ", "") for n, c, h, w, k, s, p in CASES]
 

@@ -8,11 +8,13 @@
 
 namespace pylenet::cpu {
 
-// Per-SIMD-level 2x2/stride-2 max-pool backward over one plane (pool_kernel.inc).
-#define PYL_DECLARE_POOL(ns)                                                                                  \
-  namespace ns {                                                                                              \
-  void max_pool2x2_backward_plane(int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, const float* dy, \
-                                  float* dx);                                                                 \
+// Per-SIMD-level 2x2/stride-2 max pooling over consecutive planes (pool_kernel.inc).
+#define PYL_DECLARE_POOL(ns)                                                                                   \
+  namespace ns {                                                                                               \
+  void max_pool2x2_forward_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, \
+                                  float* y);                                                                   \
+  void max_pool2x2_backward_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, \
+                                   const float* dy, float* dx);                                                \
   }
 PYL_DECLARE_POOL(scalar)
 PYL_DECLARE_POOL(avx2)
@@ -37,53 +39,50 @@ inline int64_t argmax_in_window(const PoolShape& s, const float* plane, int64_t 
   return best;  // >= 0: padding <= kernel/2 leaves every window at least one real cell
 }
 
-// "b beats a" under the rules above: greater, or the first NaN. Branch-free, so the 2x2
-// loops below vectorise.
-inline bool beats(float b, float a) { return b > a || (b != b && a == a); }
-
 // The common LeNet case, 2x2 windows with stride 2 and no padding: windows tile the plane,
 // so every input pixel belongs to at most one window.
 inline bool is_2x2_tiling(const PoolShape& s) {
   return s.kh == 2 && s.kw == 2 && s.sh == 2 && s.sw == 2 && s.ph == 0 && s.pw == 0;
 }
 
+constexpr int64_t kPlaneBlock = 8;  // planes per work item of the 2x2 kernels
+
 }  // namespace
 
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads) {
-  const bool tiling = is_2x2_tiling(s);
+  if (is_2x2_tiling(s)) {
+    const simd::Level level = simd::active();
+    const int64_t planes = s.n * s.c;
+    parallel_for(threads, (planes + kPlaneBlock - 1) / kPlaneBlock, [&](int64_t b, int) {
+      const int64_t p0 = b * kPlaneBlock, np = std::min(kPlaneBlock, planes - p0);
+      PYL_SIMD_DISPATCH(level, max_pool2x2_forward_planes, np, s.h, s.w, s.oh, s.ow, x + p0 * s.h * s.w,
+                        y + p0 * s.oh * s.ow);
+    });
+    return;
+  }
   parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
     const float* plane = x + p * s.h * s.w;
     float* out = y + p * s.oh * s.ow;
-    if (tiling) {
-      for (int64_t oh = 0; oh < s.oh; ++oh) {
-        const float* r0 = plane + 2 * oh * s.w;
-        const float* r1 = r0 + s.w;
-        for (int64_t ow = 0; ow < s.ow; ++ow) {
-          float m = r0[2 * ow];
-          m = beats(r0[2 * ow + 1], m) ? r0[2 * ow + 1] : m;
-          m = beats(r1[2 * ow], m) ? r1[2 * ow] : m;
-          m = beats(r1[2 * ow + 1], m) ? r1[2 * ow + 1] : m;
-          out[oh * s.ow + ow] = m;
-        }
-      }
-      return;
-    }
     for (int64_t oh = 0; oh < s.oh; ++oh)
       for (int64_t ow = 0; ow < s.ow; ++ow) out[oh * s.ow + ow] = plane[argmax_in_window(s, plane, oh, ow)];
   });
 }
 
 void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads) {
-  const bool tiling = is_2x2_tiling(s);
-  const simd::Level level = simd::active();
+  if (is_2x2_tiling(s)) {  // every cell written once: dy at its window's first maximum, else 0
+    const simd::Level level = simd::active();
+    const int64_t planes = s.n * s.c;
+    parallel_for(threads, (planes + kPlaneBlock - 1) / kPlaneBlock, [&](int64_t b, int) {
+      const int64_t p0 = b * kPlaneBlock, np = std::min(kPlaneBlock, planes - p0);
+      PYL_SIMD_DISPATCH(level, max_pool2x2_backward_planes, np, s.h, s.w, s.oh, s.ow, x + p0 * s.h * s.w,
+                        dy + p0 * s.oh * s.ow, dx + p0 * s.h * s.w);
+    });
+    return;
+  }
   parallel_for(threads, s.n * s.c, [&](int64_t p, int) {
     const float* plane = x + p * s.h * s.w;
     const float* g = dy + p * s.oh * s.ow;
     float* d = dx + p * s.h * s.w;
-    if (tiling) {  // every cell written once: dy at its window's first maximum, else 0
-      PYL_SIMD_DISPATCH(level, max_pool2x2_backward_plane, s.h, s.w, s.oh, s.ow, plane, g, d);
-      return;
-    }
     std::fill(d, d + s.h * s.w, 0.0f);
     for (int64_t oh = 0; oh < s.oh; ++oh)
       for (int64_t ow = 0; ow < s.ow; ++ow) d[argmax_in_window(s, plane, oh, ow)] += g[oh * s.ow + ow];
