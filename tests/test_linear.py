@@ -16,6 +16,9 @@ CASES = [
     (2, 33, 65),     # sizes just past SIMD widths
     (5, 64, 16),
     (16, 9, 31),
+    (64, 50, 40),    # the largest batch computed transposed (the weight read in place)
+    (65, 33, 17),    # the smallest computed directly
+    (130, 70, 13),
 ]
 LENET = [
     (3, 800, 500),   # 50*4*4 -> 500

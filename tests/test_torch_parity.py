@@ -231,3 +231,28 @@ def test_inv_and_constant_schedules():
     assert [c.lr_at(0.3, it, 10, 3) for it in (0, 5, 100)] == [0.3, 0.3, 0.3]
     ref = _torch_lrs(lambda o: torch.optim.lr_scheduler.LambdaLR(o, lambda it: (1 + 1e-4 * it) ** -0.75), 50)
     np.testing.assert_allclose([s.lr_at(0.1, it) for it in range(50)], ref, rtol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["cudnn_lenet", "lenet5"])
+@pytest.mark.parametrize("n", [100, 7])
+def test_step_gradients_match_torch_for_any_chunking(name, n, batch):
+    """One step's summed gradient, for a batch of three full chunks and a partial one (100)
+    and for a batch inside one chunk (7): conv layers sum per-chunk gradients, Linear layers
+    take one product over the whole batch (pylenet's two gradient paths)."""
+    x0, y0 = batch
+    x = np.concatenate([x0, 0.5 * x0])[:n].copy()
+    y = np.concatenate([y0, y0[::-1]])[:n].copy()
+    m = models.create(name, seed=3)
+    twin = torch_twin(m)
+    loss = torch.nn.functional.cross_entropy(twin(torch.from_numpy(x).double()), torch.from_numpy(y))
+    loss.backward()
+    net = m._compile(n, optim.SGD(0.0))
+    m._load_into(net)
+    st = net.train_step(x, y.astype(np.int64), 0.0)
+    assert st["loss_sum"] / n == pytest.approx(loss.item(), rel=1e-5)
+    grads, offset = net.grads(), 0
+    for k, p in twin.named_parameters():
+        g = grads[offset:offset + p.numel()].reshape(p.shape)
+        offset += p.numel()
+        assert_close(g, p.grad.numpy(), rtol=1e-4, atol=1e-6, what=f"{name} d{k} (batch {n})")
+    assert offset == len(grads)

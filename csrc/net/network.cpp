@@ -8,6 +8,8 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/simd.h"
+#include "cpu/gemm.h"
 #include "ops/activation.h"
 #include "ops/linear.h"
 #include "ops/loss.h"
@@ -29,8 +31,9 @@ class Layer {
   virtual void choose_algorithms(Handle& h, int64_t n, const float* x, const float* w, float* y, float* dy, float* dx,
                                  float* dw) {}
   virtual void forward(Handle& h, const float* params, const float* x, float* y, int64_t n) = 0;
-  // dx may be null when no earlier layer needs the gradient.
-  virtual void backward(Handle& h, const float* params, float* grads, const float* x, const float* y,
+  // dw: this layer's gradient (weight, then bias), OVERWRITTEN; dx may be null when no
+  // earlier layer needs the gradient.
+  virtual void backward(Handle& h, const float* params, float* dw, const float* x, const float* y,
                         const float* dy, float* dx, int64_t n) = 0;
 };
 
@@ -62,10 +65,9 @@ class ConvLayer : public Layer {
     const float* w = params + info.param_offset;
     conv_run(h, algos_[0], ConvPass::Forward, at(n), x, w, bias_ ? w + info.weight_count : nullptr, nullptr, y);
   }
-  void backward(Handle& h, const float* params, float* grads, const float* x, const float* y, const float* dy,
+  void backward(Handle& h, const float* params, float* dw, const float* x, const float* y, const float* dy,
                 float* dx, int64_t n) override {
     const ConvShape s = at(n);
-    float* dw = grads + info.param_offset;
     conv_run(h, algos_[2], ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
     if (bias_) conv_run_backward_bias(h, s, dy, dw + info.weight_count);
     if (dx) conv_run(h, algos_[1], ConvPass::BackwardData, s, nullptr, params + info.param_offset, nullptr, dy, dx);
@@ -96,27 +98,74 @@ class PoolLayer : public Layer {
   PoolShape shape_;
 };
 
+}  // namespace
+
+// Linear layers have large weights and small activations (cudnn-training's fc1: 400k weights,
+// 500 outputs per sample), so their weight gradient is ONE product over the whole batch,
+// dW = dY^T X with k = the batch, written straight into the step's gradient: each chunk
+// stashes its rows of X (packed for the GEMM) and of dY during its backward pass, and the
+// product runs once every chunk is done, split over row blocks of dW. No per-chunk copy of a
+// large gradient is written and then summed. Each element of dW is still one fixed-order sum
+// over the batch, whatever the thread count.
 class LinearLayer : public Layer {
  public:
   explicit LinearLayer(const LayerPlan& p) : in_(p.spec.in), out_(p.spec.out), bias_(p.spec.bias) {}
-  int64_t workspace_bytes(int64_t n, int) const override {
-    return sizeof(float) * cpu::linear_workspace_floats(LinearShape{n, in_, out_});
+  LinearShape at(int64_t n) const { return LinearShape{n, in_, out_}; }
+  int64_t in() const { return in_; }
+  int64_t out() const { return out_; }
+  static constexpr int64_t kGradRows = 24;  // rows of dW per work item of the batch product, at least
+  int64_t workspace_bytes(int64_t n, int) const override { return sizeof(float) * cpu::linear_workspace_floats(at(n)); }
+  int64_t grad_workspace_bytes(int64_t batch) const {
+    return sizeof(float) * cpu::sgemm_workspace_floats(kGradRows, in_, batch);
   }
+
+  // The stash of a batch of up to `capacity`: X packed, then dY.
+  int64_t stash_x_floats(int64_t capacity) const { return (cpu::sgemm_packed_b_floats(capacity, in_) + 15) / 16 * 16; }
+  int64_t stash_dy_floats(int64_t capacity) const { return (capacity * out_ + 15) / 16 * 16; }
+  void bind(float* stash, int64_t capacity) {
+    packed_x_ = stash;
+    saved_dy_ = stash + stash_x_floats(capacity);
+  }
+  void set_level(simd::Level level) { level_ = level; }  // the packing's layout, fixed for a step
+
   void forward(Handle& h, const float* params, const float* x, float* y, int64_t n) override {
     const float* w = params + info.param_offset;
-    linear_run_forward(h, LinearShape{n, in_, out_}, x, w, bias_ ? w + info.weight_count : nullptr, y);
+    linear_run_forward(h, at(n), x, w, bias_ ? w + info.weight_count : nullptr, y);
   }
-  void backward(Handle& h, const float* params, float* grads, const float* x, const float*, const float* dy,
-                float* dx, int64_t n) override {
+  // Per chunk: only the input gradient (the weight gradient is stash + weight_grad).
+  void backward(Handle& h, const float* params, float*, const float*, const float*, const float* dy, float* dx,
+                int64_t n) override {
+    if (dx)
+      cpu::linear_backward_data(at(n), dy, params + info.param_offset, dx, h.workspace(workspace_bytes(n, 1)),
+                                h.threads());
+  }
+  // Rows [start, start + m) of a batch of `batch`: x is the batch's input, dy the chunk's rows.
+  void stash(const float* x, const float* dy, int64_t start, int64_t m, int64_t batch) {
+    cpu::sgemm_pack_b(level_, false, batch, in_, x, in_, packed_x_, 0, cpu::sgemm_packed_b_panels(level_, in_), start,
+                      m);
+    std::memcpy(saved_dy_ + start * out_, dy, sizeof(float) * m * out_);
+  }
+  // Rows [r0, r1) of dW (out, in) and of db, over the whole batch stashed.
+  void weight_grad(Handle& h, int64_t r0, int64_t r1, int64_t batch, float* grads) {
     float* dw = grads + info.param_offset;
-    linear_run_backward(h, LinearShape{n, in_, out_}, x, params + info.param_offset, dy, dx, dw,
-                        bias_ ? dw + info.weight_count : nullptr);
+    cpu::sgemm_prepacked_b(level_, true, r1 - r0, in_, batch, 1.0f, saved_dy_ + r0, out_, packed_x_, 0.0f,
+                           dw + r0 * in_, in_, h.workspace(grad_workspace_bytes(batch)), 1);
+    if (!bias_) return;
+    float* db = dw + info.weight_count;
+    std::fill(db + r0, db + r1, 0.0f);
+    for (int64_t i = 0; i < batch; ++i)
+      for (int64_t j = r0; j < r1; ++j) db[j] += saved_dy_[i * out_ + j];
   }
 
  private:
   int64_t in_, out_;
   bool bias_;
+  simd::Level level_ = simd::Level::Scalar;
+  float* packed_x_ = nullptr;  // the batch's input, packed as the B of dW = dY^T X
+  float* saved_dy_ = nullptr;  // the batch's output gradient (batch, out)
 };
+
+namespace {
 
 class ActivationLayer : public Layer {
  public:
@@ -330,6 +379,22 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
       layers_[i]->info.activation_floats = info_[i].activation_floats = 0;
     }
 
+  // Gradients: Linear layers write theirs once per batch (LinearLayer); the others one per
+  // chunk, packed one after another in a chunk's buffer.
+  chunk_offset_.assign(layers_.size(), -1);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const int64_t count = info_[i].weight_count + info_[i].bias_count;
+    if (auto* lin = dynamic_cast<LinearLayer*>(layers_[i].get())) {
+      linears_.push_back(lin);
+      // Row blocks of dW, each >= ~16k weights and a multiple of the GEMM's 6-row tile.
+      const int64_t rows = std::max<int64_t>(LinearLayer::kGradRows, (16384 / lin->in() + 5) / 6 * 6);
+      for (int64_t r = 0; r < lin->out(); r += rows) grad_jobs_.push_back({lin, r, std::min(r + rows, lin->out())});
+    } else if (count > 0) {
+      chunk_offset_[i] = chunk_params_;
+      chunk_params_ += count;
+    }
+  }
+
   // The memory plan: everything the training loop touches is allocated here, once.
   const int64_t chunks = (capacity + kChunk - 1) / kChunk;
   const int64_t p = std::max<int64_t>(num_params_, 1);
@@ -340,7 +405,19 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
   zeroed(params_, p);
   zeroed(grads_, p);
   zeroed(state_, p * num_state_buffers());
-  if (chunks > 1) zeroed(chunk_grads_, chunks * round16(p));
+  if (chunks > 1 && chunk_params_ > 0) zeroed(chunk_grads_, chunks * round16(chunk_params_));
+  for (LinearLayer* l : linears_) {
+    stash_x_floats_ += l->stash_x_floats(capacity);
+    stash_dy_floats_ += l->stash_dy_floats(capacity);
+  }
+  if (!linears_.empty()) {
+    zeroed(stash_, stash_x_floats_ + stash_dy_floats_);
+    float* st = stash_.floats();
+    for (LinearLayer* l : linears_) {
+      l->bind(st, capacity);
+      st += l->stash_x_floats(capacity) + l->stash_dy_floats(capacity);
+    }
+  }
   chunk_loss_.assign(chunks, 0.0);
   chunk_correct_.assign(chunks, 0);
   chunk_bad_.assign(chunks, 0);
@@ -380,6 +457,7 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
     layers_[i]->choose_algorithms(*workers_[0], g, act_[i], params_.floats() + info_[i].param_offset, act_[i + 1],
                                   grad_a_, grad_b_, grads_.floats() + info_[i].param_offset);
   for (auto& l : layers_) workspace_bytes_ = std::max(workspace_bytes_, l->workspace_bytes(g, 1));
+  for (LinearLayer* l : linears_) workspace_bytes_ = std::max(workspace_bytes_, l->grad_workspace_bytes(capacity));
   for (auto& w : workers_) w->workspace(static_cast<size_t>(workspace_bytes_));
   std::fill(grads_.floats(), grads_.floats() + num_params_, 0.0f);
   set_profiling(false);
@@ -392,8 +470,10 @@ MemoryPlan Network::memory_plan() const {
   m.grads = m.params;
   m.chunk_grads = static_cast<int64_t>(chunk_grads_.bytes());
   m.optimizer_state = m.params * num_state_buffers();
-  m.activations = static_cast<int64_t>(acts_.bytes());
-  m.activation_grads = static_cast<int64_t>(grad_bufs_.bytes());
+  // A batch's stashed Linear inputs (packed) and output gradients count as activations and
+  // activation gradients.
+  m.activations = static_cast<int64_t>(acts_.bytes() + sizeof(float) * stash_x_floats_);
+  m.activation_grads = static_cast<int64_t>(grad_bufs_.bytes() + sizeof(float) * stash_dy_floats_);
   for (auto& w : workers_) m.workspace += static_cast<int64_t>(w->workspace_bytes());
   return m;
 }
@@ -482,7 +562,7 @@ const float* Network::forward(Handle& h, const float* x, int64_t start, int64_t 
   return layer_input(layers_.size(), x) + start * classes_;
 }
 
-void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, float* grads) {
+void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, int64_t batch, float* chunk_grads) {
   // grad_a_ holds dlogits; each layer writes its input gradient into the other buffer. A
   // chunk owns the region at start * grad_stride_ of both buffers, whatever the layer.
   float* dy = grad_a_ + start * grad_stride_;
@@ -496,12 +576,31 @@ void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, floa
     const float* y = act_[k + 1] + start * out_floats_[k];
     if (k > 0 && relu_after_pool_[k - 1])
       activation_run_backward(h, Activation::ReLU, m * out_floats_[k], y, dy, dy);  // in place
-    l.backward(h, params_.floats(), grads, layer_input(k, x) + start * in_floats_[k], y, dy,
-               need_dx ? spare : nullptr, m);
+    const float* in = layer_input(k, x);
+    float* dw = chunk_offset_[k] < 0 ? nullptr
+                : chunk_grads        ? chunk_grads + chunk_offset_[k]
+                                     : grads_.floats() + info_[k].param_offset;
+    if (auto* lin = dynamic_cast<LinearLayer*>(&l)) lin->stash(in, dy, start, m, batch);
+    l.backward(h, params_.floats(), dw, in + start * in_floats_[k], y, dy, need_dx ? spare : nullptr, m);
     if (t) t[2 * k + 1] += since(t0);
     if (!need_dx) break;  // nothing below has parameters
     std::swap(dy, spare);
   }
+}
+
+void Network::linear_weight_grads(int64_t batch) {
+  parallel_for(threads(), static_cast<int64_t>(grad_jobs_.size()), [&](int64_t j, int tid) {
+    const GradJob& job = grad_jobs_[j];
+    const auto t0 = Clock::now();
+    job.layer->weight_grad(*workers_[tid], job.r0, job.r1, batch, grads_.floats());
+    if (profiling_) times_[tid][2 * layer_index(job.layer) + 1] += since(t0);
+  });
+}
+
+size_t Network::layer_index(const Layer* l) const {
+  for (size_t i = 0; i < layers_.size(); ++i)
+    if (layers_[i].get() == l) return i;
+  return 0;
 }
 
 void check_batch_shapes(const char* op, const std::vector<int64_t>& input_chw_, const TensorDesc& images,
@@ -544,6 +643,7 @@ RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, f
   check_labels(labels, n, "train_step");  // the loss indexes logits by label
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const float grad_scale = 1.0f / static_cast<float>(n);  // the loss is the mean over the whole batch
+  for (LinearLayer* l : linears_) l->set_level(simd::active());  // the stash's layout for this step
   // Phase 1: every chunk forward, loss, backward into its own gradient buffer.
   for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m) {
     const float* logits = forward(h, x, start, m);
@@ -554,7 +654,7 @@ RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, f
                                                 grad_scale) * static_cast<double>(m);
     if (profiling_) times_[worker_index(workers_, h)].back() += since(t0);
     chunk_correct_[c] = count_correct(logits, labels + start, m, classes_);
-    backward(h, x, start, m, chunks > 1 ? chunk_grads_.floats() + c * round16(num_params_) : grads_.floats());
+    backward(h, x, start, m, n, chunks > 1 ? chunk_grads_.floats() + c * round16(chunk_params_) : nullptr);
   });
   RunStats st;
   for (int64_t c = 0; c < chunks; ++c) {
@@ -566,7 +666,9 @@ RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, f
   }
   st.samples = n;
   st.steps = 1;
-  // Phase 2: sum the chunk gradients in chunk order and update the parameters.
+  // Phase 2: the Linear weight gradients over the whole batch; phase 3: sum the chunk
+  // gradients in chunk order and update the parameters.
+  linear_weight_grads(n);
   reduce_and_update(chunks, lr);
   return st;
 }
@@ -580,15 +682,21 @@ void Network::reduce_and_update(int64_t chunks, float lr) {
   const AdadeltaParams adadelta{lr, optim_.rho, optim_.eps, optim_.weight_decay};
   constexpr int64_t kBlock = 4096;  // parameters per work item
   const int64_t blocks = (num_params_ + kBlock - 1) / kBlock;
-  const int64_t stride = round16(num_params_);
+  const int64_t stride = round16(chunk_params_);
   parallel_for(threads(), blocks, [&](int64_t b, int) {
     const int64_t lo = b * kBlock, len = std::min(kBlock, num_params_ - lo);
     float* g = grads_.floats() + lo;
-    if (chunks > 1) {
-      const float* parts = chunk_grads_.floats() + lo;
-      for (int64_t i = 0; i < len; ++i) g[i] = parts[i];
+    // The chunked layers' share of this block: their chunk gradients summed in chunk order.
+    for (size_t k = 0; chunks > 1 && k < layers_.size(); ++k) {
+      if (chunk_offset_[k] < 0) continue;
+      const int64_t p0 = info_[k].param_offset, p1 = p0 + info_[k].weight_count + info_[k].bias_count;
+      const int64_t a = std::max(lo, p0), e = std::min(lo + len, p1);
+      if (a >= e) continue;
+      const float* parts = chunk_grads_.floats() + chunk_offset_[k] + (a - p0);
+      float* gk = grads_.floats() + a;
+      for (int64_t i = 0; i < e - a; ++i) gk[i] = parts[i];
       for (int64_t c = 1; c < chunks; ++c)
-        for (int64_t i = 0; i < len; ++i) g[i] += parts[c * stride + i];
+        for (int64_t i = 0; i < e - a; ++i) gk[i] += parts[c * stride + i];
     }
     float* p = params_.floats() + lo;
     switch (optim_.kind) {

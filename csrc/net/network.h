@@ -107,11 +107,13 @@ struct RunStats {
 using ProgressFn = std::function<bool(int64_t, int64_t, const RunStats&)>;
 
 class Layer;
+class LinearLayer;
 
 // Threads split a batch into fixed chunks of kChunk samples: each chunk runs forward, loss
 // and backward serially on one worker, into its own gradient buffer; the chunk gradients
 // are then summed in chunk order together with the optimizer update. The chunk size does
-// not depend on the thread count, so neither do the results (bit for bit).
+// not depend on the thread count, so neither do the results (bit for bit). Linear layers'
+// weight gradients are the exception: one product over the whole batch (see LinearLayer).
 constexpr int64_t kChunk = 32;
 
 class Network {
@@ -167,12 +169,15 @@ class Network {
   void for_chunks(int64_t n, F&& fn);
   // Forward over samples [start, start + m) of the batch at x; returns that slice's logits.
   const float* forward(Handle& h, const float* x, int64_t start, int64_t m);
-  // Backward for samples [start, start + m), dlogits already in the first gradient buffer;
-  // parameter gradients OVERWRITE `grads`.
-  void backward(Handle& h, const float* x, int64_t start, int64_t m, float* grads);
+  // Backward for samples [start, start + m) of a batch of `batch`, dlogits already in the
+  // first gradient buffer. Per-chunk parameter gradients OVERWRITE the chunk's slots in
+  // `chunk_grads` (at chunk_offset_), or grads_ itself when it is null (a one-chunk batch).
+  void backward(Handle& h, const float* x, int64_t start, int64_t m, int64_t batch, float* chunk_grads);
+  void linear_weight_grads(int64_t batch);  // after every chunk's backward
   void reduce_and_update(int64_t chunks, float lr);
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
   const float* layer_input(size_t k, const float* x) const;  // batch-start pointer
+  size_t layer_index(const Layer* l) const;
   // Layers with no buffer of their own: views (Flatten) and a ReLU deferred past its pool.
   bool passes_through(size_t k) const;
 
@@ -182,6 +187,13 @@ class Network {
   OptimSpec optim_;
   int64_t optimizer_steps_ = 0;
   std::vector<std::unique_ptr<Layer>> layers_;
+  std::vector<LinearLayer*> linears_;  // the Linear layers among layers_
+  struct GradJob { LinearLayer* layer; int64_t r0, r1; };  // rows of one Linear weight gradient
+  std::vector<GradJob> grad_jobs_;
+  std::vector<int64_t> chunk_offset_;  // per layer: its gradient's place in a chunk buffer (-1: none)
+  int64_t chunk_params_ = 0;           // floats of one chunk's gradient (layers other than Linear)
+  AlignedBuffer stash_;                // per Linear layer: a batch's X (packed) and dY (see LinearLayer)
+  int64_t stash_x_floats_ = 0, stash_dy_floats_ = 0;
   std::vector<LayerInfo> info_;
   std::vector<int64_t> in_floats_, out_floats_;  // per sample, per layer
   AlignedBuffer params_, grads_, state_;
