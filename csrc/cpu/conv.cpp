@@ -11,20 +11,11 @@
 #include "core/parallel.h"
 #include "core/simd.h"
 #include "cpu/gemm.h"
+#include "cpu/rows.h"
 #include "ops/conv.h"
 
 namespace pylenet::cpu {
 
-// Per-SIMD-level row copies of im2col / col2im (im2col_kernel.inc).
-#define PYL_DECLARE_ROWS(ns)                                                                          \
-  namespace ns {                                                                                      \
-  void copy_rows(int64_t rows, int64_t n, const float* src, int64_t sp, float* dst, int64_t dp);     \
-  void add_rows(int64_t rows, int64_t n, const float* src, int64_t sp, float* dst, int64_t dp);      \
-  }
-PYL_DECLARE_ROWS(scalar)
-PYL_DECLARE_ROWS(avx2)
-PYL_DECLARE_ROWS(avx512)
-#undef PYL_DECLARE_ROWS
 
 namespace {
 
