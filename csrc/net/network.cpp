@@ -113,10 +113,12 @@ class LinearLayer : public Layer {
   LinearShape at(int64_t n) const { return LinearShape{n, in_, out_}; }
   int64_t in() const { return in_; }
   int64_t out() const { return out_; }
-  static constexpr int64_t kGradRows = 24;  // rows of dW per work item of the batch product, at least
+  // Rows of dW per work item of the batch product: >= ~16k weights and a multiple of the
+  // GEMM's 6-row tile.
+  int64_t grad_rows() const { return std::max<int64_t>(24, (16384 / in_ + 5) / 6 * 6); }
   int64_t workspace_bytes(int64_t n, int) const override { return sizeof(float) * cpu::linear_workspace_floats(at(n)); }
   int64_t grad_workspace_bytes(int64_t batch) const {
-    return sizeof(float) * cpu::sgemm_workspace_floats(kGradRows, in_, batch);
+    return sizeof(float) * cpu::sgemm_workspace_floats(std::min(grad_rows(), out_), in_, batch);
   }
 
   // The stash of a batch of up to `capacity`: X packed, then dY.
@@ -386,8 +388,7 @@ Network::Network(const std::vector<LayerSpec>& specs, const std::vector<int64_t>
     const int64_t count = info_[i].weight_count + info_[i].bias_count;
     if (auto* lin = dynamic_cast<LinearLayer*>(layers_[i].get())) {
       linears_.push_back(lin);
-      // Row blocks of dW, each >= ~16k weights and a multiple of the GEMM's 6-row tile.
-      const int64_t rows = std::max<int64_t>(LinearLayer::kGradRows, (16384 / lin->in() + 5) / 6 * 6);
+      const int64_t rows = lin->grad_rows();
       for (int64_t r = 0; r < lin->out(); r += rows) grad_jobs_.push_back({lin, r, std::min(r + rows, lin->out())});
     } else if (count > 0) {
       chunk_offset_[i] = chunk_params_;
@@ -644,7 +645,8 @@ RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, f
   const int64_t chunks = (n + kChunk - 1) / kChunk;
   const float grad_scale = 1.0f / static_cast<float>(n);  // the loss is the mean over the whole batch
   for (LinearLayer* l : linears_) l->set_level(simd::active());  // the stash's layout for this step
-  // Phase 1: every chunk forward, loss, backward into its own gradient buffer.
+  // Phase 1: every chunk forward, loss, backward into its own gradient buffer (Linear layers:
+  // into the stash).
   for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m) {
     const float* logits = forward(h, x, start, m);
     chunk_bad_[c] = !all_finite(logits, m * classes_);

@@ -65,7 +65,7 @@ int64_t shape_numel(const std::vector<int64_t>& s);
 struct MemoryPlan {
   int64_t batch_capacity = 0;
   int64_t params = 0, grads = 0, optimizer_state = 0;  // bytes
-  int64_t chunk_grads = 0;  // one partial gradient per chunk of the batch (see kChunk)
+  int64_t chunk_grads = 0;  // per chunk of the batch, the gradient of the non-Linear layers (see kChunk)
   int64_t activations = 0, activation_grads = 0, workspace = 0;
   int64_t total() const {
     return params + grads + chunk_grads + optimizer_state + activations + activation_grads + workspace;
@@ -113,7 +113,8 @@ class LinearLayer;
 // and backward serially on one worker, into its own gradient buffer; the chunk gradients
 // are then summed in chunk order together with the optimizer update. The chunk size does
 // not depend on the thread count, so neither do the results (bit for bit). Linear layers'
-// weight gradients are the exception: one product over the whole batch (see LinearLayer).
+// weight gradients are buffered differently, as one product over the whole batch (see
+// LinearLayer); their results do not depend on the thread count either.
 constexpr int64_t kChunk = 32;
 
 class Network {
@@ -197,7 +198,7 @@ class Network {
   std::vector<LayerInfo> info_;
   std::vector<int64_t> in_floats_, out_floats_;  // per sample, per layer
   AlignedBuffer params_, grads_, state_;
-  AlignedBuffer chunk_grads_;  // (chunks, num_params): one gradient per chunk of the batch
+  AlignedBuffer chunk_grads_;  // (chunks, round16(chunk_params_)): per chunk, the non-Linear layers' gradients
   AlignedBuffer acts_;         // input batch + every layer's output, capacity x per-sample size
   AlignedBuffer grad_bufs_;    // two ping-pong buffers for activation gradients
   std::vector<float*> act_;    // act_[0] = gathered input batch, act_[i + 1] = output of layer i
