@@ -26,11 +26,9 @@ int64_t sgemm_packed_b_floats(int64_t k, int64_t n) {
   return (n + kGemmMaxNR - 1) / kGemmMaxNR * kGemmMaxNR * std::max<int64_t>(k, 1);  // every NR divides kGemmMaxNR
 }
 
-int64_t sgemm_packed_b_panels(simd::Level level, int64_t n) { return PYL_SIMD_DISPATCH(level, packed_b_panels, n); }
-
 void sgemm_pack_b(simd::Level level, bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb, float* packed,
-                  int64_t q0, int64_t q1, int64_t p0, int64_t rows) {
-  PYL_SIMD_DISPATCH(level, sgemm_pack_b, trans_b, k, n, b, ldb, packed, q0, q1, p0, rows);
+                  int64_t p0, int64_t rows) {
+  PYL_SIMD_DISPATCH(level, sgemm_pack_b, trans_b, k, n, b, ldb, packed, p0, rows);
 }
 
 void sgemm_prepacked_b(simd::Level level, bool trans_a, int64_t m, int64_t n, int64_t k, float alpha, const float* a,

@@ -25,18 +25,16 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
            const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
            int64_t ldc, float* workspace, int threads);
 
-// Prepacked B, for a B used by many products (a layer's weight over the chunks of a batch,
-// or over every batch of an evaluation): op(B) (k x n) is packed once into column panels
-// of the micro-kernel's width, each holding all k rows (k-major), zero-padded past n.
-// The layout depends on the SIMD level, so packing and use name the same `level`.
+// Prepacked B, for a B shared by many products (a Linear layer's batch input X, used by every
+// row block of its weight gradient): op(B) (k x n) is packed once into column panels of the
+// micro-kernel's width, each holding all k rows (k-major), zero-padded past n. The layout
+// depends on the SIMD level, so packing and use name the same `level`.
 // Floats of a packed B (for every level):
 int64_t sgemm_packed_b_floats(int64_t k, int64_t n);
-// Column panels in the packing of `level` (work items for sgemm_pack_b).
-int64_t sgemm_packed_b_panels(simd::Level level, int64_t n);
-// Packs rows [p0, p0 + rows) of column panels [q0, q1) of op(B) into the packing of all
-// k rows (so a batch's rows can be packed chunk by chunk, and panels thread by thread).
+// Packs rows [p0, p0 + rows) of op(B) into the packing of all k rows (so a batch's rows can
+// be packed chunk by chunk, as the chunks finish).
 void sgemm_pack_b(simd::Level level, bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,
-                  float* packed, int64_t q0, int64_t q1, int64_t p0, int64_t rows);
+                  float* packed, int64_t p0, int64_t rows);
 // sgemm with op(B) prepacked at `level`; the workspace holds only A panels
 // (sgemm_workspace_floats is enough).
 void sgemm_prepacked_b(simd::Level level, bool trans_a, int64_t m, int64_t n, int64_t k, float alpha,
@@ -49,9 +47,8 @@ void sgemm_prepacked_b(simd::Level level, bool trans_a, int64_t m, int64_t n, in
   void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,          \
              const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,    \
              int64_t ldc, float* workspace, int threads);                                       \
-  int64_t packed_b_panels(int64_t n);                                                           \
   void sgemm_pack_b(bool trans_b, int64_t k, int64_t n, const float* b, int64_t ldb,            \
-                    float* packed, int64_t q0, int64_t q1, int64_t p0, int64_t rows);           \
+                    float* packed, int64_t p0, int64_t rows);                                   \
   void sgemm_prepacked_b(bool trans_a, int64_t m, int64_t n, int64_t k, float alpha,            \
                          const float* a, int64_t lda, const float* packed_b, float beta,        \
                          float* c, int64_t ldc, float* workspace, int threads);                 \

@@ -143,8 +143,7 @@ class LinearLayer : public Layer {
   }
   // Rows [start, start + m) of a batch of `batch`: x is the batch's input, dy the chunk's rows.
   void stash(const float* x, const float* dy, int64_t start, int64_t m, int64_t batch) {
-    cpu::sgemm_pack_b(level_, false, batch, in_, x, in_, packed_x_, 0, cpu::sgemm_packed_b_panels(level_, in_), start,
-                      m);
+    cpu::sgemm_pack_b(level_, false, batch, in_, x, in_, packed_x_, start, m);
     std::memcpy(saved_dy_ + start * out_, dy, sizeof(float) * m * out_);
   }
   // Rows [r0, r1) of dW (out, in) and of db, over the whole batch stashed.
