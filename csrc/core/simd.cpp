@@ -68,7 +68,8 @@ bool cpu_supports(Level level) {
     case Level::AVX2:
       return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
     case Level::AVX512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx2") &&
+      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+             __builtin_cpu_supports("avx2") &&
              __builtin_cpu_supports("fma");
 #else
     default: return false;
