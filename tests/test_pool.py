@@ -174,12 +174,22 @@ def test_max_pool_nan_propagates_to_first_nan(F, kernel, stride, padding):
     x[0, 1, 2, 3] = np.nan
     x[1, 2, 0, 0] = np.nan
     x[1, 2, 0, 1] = np.nan
+    y, dx = check_max_pool_first_wins(F, x, kernel, stride, padding)
+    assert np.isnan(y[1, 2, 0, 0]) and dx[1, 2, 0, 0] >= 1
+    if stride == kernel:  # non-overlapping: the second NaN of that window gets nothing
+        assert dx[1, 2, 0, 1] == 0
+
+
+def check_max_pool_first_wins(F, x, kernel, stride, padding):
+    """Max pooling of x against a loop reference where the first maximum of a window wins
+    (row-major) and a NaN beats any number; dy is all ones, so dx counts each cell's wins."""
     y = F.max_pool2d(x, kernel, stride, padding)
     dy = np.ones_like(y)
     dx = F.max_pool2d_backward(dy, x, kernel, stride, padding)
     ref_y = np.full_like(y, 0.0)
     ref_dx = np.zeros_like(x)
     n, c, oh_, ow_ = y.shape
+    H, W = x.shape[2:]
     for i in range(n):
         for j in range(c):
             for oh in range(oh_):
@@ -188,7 +198,7 @@ def test_max_pool_nan_propagates_to_first_nan(F, kernel, stride, padding):
                     for r in range(kernel):
                         for s in range(kernel):
                             h, w = oh * stride - padding + r, ow * stride - padding + s
-                            if not (0 <= h < 6 and 0 <= w < 7):
+                            if not (0 <= h < H and 0 <= w < W):
                                 continue
                             v = x[i, j, h, w]
                             if best is None or v > best or (np.isnan(v) and not np.isnan(best)):
@@ -198,6 +208,13 @@ def test_max_pool_nan_propagates_to_first_nan(F, kernel, stride, padding):
     np.testing.assert_array_equal(np.isnan(y), np.isnan(ref_y))
     np.testing.assert_array_equal(y[~np.isnan(y)], ref_y[~np.isnan(ref_y)])
     np.testing.assert_array_equal(dx, ref_dx)
-    assert np.isnan(y[1, 2, 0, 0]) and dx[1, 2, 0, 0] >= 1
-    if stride == kernel:  # non-overlapping: the second NaN of that window gets nothing
-        assert dx[1, 2, 0, 1] == 0
+    return y, dx
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 6, 7), (1, 2, 9, 37), (1, 1, 4, 66)])
+def test_max_pool_2x2_random_nans_and_ties(F, rng, shape):
+    # Every order of NaNs and equal values in a window, on rows of whole vectors plus tails
+    # (the 2x2 fast path's lanes, each with its own cell of the window).
+    x = rng.integers(-1, 2, shape).astype(np.float32)
+    x[rng.random(shape) < 0.2] = np.nan
+    check_max_pool_first_wins(F, x, 2, 2, 0)
