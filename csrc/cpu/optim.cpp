@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <cmath>
 
 #include "core/parallel.h"
@@ -13,28 +14,43 @@ bool all_finite(int64_t count, const float* x) {
 }
 
 namespace {
-// Element-wise updates over fixed chunks of the flat parameter buffer.
+// Element-wise updates over fixed chunks of the flat parameter buffer. fn(lo, hi) runs a plain
+// loop over [lo, hi) with its options in a local copy: through a reference, every store to a
+// parameter might change an option (both are floats), so the option branches would stay
+// inside the loop and it would not vectorise.
 template <class F>
 void for_chunks(int64_t count, int threads, F&& fn) {
   constexpr int64_t kChunk = 1 << 14;
   parallel_for(threads, (count + kChunk - 1) / kChunk, [&](int64_t c, int) {
-    const int64_t lo = c * kChunk, hi = std::min(count, lo + kChunk);
-    for (int64_t i = lo; i < hi; ++i) fn(i);
+    const int64_t lo = c * kChunk;
+    fn(lo, std::min(count, lo + kChunk));
   });
 }
 }  // namespace
 
 void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o, int threads) {
-  for_chunks(count, threads, [&](int64_t i) { math::sgd_update(param[i], grad[i], velocity ? velocity + i : nullptr, o); });
+  const SgdParams opt = o;
+  for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
+    if (!velocity)
+      for (int64_t i = lo; i < hi; ++i) math::sgd_update(param[i], grad[i], nullptr, opt);
+    else
+      for (int64_t i = lo; i < hi; ++i) math::sgd_update(param[i], grad[i], velocity + i, opt);
+  });
 }
 
 void adam_step(int64_t count, float* param, const float* grad, float* m, float* v, const AdamParams& o, int threads) {
-  for_chunks(count, threads, [&](int64_t i) { math::adam_update(param[i], grad[i], m[i], v[i], o); });
+  const AdamParams opt = o;
+  for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) math::adam_update(param[i], grad[i], m[i], v[i], opt);
+  });
 }
 
 void adadelta_step(int64_t count, float* param, const float* grad, float* square_avg, float* acc_delta,
                    const AdadeltaParams& o, int threads) {
-  for_chunks(count, threads, [&](int64_t i) { math::adadelta_update(param[i], grad[i], square_avg[i], acc_delta[i], o); });
+  const AdadeltaParams opt = o;
+  for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) math::adadelta_update(param[i], grad[i], square_avg[i], acc_delta[i], opt);
+  });
 }
 
 }  // namespace pylenet::cpu
