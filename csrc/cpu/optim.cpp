@@ -15,9 +15,9 @@ bool all_finite(int64_t count, const float* x) {
 
 namespace {
 // Element-wise updates over fixed chunks of the flat parameter buffer. fn(lo, hi) runs a plain
-// loop over [lo, hi) with its options in a local copy: through a reference, every store to a
-// parameter might change an option (both are floats), so the option branches would stay
-// inside the loop and it would not vectorise.
+// loop over [lo, hi) with its options copied into a local first: read through a reference
+// or a closure, every store to a parameter might change an option (both are floats), so the
+// option branches stay inside the loop and it does not vectorise.
 template <class F>
 void for_chunks(int64_t count, int threads, F&& fn) {
   constexpr int64_t kChunk = 1 << 14;
@@ -29,8 +29,8 @@ void for_chunks(int64_t count, int threads, F&& fn) {
 }  // namespace
 
 void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o, int threads) {
-  const SgdParams opt = o;
   for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
+    const SgdParams opt = o;
     if (!velocity)
       for (int64_t i = lo; i < hi; ++i) math::sgd_update(param[i], grad[i], nullptr, opt);
     else
@@ -39,16 +39,16 @@ void sgd_step(int64_t count, float* param, const float* grad, float* velocity, c
 }
 
 void adam_step(int64_t count, float* param, const float* grad, float* m, float* v, const AdamParams& o, int threads) {
-  const AdamParams opt = o;
   for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
+    const AdamParams opt = o;
     for (int64_t i = lo; i < hi; ++i) math::adam_update(param[i], grad[i], m[i], v[i], opt);
   });
 }
 
 void adadelta_step(int64_t count, float* param, const float* grad, float* square_avg, float* acc_delta,
                    const AdadeltaParams& o, int threads) {
-  const AdadeltaParams opt = o;
   for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
+    const AdadeltaParams opt = o;
     for (int64_t i = lo; i < hi; ++i) math::adadelta_update(param[i], grad[i], square_avg[i], acc_delta[i], opt);
   });
 }
