@@ -48,14 +48,18 @@ def available_simd():
 
 
 def get_simd():
-    """The SIMD level the kernels use now."""
+    """The SIMD path the kernels use now: a level, ``"avx512:8"`` or ``"avx512:16"`` when the
+    lanes of the AVX-512 direct convolution are forced (see ``set_simd``)."""
     return _C.simd_get()
 
 
 def set_simd(name):
     """Switch every kernel to one SIMD level: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
 
-    The environment variable ``PYLENET_SIMD`` sets the level at import time.
+    At ``"avx512"`` the direct convolution picks 16 or 8 lanes (AVX-512VL) per shape: 8 where
+    they leave fewer lanes idle, on CPUs that split 512-bit FMAs into two halves (AMD Zen 4).
+    ``"avx512:16"`` and ``"avx512:8"`` force one width. The environment variable
+    ``PYLENET_SIMD`` takes the same names at import time.
     """
     if not isinstance(name, str):
         raise TypeError(f"set_simd: expected a level name (str), got {type(name).__name__}")

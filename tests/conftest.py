@@ -4,7 +4,9 @@
   ``max|actual - ref| <= atol + rtol * max|ref|`` (a norm-wise relative
   error), printing the worst element on failure.
 * ``F`` is how tests get ``pylenet.functional``; it is parametrized over
-  every SIMD path this machine supports (``pylenet.available_simd()``),
+  every SIMD path this machine supports (``pylenet.available_simd()``, and
+  at AVX-512 also ``avx512:16`` and ``avx512:8``, forcing the lanes of the
+  direct convolution),
   selects that path with ``pylenet.set_simd`` and restores the previous one
   afterwards, so every op test runs on every path.
 * ``nthreads`` parametrizes over thread counts 1 and 2 (restoring after).
@@ -27,6 +29,8 @@ try:
 
     _IMPORT_ERROR = None
     SIMD_PATHS = list(pylenet.available_simd())
+    if "avx512" in SIMD_PATHS:  # the direct convolution's 16- and 8-lane AVX-512 copies, each forced
+        SIMD_PATHS += ["avx512:16", "avx512:8"]
 except Exception as exc:  # pragma: no cover - reported by the F fixture
     pylenet = None
     _functional = None

@@ -225,13 +225,18 @@ def test_conv2d_stride1_vs_torch(F, rng, case, algo):
 # Shapes that take the direct kernels' special paths on some SIMD level: output rows
 # narrower than a vector with many channels (forward and filter with channels in the lanes,
 # 1-4 vectors of them, ragged pixel blocks), several channel blocks in backward filter with
-# a partial last column vector, and padding rows skipped in backward data.
+# a partial last column vector, padding rows skipped in backward data, and interior output
+# rows in groups (several rows per weight broadcast).
 DIRECT_PATHS = [
     (3, 6, 14, 14, 16, 5, 5, 1, 0),   # LeNet conv2: 10 columns, 16 channels
     (2, 3, 9, 13, 20, 3, 3, 1, 1),    # 13 columns, 20 channels (two vectors of them on AVX-512)
     (2, 2, 7, 5, 37, 3, 2, 1, (2, 1)),  # 37 channels, 6 columns, padding rows
     (2, 1, 28, 28, 6, 5, 5, 1, 2),    # LeNet conv1: 28 columns = 16 + a partial 12
     (2, 2, 6, 21, 7, 2, 4, 1, 1),     # 7 channels in uneven blocks
+    (2, 20, 12, 12, 50, 5, 5, 1, 0),  # cudnn_lenet conv2: 8 columns fill 8 lanes (avx512 picks 8)
+    (1, 2, 13, 8, 7, 3, 3, 1, 1),     # interior rows in groups of 4, 2, 1 (8 lanes), borders alone
+    (2, 4, 17, 10, 13, 3, 3, 1, 1),   # groups of 4 (16 lanes) or 2 (8 lanes), 13 channels in blocks
+    (1, 3, 30, 24, 20, 5, 5, 1, 2),   # cudnn-like conv1 rows of 24 columns with padding rows
 ]
 
 

@@ -2,6 +2,11 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <utility>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
 
 #include "core/error.h"
 
@@ -13,19 +18,35 @@ Level best_available() {
   return levels.back();
 }
 
-Level initial_level() {
+// A path name split into its level and its AVX-512 lanes ("avx512:8" -> AVX512, 8).
+std::pair<Level, int> parse_path(const std::string& s) {
+  const size_t colon = s.find(':');
+  const Level level = parse(s.substr(0, colon));
+  if (colon == std::string::npos) return {level, 0};
+  const std::string lanes = s.substr(colon + 1);
+  if (level != Level::AVX512 || (lanes != "8" && lanes != "16"))
+    fail(ErrorKind::InvalidArgument, "unknown SIMD path '", s, "' (only avx512 takes a width: avx512:8 or avx512:16)");
+  return {level, lanes == "8" ? 8 : 16};
+}
+
+std::pair<Level, int> initial_path() {
   const char* env = std::getenv("PYLENET_SIMD");
   if (env && *env) {
-    Level want = parse(env);
-    if (!cpu_supports(want))
+    const auto want = parse_path(env);
+    if (!cpu_supports(want.first))
       fail(ErrorKind::InvalidArgument, "PYLENET_SIMD=", env, " is not supported by this processor or build");
     return want;
   }
-  return best_available();
+  return {best_available(), 0};
 }
 
 std::atomic<int>& active_slot() {
-  static std::atomic<int> slot{static_cast<int>(initial_level())};
+  static std::atomic<int> slot{static_cast<int>(initial_path().first)};
+  return slot;
+}
+
+std::atomic<int>& lanes_slot() {
+  static std::atomic<int> slot{initial_path().second};
   return slot;
 }
 
@@ -91,6 +112,42 @@ void set_active(Level level) {
   if (!cpu_supports(level))
     fail(ErrorKind::InvalidArgument, "SIMD level '", name(level), "' is not available on this machine");
   active_slot().store(static_cast<int>(level));
+}
+
+int lanes512() { return lanes_slot().load(); }
+
+void set_lanes512(int lanes) {
+  if (lanes != 0 && lanes != 8 && lanes != 16)
+    fail(ErrorKind::InvalidArgument, "AVX-512 lanes must be 0 (per shape), 8 or 16, got ", lanes);
+  lanes_slot().store(lanes);
+}
+
+bool split_fma512() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const bool split = [] {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    if (!__get_cpuid(0, &a, &b, &c, &d)) return false;
+    const bool amd = b == 0x68747541 && d == 0x69746e65 && c == 0x444d4163;  // "AuthenticAMD"
+    if (!amd || !__get_cpuid(1, &a, &b, &c, &d)) return false;
+    const unsigned base = (a >> 8) & 0xf, family = base == 0xf ? base + ((a >> 20) & 0xff) : base;
+    return family == 0x19 && __builtin_cpu_supports("avx512f");  // Zen 4; Zen 5 (1Ah) has full-width units
+  }();
+  return split;
+#else
+  return false;
+#endif
+}
+
+std::string path_name() {
+  std::string n = name(active());
+  if (active() == Level::AVX512 && lanes512() != 0) n += ":" + std::to_string(lanes512());
+  return n;
+}
+
+void set_path(const std::string& s) {
+  const auto want = parse_path(s);
+  set_active(want.first);
+  set_lanes512(want.second);
 }
 
 }  // namespace pylenet::simd

@@ -14,48 +14,73 @@ namespace {
 
 constexpr int64_t kFilterChunk = 8;  // images per partial dw (fixed: results do not depend on threads)
 
-// Buffers are laid out for the widest vector (16 floats), whatever level runs, so the
-// workspace a caller sized earlier stays valid if the level changes; each driver call reads
-// the level once and uses it for every kernel it runs.
+// Which compiled copy of the image kernels a pass runs: the active level's, except at the
+// AVX-512 level, where the 8-lane copy (avx512_ymm: AVX-512VL, 32 ymm registers) runs when
+// forced ("avx512:8") or, by default, when it fills more of its lanes on this shape than the
+// 16-lane copy on a CPU that splits 512-bit FMAs in two (simd.h): cudnn_lenet's conv2 output
+// rows are 8 columns, its conv1 rows 24.
+enum class Copy { Scalar, AVX2, AVX512, AVX512Ymm };
+
+#if defined(PYLENET_HAVE_AVX512) && defined(PYLENET_HAVE_AVX2)
+#define PYL_DIRECT_DISPATCH(copy, fn, ...)                        \
+  ((copy) == Copy::AVX512Ymm ? avx512_ymm::fn(__VA_ARGS__)        \
+   : (copy) == Copy::AVX512  ? avx512::fn(__VA_ARGS__)            \
+   : (copy) == Copy::AVX2    ? avx2::fn(__VA_ARGS__)              \
+                             : scalar::fn(__VA_ARGS__))
+#else
+#define PYL_DIRECT_DISPATCH(copy, fn, ...) (static_cast<void>(copy), scalar::fn(__VA_ARGS__))
+#endif
+
+Copy pick_copy(ConvPass pass, const ConvShape& s) {
+  switch (simd::active()) {
+    case simd::Level::Scalar: return Copy::Scalar;
+    case simd::Level::AVX2: return Copy::AVX2;
+    case simd::Level::AVX512: break;
+  }
+  const int lanes = simd::lanes512();
+  if (lanes != 0) return lanes == 8 ? Copy::AVX512Ymm : Copy::AVX512;
+  if (!simd::split_fma512()) return Copy::AVX512;
+  const double ymm = PYL_DIRECT_DISPATCH(Copy::AVX512Ymm, direct_lane_use, pass, s);
+  const double zmm = PYL_DIRECT_DISPATCH(Copy::AVX512, direct_lane_use, pass, s);
+  return ymm > zmm ? Copy::AVX512Ymm : Copy::AVX512;
+}
+
+// Buffers are laid out for the widest vector (16 floats), whatever copy runs, so the
+// workspace a caller sized earlier stays valid if the level changes; each driver call picks
+// the copy once and uses it for every kernel it runs.
 constexpr int64_t kMaxWidth = 16;
 
-int vector_width(simd::Level level) { return PYL_SIMD_DISPATCH(level, vector_width); }
+int vector_width(Copy copy) { return PYL_DIRECT_DISPATCH(copy, vector_width); }
 
-void forward_image(simd::Level level, const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,
+void forward_image(Copy copy, const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,
                    const float* b, float* y) {
-  PYL_SIMD_DISPATCH(level, direct_forward_image, s, hp, wp, xp, w, b, y);
+  PYL_DIRECT_DISPATCH(copy, direct_forward_image, s, hp, wp, xp, w, b, y);
 }
 
-bool forward_uses_klanes(simd::Level level, const ConvShape& s) {
-  return PYL_SIMD_DISPATCH(level, forward_uses_klanes, s);
+bool forward_uses_klanes(Copy copy, const ConvShape& s) { return PYL_DIRECT_DISPATCH(copy, forward_uses_klanes, s); }
+
+void forward_klanes_image(Copy copy, const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* wt,
+                          int64_t kp, const float* bp, float* y) {
+  PYL_DIRECT_DISPATCH(copy, direct_forward_klanes_image, s, hp, wp, xp, wt, kp, bp, y);
 }
 
-void forward_klanes_image(simd::Level level, const ConvShape& s, int64_t hp, int64_t wp, const float* xp,
-                          const float* wt, int64_t kp, const float* bp, float* y) {
-  PYL_SIMD_DISPATCH(level, direct_forward_klanes_image, s, hp, wp, xp, wt, kp, bp, y);
+void filter_images(Copy copy, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp, int64_t wd,
+                   const float* dyp, float* dw) {
+  PYL_DIRECT_DISPATCH(copy, direct_filter_images, s, nimg, hp, wp, xp, wd, dyp, dw);
 }
 
-void filter_images(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
-                   int64_t wd, const float* dyp, float* dw) {
-  PYL_SIMD_DISPATCH(level, direct_filter_images, s, nimg, hp, wp, xp, wd, dyp, dw);
-}
+bool filter_uses_kblocks(Copy copy, const ConvShape& s) { return PYL_DIRECT_DISPATCH(copy, filter_uses_kblocks, s); }
 
-bool filter_uses_kblocks(simd::Level level, const ConvShape& s) {
-  return PYL_SIMD_DISPATCH(level, filter_uses_kblocks, s);
-}
-
-void filter_kblocks(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
+void filter_kblocks(Copy copy, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
                     const float* dy, const float* tail, float* dw) {
-  PYL_SIMD_DISPATCH(level, direct_filter_kblocks, s, nimg, hp, wp, xp, dy, tail, dw);
+  PYL_DIRECT_DISPATCH(copy, direct_filter_kblocks, s, nimg, hp, wp, xp, dy, tail, dw);
 }
 
-bool filter_uses_klanes(simd::Level level, const ConvShape& s) {
-  return PYL_SIMD_DISPATCH(level, filter_uses_klanes, s);
-}
+bool filter_uses_klanes(Copy copy, const ConvShape& s) { return PYL_DIRECT_DISPATCH(copy, filter_uses_klanes, s); }
 
-void filter_klanes(simd::Level level, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,
-                   int64_t kp, const float* dyt, float* dw) {
-  PYL_SIMD_DISPATCH(level, direct_filter_klanes, s, nimg, hp, wp, xp, kp, dyt, dw);
+void filter_klanes(Copy copy, const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp, int64_t kp,
+                   const float* dyt, float* dw) {
+  PYL_DIRECT_DISPATCH(copy, direct_filter_klanes, s, nimg, hp, wp, xp, kp, dyt, dw);
 }
 
 inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
@@ -70,7 +95,7 @@ Padded padded(const ConvShape& s) {
   return {s.h + 2 * s.ph, round_up(s.ow, 4 * kMaxWidth) + s.s - 1 + kMaxWidth};
 }
 int64_t dy_width(const ConvShape& s) { return round_up(s.ow, 4 * kMaxWidth); }
-int64_t k_lanes(const ConvShape& s, simd::Level level) { return round_up(s.k, vector_width(level)); }
+int64_t k_lanes(const ConvShape& s, Copy copy) { return round_up(s.k, vector_width(copy)); }
 // Floats per image of the dy copy the filter kernel reads: padded rows, or (pixels, KP); room
 // for either layout at any level.
 int64_t dy_image_floats(const ConvShape& s) {
@@ -144,12 +169,12 @@ int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int thre
 
 void conv_forward_direct(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
                          int threads) {
-  const simd::Level level = simd::active();
+  const Copy copy = pick_copy(ConvPass::Forward, s);
   const Padded d = padded(s);
   const int64_t per = conv_direct_worker_floats(ConvPass::Forward, s);
-  const bool klanes = forward_uses_klanes(level, s);
+  const bool klanes = forward_uses_klanes(copy, s);
   float* wt = ws + workers_for(threads, s.n) * per;  // (C, R, S, KP), then the bias (KP,)
-  const int64_t kp = k_lanes(s, level), crs = s.c * s.r * s.s;
+  const int64_t kp = k_lanes(s, copy), crs = s.c * s.r * s.s;
   if (klanes) {
     float* bp = wt + round16(crs * kp);
     std::fill(wt, bp + kp, 0.0f);
@@ -163,14 +188,14 @@ void conv_forward_direct(const ConvShape& s, const float* x, const float* w, con
     float* xp = ws + tid * per;
     pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp);
     float* yn = y + n * s.k * s.oh * s.ow;
-    if (klanes) forward_klanes_image(level, s, d.hp, d.wp, xp, wt, kp, wt + round16(crs * kp), yn);
-    else forward_image(level, s, d.hp, d.wp, xp, w, b, yn);
+    if (klanes) forward_klanes_image(copy, s, d.hp, d.wp, xp, wt, kp, wt + round16(crs * kp), yn);
+    else forward_image(copy, s, d.hp, d.wp, xp, w, b, yn);
   });
 }
 
 void conv_backward_data_direct(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
                                int threads) {
-  const simd::Level level = simd::active();
+  const Copy copy = pick_copy(ConvPass::BackwardData, s);
   const ConvShape t = transposed(s);
   const Padded d = padded(t);
   // wf (C, K, R, S): wf[c][k][r][q] = w[k][c][R-1-r][S-1-q]
@@ -186,7 +211,7 @@ void conv_backward_data_direct(const ConvShape& s, const float* w, const float* 
   parallel_for(threads, s.n, [&](int64_t n, int tid) {
     float* dyp = scratch + tid * per;
     pad_image(dy + n * s.k * s.oh * s.ow, s.k, s.oh, s.ow, t.ph, t.pw, d, dyp);
-    forward_image(level, t, d.hp, d.wp, dyp, wf, nullptr, dx + n * s.c * s.h * s.w);
+    forward_image(copy, t, d.hp, d.wp, dyp, wf, nullptr, dx + n * s.c * s.h * s.w);
   });
 }
 
@@ -198,10 +223,11 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   float* partials = ws;
   float* scratch = ws + round16(chunks * kcrs);
   const int64_t per = conv_direct_worker_floats(ConvPass::BackwardFilter, s);
-  const simd::Level level = simd::active();
-  const bool klanes = filter_uses_klanes(level, s);
-  const bool kblocks = !klanes && filter_uses_kblocks(level, s);
-  const int64_t kp = k_lanes(s, level), vw = vector_width(level);
+  const simd::Level level = simd::active();  // of the row copies
+  const Copy copy = pick_copy(ConvPass::BackwardFilter, s);
+  const bool klanes = filter_uses_klanes(copy, s);
+  const bool kblocks = !klanes && filter_uses_kblocks(copy, s);
+  const int64_t kp = k_lanes(s, copy), vw = vector_width(copy);
   // The kernels' image strides (the workspace holds the largest of the dy layouts).
   const int64_t ximg = s.c * d.hp * d.wp;
   const int64_t dyimg = klanes ? s.oh * s.ow * kp : kblocks ? s.k * s.oh * vw : s.k * s.oh * wd;
@@ -230,9 +256,9 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
         PYL_SIMD_DISPATCH(level, copy_rows, s.k * s.oh, s.ow, g, s.ow, out_n, wd);
       }
     }
-    if (klanes) filter_klanes(level, s, n1 - n0, d.hp, d.wp, xp, kp, dyp, out);
-    else if (kblocks) filter_kblocks(level, s, n1 - n0, d.hp, d.wp, xp, dy + n0 * s.k * s.oh * s.ow, dyp, out);
-    else filter_images(level, s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
+    if (klanes) filter_klanes(copy, s, n1 - n0, d.hp, d.wp, xp, kp, dyp, out);
+    else if (kblocks) filter_kblocks(copy, s, n1 - n0, d.hp, d.wp, xp, dy + n0 * s.k * s.oh * s.ow, dyp, out);
+    else filter_images(copy, s, n1 - n0, d.hp, d.wp, xp, wd, dyp, out);
   });
   if (chunks > 1)
     parallel_for(threads, (kcrs + 1023) / 1024, [&](int64_t blk, int) {

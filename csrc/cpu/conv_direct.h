@@ -30,6 +30,8 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
 #define PYL_DECLARE_DIRECT(ns)                                                                            \
   namespace ns {                                                                                          \
   int vector_width();                                                                                     \
+  /* the share of the lanes the kernels of `pass` fill on this shape (picks the AVX-512 copy) */         \
+  double direct_lane_use(ConvPass pass, const ConvShape& s);                                              \
   /* y (K, OH, OW) = conv(xp, w) + b for one image; xp is padded (C, HP, WP) */                            \
   void direct_forward_image(const ConvShape& s, int64_t hp, int64_t wp, const float* xp, const float* w,  \
                             const float* b, float* y);                                                    \
@@ -53,6 +55,7 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
 PYL_DECLARE_DIRECT(scalar)
 PYL_DECLARE_DIRECT(avx2)
 PYL_DECLARE_DIRECT(avx512)
+PYL_DECLARE_DIRECT(avx512_ymm)  // the AVX-512 build at 8 lanes (conv_direct.cpp picks it per shape)
 #undef PYL_DECLARE_DIRECT
 
 }  // namespace pylenet::cpu

@@ -69,6 +69,8 @@ py::dict build_info() {
   simd_info["compiled"] = compiled;
   simd_info["supported"] = supported;
   simd_info["active"] = simd::name(simd::active());
+  simd_info["path"] = simd::path_name();  // with the AVX-512 lanes when forced ("avx512:8")
+  simd_info["split_fma512"] = simd::split_fma512();
   info["simd"] = simd_info;
   info["threads"] = default_handle().threads();
   info["hardware_threads"] = hardware_threads();
@@ -134,8 +136,8 @@ PYBIND11_MODULE(_C, m) {
     for (auto l : simd::available()) v.push_back(simd::name(l));
     return v;
   });
-  m.def("simd_get", [] { return std::string(simd::name(simd::active())); });
-  m.def("simd_set", [](const std::string& name) { simd::set_active(simd::parse(name)); });
+  m.def("simd_get", [] { return simd::path_name(); });
+  m.def("simd_set", [](const std::string& name) { simd::set_path(name); });
   m.def("host_memory_stats", [] {
     auto s = host::stats();
     py::dict d;
