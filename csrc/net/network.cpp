@@ -497,7 +497,7 @@ void Network::for_chunks(int64_t n, F&& fn) {
     for (int64_t c = tid * per; c < std::min(chunks, (tid + 1) * per); ++c) {
       try {
         const int64_t start = c * kChunk;
-        fn(*workers_[tid], c, start, std::min(kChunk, n - start));
+        fn(*workers_[tid], c, start, std::min(kChunk, n - start), tid * per * kChunk);
       } catch (...) {
         errors[c] = std::current_exception();
       }
@@ -549,17 +549,22 @@ static size_t worker_index(const std::vector<std::unique_ptr<Handle>>& workers, 
   return 0;
 }
 
-const float* Network::forward(Handle& h, const float* x, int64_t start, int64_t m) {
+const float* Network::forward(Handle& h, const float* x, int64_t start, int64_t m, int64_t slot) {
   double* t = profiling_ ? times_[worker_index(workers_, h)].data() : nullptr;
+  // The batch's rows of x at start; an activation's at slot.
+  const auto rows = [&](size_t k) {
+    const float* in = layer_input(k, x);
+    return in + (in == x ? start : slot) * (k < layers_.size() ? in_floats_[k] : classes_);
+  };
   for (size_t i = 0; i < layers_.size(); ++i) {
     if (passes_through(i)) continue;  // views, and a deferred ReLU (run with its pool)
     const auto t0 = Clock::now();
-    float* y = act_[i + 1] + start * out_floats_[i];
-    layers_[i]->forward(h, params_.floats(), layer_input(i, x) + start * in_floats_[i], y, m);
+    float* y = act_[i + 1] + slot * out_floats_[i];
+    layers_[i]->forward(h, params_.floats(), rows(i), y, m);
     if (i > 0 && relu_after_pool_[i - 1]) activation_run_forward(h, Activation::ReLU, m * out_floats_[i], y, y);
     if (t) t[2 * i] += since(t0);
   }
-  return layer_input(layers_.size(), x) + start * classes_;
+  return rows(layers_.size());
 }
 
 void Network::backward(Handle& h, const float* x, int64_t start, int64_t m, int64_t batch, float* chunk_grads) {
@@ -646,8 +651,8 @@ RunStats Network::train_step(const float* x, const int64_t* labels, int64_t n, f
   for (LinearLayer* l : linears_) l->set_level(simd::active());  // the stash's layout for this step
   // Phase 1: every chunk forward, loss, backward into its own gradient buffer (Linear layers:
   // into the stash).
-  for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m) {
-    const float* logits = forward(h, x, start, m);
+  for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m, int64_t) {
+    const float* logits = forward(h, x, start, m, start);  // kept for backward
     chunk_bad_[c] = !all_finite(logits, m * classes_);
     if (chunk_bad_[c]) return;
     const auto t0 = Clock::now();
@@ -751,8 +756,8 @@ RunStats Network::evaluate(const float* images, const int64_t* labels, int64_t c
   for (int64_t base = 0; base < count; base += capacity_) {
     const int64_t n = std::min(capacity_, count - base);
     const float* x = images + base * sample_floats_;
-    for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m) {
-      const float* logits = forward(h, x, start, m);
+    for_chunks(n, [&](Handle& h, int64_t c, int64_t start, int64_t m, int64_t slot) {
+      const float* logits = forward(h, x, start, m, slot);
       chunk_bad_[c] = !all_finite(logits, m * classes_);
       if (chunk_bad_[c]) return;
       chunk_loss_[c] = cpu::softmax_cross_entropy(m, classes_, logits, labels + base + start, nullptr, 1.0f) *
@@ -775,8 +780,8 @@ void Network::predict(const float* images, int64_t count, float* probs) {
   for (int64_t base = 0; base < count; base += capacity_) {
     const int64_t n = std::min(capacity_, count - base);
     const float* x = images + base * sample_floats_;
-    for_chunks(n, [&](Handle& h, int64_t, int64_t start, int64_t m) {
-      const float* logits = forward(h, x, start, m);
+    for_chunks(n, [&](Handle& h, int64_t, int64_t start, int64_t m, int64_t slot) {
+      const float* logits = forward(h, x, start, m, slot);
       for (int64_t i = 0; i < m; ++i) {
         const float* z = logits + i * classes_;
         float* p = probs + (base + start + i) * classes_;
