@@ -25,8 +25,9 @@ def _cmd_info(args):
     simd = info["simd"]
     print(f"pylenet {info['version']}")
     print(f"  compiler : {info['compiler']}")
-    print(f"  simd     : active {simd['active']}; compiled {', '.join(simd['compiled'])}; "
-          f"supported here {', '.join(simd['supported'])}")
+    print(f"  simd     : active {simd['path']}; compiled {', '.join(simd['compiled'])}; "
+          f"supported here {', '.join(simd['supported'])}; 512-bit FMAs split in two: "
+          f"{'yes (direct conv picks 8 or 16 AVX-512 lanes per shape)' if simd['split_fma512'] else 'no'}")
     print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; "
           f"OpenMP {'on' if info['openmp'] else 'off'})")
     if info["cuda"]:

@@ -146,3 +146,34 @@ def test_threads_setter(pylenet_module):
             assert pylenet_module.get_num_threads() == n
     finally:
         pylenet_module.set_num_threads(prev)
+
+
+def test_avx512_lanes_paths(pylenet_module):
+    # "avx512:8" / "avx512:16" force the lanes of the direct convolution's AVX-512 copy;
+    # plain "avx512" picks per shape. Only avx512 takes a width, and only 8 or 16.
+    import pylenet.functional as F
+
+    prev = pylenet_module.get_simd()
+    try:
+        for bad in ("avx512:4", "avx512:", "avx2:8", "scalar:16", "avx512:8:8"):
+            with pytest.raises(ValueError):
+                pylenet_module.set_simd(bad)
+            assert pylenet_module.get_simd() == prev
+        if "avx512" not in pylenet_module.available_simd():
+            with pytest.raises(ValueError):
+                pylenet_module.set_simd("avx512:8")
+            return
+        g = np.random.default_rng(5)
+        x, w = g.standard_normal((2, 20, 12, 12)), g.standard_normal((50, 20, 5, 5))
+        outs = {}
+        for name in ("avx512", "avx512:16", "avx512:8"):
+            pylenet_module.set_simd(name)
+            assert pylenet_module.get_simd() == name
+            assert pylenet_module.build_info()["simd"]["path"] == name
+            outs[name] = F.conv2d(x, w, algo="direct")
+        for name, y in outs.items():
+            assert_close(y, outs["avx512:16"], what=f"{name} vs avx512:16")
+        assert isinstance(pylenet_module.build_info()["simd"]["split_fma512"], bool)
+    finally:
+        pylenet_module.set_simd(prev)
+    assert pylenet_module.get_simd() == prev
