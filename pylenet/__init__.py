@@ -54,15 +54,16 @@ def get_simd():
 
 
 def set_simd(name):
-    """Switch every kernel to one SIMD level: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
+    """Switch every kernel to one SIMD path: ``"scalar"``, ``"avx2"`` or ``"avx512"``.
 
     At ``"avx512"`` the direct convolution picks 16 or 8 lanes (AVX-512VL) per shape: 8 where
     they leave fewer lanes idle, on CPUs that split 512-bit FMAs into two halves (AMD Zen 4).
     ``"avx512:16"`` and ``"avx512:8"`` force one width. The environment variable
-    ``PYLENET_SIMD`` takes the same names at import time.
+    ``PYLENET_SIMD`` takes the same names at import time. The direct convolution's last bits
+    can differ between CPUs that pick different widths, as between SIMD levels.
     """
     if not isinstance(name, str):
-        raise TypeError(f"set_simd: expected a level name (str), got {type(name).__name__}")
+        raise TypeError(f"set_simd: expected a path name (str), got {type(name).__name__}")
     _C.simd_set(name)
 
 

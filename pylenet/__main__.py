@@ -27,7 +27,8 @@ def _cmd_info(args):
     print(f"  compiler : {info['compiler']}")
     print(f"  simd     : active {simd['path']}; compiled {', '.join(simd['compiled'])}; "
           f"supported here {', '.join(simd['supported'])}; 512-bit FMAs split in two: "
-          f"{'yes (direct conv picks 8 or 16 AVX-512 lanes per shape)' if simd['split_fma512'] else 'no'}")
+          f"{'yes' if simd['split_fma512'] else 'no'}"
+          f"{' (the direct conv picks 8 or 16 lanes per shape)' if simd['path'] == 'avx512' and simd['split_fma512'] else ''}")
     print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; "
           f"OpenMP {'on' if info['openmp'] else 'off'})")
     if info["cuda"]:

@@ -403,7 +403,7 @@ def main(argv=None):
         result["full_epoch_seconds_lenet5_b64"] = full_epoch(args.threads)
 
     print(f"machine: {result['machine']}, {args.threads} threads, pylenet {result['pylenet']['version']} "
-          f"(simd {result['pylenet']['simd']['active']}), data {source}; "
+          f"(simd {result['pylenet']['simd']['path']}), data {source}; "
           f"GEMM ceiling (NumPy) {result['gemm_ceiling_gflops']:.0f} GFLOP/s")
     hdr = (f"{'model':<12} {'batch':>5} | {'train/s pylenet':>15} {'torch':>9} {'ratio':>6} | "
            f"{'infer/s pylenet':>15} {'torch':>9} {'ratio':>6} | {'GFLOP/s':>7} {'%ceil':>6} | {'plan MiB':>8}")

@@ -233,9 +233,9 @@ DIRECT_PATHS = [
     (2, 2, 7, 5, 37, 3, 2, 1, (2, 1)),  # 37 channels, 6 columns, padding rows
     (2, 1, 28, 28, 6, 5, 5, 1, 2),    # LeNet conv1: 28 columns = 16 + a partial 12
     (2, 2, 6, 21, 7, 2, 4, 1, 1),     # 7 channels in uneven blocks
-    (2, 20, 12, 12, 50, 5, 5, 1, 0),  # cudnn_lenet conv2: 8 columns fill 8 lanes (avx512 picks 8)
+    (2, 20, 12, 12, 50, 5, 5, 1, 0),  # cudnn_lenet conv2: 8 columns fill 8 lanes (picked on Zen 4)
     (1, 2, 13, 8, 7, 3, 3, 1, 1),     # interior rows in groups of 4, 2, 1 (8 lanes), borders alone
-    (2, 4, 17, 10, 13, 3, 3, 1, 1),   # groups of 4 (16 lanes) or 2 (8 lanes), 13 channels in blocks
+    (2, 4, 17, 10, 13, 3, 3, 1, 1),   # rows grouped by 2 (8 lanes; 16 lanes: backward data by 4), 13 channels
     (1, 3, 30, 24, 20, 5, 5, 1, 2),   # cudnn-like conv1 rows of 24 columns with padding rows
 ]
 

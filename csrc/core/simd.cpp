@@ -29,7 +29,7 @@ std::pair<Level, int> parse_path(const std::string& s) {
   return {level, lanes == "8" ? 8 : 16};
 }
 
-std::pair<Level, int> initial_path() {
+std::pair<Level, int> read_env_path() {
   const char* env = std::getenv("PYLENET_SIMD");
   if (env && *env) {
     const auto want = parse_path(env);
@@ -38,6 +38,11 @@ std::pair<Level, int> initial_path() {
     return want;
   }
   return {best_available(), 0};
+}
+
+const std::pair<Level, int>& initial_path() {
+  static const std::pair<Level, int> path = read_env_path();  // the environment, read once
+  return path;
 }
 
 std::atomic<int>& active_slot() {
@@ -65,7 +70,7 @@ Level parse(const std::string& s) {
   if (s == "scalar") return Level::Scalar;
   if (s == "avx2") return Level::AVX2;
   if (s == "avx512") return Level::AVX512;
-  fail(ErrorKind::InvalidArgument, "unknown SIMD level '", s, "' (expected scalar, avx2 or avx512)");
+  fail(ErrorKind::InvalidArgument, "unknown SIMD level '", s, "' (expected scalar, avx2, avx512, avx512:16 or avx512:8)");
 }
 
 std::vector<Level> compiled() {

@@ -1,7 +1,7 @@
 // Run-time SIMD dispatch. Hot kernels are compiled several times with different
 // instruction sets (never tuned to the build machine); the active level picks which copy runs.
-// PYLENET_SIMD=scalar|avx2|avx512 in the environment (or set_simd) forces a level,
-// which is how the tests check every path the machine supports.
+// PYLENET_SIMD=scalar|avx2|avx512|avx512:16|avx512:8 in the environment (or set_simd) forces
+// a path, which is how the tests check every path the machine supports.
 #pragma once
 
 #include <string>

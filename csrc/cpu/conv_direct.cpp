@@ -21,14 +21,16 @@ constexpr int64_t kFilterChunk = 8;  // images per partial dw (fixed: results do
 // rows are 8 columns, its conv1 rows 24.
 enum class Copy { Scalar, AVX2, AVX512, AVX512Ymm };
 
-#if defined(PYLENET_HAVE_AVX512) && defined(PYLENET_HAVE_AVX2)
-#define PYL_DIRECT_DISPATCH(copy, fn, ...)                        \
-  ((copy) == Copy::AVX512Ymm ? avx512_ymm::fn(__VA_ARGS__)        \
-   : (copy) == Copy::AVX512  ? avx512::fn(__VA_ARGS__)            \
-   : (copy) == Copy::AVX2    ? avx2::fn(__VA_ARGS__)              \
-                             : scalar::fn(__VA_ARGS__))
+constexpr simd::Level level_of(Copy copy) {
+  return copy == Copy::Scalar ? simd::Level::Scalar : copy == Copy::AVX2 ? simd::Level::AVX2 : simd::Level::AVX512;
+}
+
+// PYL_SIMD_DISPATCH, plus the 8-lane copy where the AVX-512 copies are built.
+#ifdef PYLENET_HAVE_AVX512
+#define PYL_DIRECT_DISPATCH(copy, fn, ...) \
+  ((copy) == Copy::AVX512Ymm ? avx512_ymm::fn(__VA_ARGS__) : PYL_SIMD_DISPATCH(level_of(copy), fn, __VA_ARGS__))
 #else
-#define PYL_DIRECT_DISPATCH(copy, fn, ...) (static_cast<void>(copy), scalar::fn(__VA_ARGS__))
+#define PYL_DIRECT_DISPATCH(copy, fn, ...) PYL_SIMD_DISPATCH(level_of(copy), fn, __VA_ARGS__)
 #endif
 
 Copy pick_copy(ConvPass pass, const ConvShape& s) {

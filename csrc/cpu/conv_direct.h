@@ -26,7 +26,7 @@ void conv_backward_data_direct(const ConvShape& s, const float* w, const float* 
 void conv_backward_filter_direct(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
                                  int threads);
 
-// Per-SIMD-level image kernels (conv_direct_{scalar,avx2,avx512}.cpp).
+// Per-SIMD-level image kernels (conv_direct_{scalar,avx2,avx512,avx512_ymm}.cpp).
 #define PYL_DECLARE_DIRECT(ns)                                                                            \
   namespace ns {                                                                                          \
   int vector_width();                                                                                     \
