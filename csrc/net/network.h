@@ -196,6 +196,8 @@ class Network {
   std::vector<LinearLayer*> linears_;  // the Linear layers among layers_
   struct GradJob { LinearLayer* layer; int64_t r0, r1; };  // rows of one Linear weight gradient
   std::vector<GradJob> grad_jobs_;
+  std::vector<int> grad_job_worker_;  // which worker runs each job, for grad_sched_workers_ workers
+  int grad_sched_workers_ = 0;
   std::vector<int64_t> chunk_offset_;  // per layer: its gradient's place in a chunk buffer (-1: none)
   int64_t chunk_params_ = 0;           // floats of one chunk's gradient (layers other than Linear)
   AlignedBuffer stash_;                // per Linear layer: a batch's X (packed) and dY (see LinearLayer)
