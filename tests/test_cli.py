@@ -195,3 +195,16 @@ def test_device_cuda_where_it_cannot_run_is_a_clean_error(tmp_path):
     assert_clean_failure(cli(tmp_path, "bench", "--device", "cuda"), "CUDA")
     assert_clean_failure(cli(tmp_path, "train", "--device", "cuda", "--epochs", "1", "--limit", "64"), "CUDA")
     assert_clean_failure(cli(tmp_path, "train", "--device", "tpu", "--epochs", "1", "--limit", "64"), "device")
+
+
+def test_default_learning_rates():
+    # One SGD rate for every model made cudnn_lenet unstable (it diverged in a 10-epoch run):
+    # it has its own, the cudnn-training sample's 0.01; an explicit --lr always wins.
+    from pylenet.__main__ import build_parser, default_lr
+
+    assert default_lr("sgd", "lenet5") == 0.05
+    assert default_lr("sgd", "cudnn_lenet") == 0.01
+    assert default_lr("adam", "cudnn_lenet") == 1e-3
+    assert default_lr("adadelta", "lenet5") == 1.0
+    args = build_parser().parse_args(["train", "--model", "cudnn_lenet", "--lr", "0.2"])
+    assert args.lr == 0.2
