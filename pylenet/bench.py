@@ -170,6 +170,22 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
     return run
 
 
+def _write_result(result, out, device):
+    """The JSON of a run at `out` (default benchmarks/results/<device>-<date>.json), written to
+    a temporary file and renamed into place: an interrupted run leaves no half-written file."""
+    out = out or os.path.join("benchmarks", "results", f"{device}-{datetime.date.today().isoformat()}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    tmp = out + ".tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(result, f, indent=2)
+        os.replace(tmp, out)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    print(f"wrote {out}")
+
+
 # ----------------------------------------------------------------------------- CUDA
 def _sync_torch():
     import torch
@@ -327,11 +343,7 @@ def main_cuda(args, have_torch):
         e = result["full_epoch_seconds_lenet5_b64"]
         print(f"full MNIST epoch, lenet5, batch 64: pylenet.train {e['pylenet']:.3f} s"
               + (f", torch {e['torch']:.3f} s" if "torch" in e else ""))
-    out = args.out or os.path.join("benchmarks", "results", f"cuda-{datetime.date.today().isoformat()}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    _write_result(result, args.out, "cuda")
     return 0
 
 
@@ -420,11 +432,7 @@ def main(argv=None):
     if "full_epoch_seconds_lenet5_b64" in result:
         print(f"full MNIST epoch, lenet5, batch 64, through pylenet.train: "
               f"{result['full_epoch_seconds_lenet5_b64']:.2f} s")
-    out = args.out or os.path.join("benchmarks", "results", f"cpu-{datetime.date.today().isoformat()}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(result, f, indent=2)
-    print(f"wrote {out}")
+    _write_result(result, args.out, "cpu")
     return 0
 
 
