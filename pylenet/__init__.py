@@ -31,7 +31,12 @@ except ImportError as _e:
     __path__[:] = [_where]
     from . import _C
 from . import cuda, functional, nn, models, optim, datasets, bench
-from .nn import Sequential, load
+from .checkpoint import GraphModule, load, save
+from .functional import cat, flatten
+from .graph import Tensor, TraceError, trace
+from .nn import Sequential
+from .nn.init import manual_seed
+from .runtime import compile
 from .training import History, evaluate, train
 
 __version__ = _C.build_info()["version"]
@@ -90,6 +95,8 @@ def host_memory_stats():
 
 
 __all__ = [
-    "cuda", "functional", "nn", "models", "optim", "datasets", "Sequential", "load", "train", "evaluate", "History", "build_info", "available_simd", "get_simd", "set_simd",
-    "get_num_threads", "set_num_threads", "host_memory_stats", "__version__",
+    "cuda", "functional", "nn", "models", "optim", "datasets", "Sequential", "load", "save", "GraphModule", "train",
+    "evaluate", "compile", "History", "manual_seed", "trace", "Tensor", "TraceError", "cat", "flatten",
+    "build_info", "available_simd", "get_simd", "set_simd", "get_num_threads", "set_num_threads",
+    "host_memory_stats", "__version__",
 ]

@@ -29,8 +29,8 @@ def _cmd_info(args):
           f"supported here {', '.join(simd['supported'])}; 512-bit FMAs split in two: "
           f"{'yes' if simd['split_fma512'] else 'no'}"
           f"{' (the direct conv picks 8 or 16 lanes per shape)' if simd['path'] == 'avx512' and simd['split_fma512'] else ''}")
-    print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; "
-          f"OpenMP {'on' if info['openmp'] else 'off'})")
+    print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; pylenet's thread pool: "
+          "work claimed as workers come free, bounded spinning, then sleep)")
     if info["cuda"]:
         if pylenet.cuda.is_available():
             names = [pylenet.cuda.get_device_name(i) for i in range(pylenet.cuda.device_count())]
@@ -60,6 +60,9 @@ DEFAULT_LR = {"sgd": 0.05, "adam": 1e-3, "adadelta": 1.0}
 # recipe diverged at step 1257, another was at 97.4 % after 3 of 10 epochs), so its SGD
 # default is the cudnn-training sample's base rate: 99.17 % in 10 epochs, loss falling smoothly.
 MODEL_SGD_LR = {"cudnn_lenet": 0.01}
+# Models trained with another recipe by default: PyTorch's examples/mnist network is trained
+# there with Adadelta (lr 1.0), StepLR (gamma 0.7 per epoch) and the NLL of its log_softmax.
+MODEL_RECIPES = {"mnist_net": {"optimizer": "adadelta", "schedule": "step", "weight_decay": 0.0, "loss": "nll"}}
 
 
 def default_lr(optimizer, model):
@@ -72,6 +75,7 @@ def default_lr(optimizer, model):
 def _cmd_train(args):
     import pylenet
     from pylenet import datasets, models, optim
+    from pylenet import functional as F
 
     if args.threads:
         pylenet.set_num_threads(args.threads)
@@ -81,6 +85,11 @@ def _cmd_train(args):
         train_set = train_set.subset(args.limit)
     model = models.create(args.model, seed=args.seed)
     model.normalization = (train_set.mean, train_set.std)
+    recipe = {**DEFAULTS, "loss": "cross_entropy", **MODEL_RECIPES.get(args.model, {})}
+    for key in ("optimizer", "schedule", "weight_decay", "momentum", "epochs"):
+        if getattr(args, key) is None:
+            setattr(args, key, recipe[key])
+    loss = F.nll_loss if recipe["loss"] == "nll" else F.cross_entropy
     lr = args.lr if args.lr is not None else default_lr(args.optimizer, args.model)
     if args.optimizer == "sgd":
         opt = optim.SGD(lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.momentum > 0)
@@ -103,7 +112,7 @@ def _cmd_train(args):
     t0 = time.perf_counter()
     history = pylenet.train(model, train_set, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                             device=args.device,
-                            schedule=sched, eval_set=test_set, seed=args.seed, progress=not args.quiet,
+                            schedule=sched, loss=loss, eval_set=test_set, seed=args.seed, progress=not args.quiet,
                             on_epoch=on_epoch)
     total = time.perf_counter() - t0
     final = history.epochs[-1]
@@ -193,13 +202,15 @@ def build_parser():
     p.add_argument("--model", default="lenet5", choices=sorted(MODELS))
     p.add_argument("--dataset", default="mnist", choices=["mnist", "fashion-mnist"])
     p.add_argument("--data", default=None, help="folder with the IDX files (default: $PYLENET_DATA, cache, download)")
-    p.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    p.add_argument("--epochs", type=int, default=None, help=f"default {DEFAULTS['epochs']}")
     p.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    p.add_argument("--optimizer", default=DEFAULTS["optimizer"], choices=["sgd", "adam", "adadelta"])
+    p.add_argument("--optimizer", default=None, choices=["sgd", "adam", "adadelta"],
+                   help="default sgd (adadelta for mnist_net)")
     p.add_argument("--lr", type=float, default=None, help="default: 0.05 sgd (0.01 for cudnn_lenet), 0.001 adam, 1.0 adadelta")
-    p.add_argument("--momentum", type=float, default=DEFAULTS["momentum"], help="SGD (Nesterov) momentum")
-    p.add_argument("--weight-decay", type=float, default=DEFAULTS["weight_decay"])
-    p.add_argument("--schedule", default=DEFAULTS["schedule"], choices=["constant", "cosine", "step", "inv"])
+    p.add_argument("--momentum", type=float, default=None, help=f"SGD (Nesterov) momentum, default {DEFAULTS['momentum']}")
+    p.add_argument("--weight-decay", type=float, default=None, help=f"default {DEFAULTS['weight_decay']} (0 for mnist_net)")
+    p.add_argument("--schedule", default=None, choices=["constant", "cosine", "step", "inv"],
+                   help="default cosine (step, gamma 0.7 per epoch, for mnist_net)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")

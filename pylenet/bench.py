@@ -56,49 +56,101 @@ def _maxrss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _compiled(model, batch, images_shape, device=("cpu", 0)):
+    """(training executor with SGD momentum 0.9, inference executor, info) for a model."""
+    from . import functional as F
+    from . import runtime
+    loss = F.nll_loss if isinstance(model, models.MnistNet) else F.cross_entropy
+    with runtime._EvalMode(model, training=True):
+        t = runtime.traced(model, images_shape, batch, loss)
+        net = runtime.build_executor(model, t, capacity=batch, device=device, optimizer=optim.SGD(0.01, momentum=0.9))
+    with runtime._EvalMode(model):
+        infer = runtime.inference_executor(model, images_shape, batch, device)
+    fwd = [n["flops"] for n in t.graph.nodes() if not n["backward"]]
+    info = {"flops_per_sample": 3 * sum(fwd),  # forward + both backward passes
+            "memory_plan_bytes": net.memory_plan()["total"], "conv_algorithms": net.conv_algorithms}
+    return net, infer, info
+
+
 def setup_pylenet(name, batch, steps, images, labels, threads):
     """(train, infer, info): callables running `steps` batches of each, warmed up."""
+    from .runtime import softmax_rows
     model = models.create(name, seed=0)
     pylenet.set_num_threads(threads)
-    opt = optim.SGD(0.01, momentum=0.9)
-    net = model._compile(batch, opt)
-    model._load_into(net)
+    net, infer, info = _compiled(model, batch, images.shape[1:])
     n = batch * steps
     x, y = images[:n], labels[:n]
     order = np.arange(n, dtype=np.int64)
     sched = {"kind": "constant"}
     net.train_epoch(x[: batch * 3], y[: batch * 3], order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
-    infer = model._compile(batch)
-    model._load_into(infer)
-    infer.predict(x[: batch * 3])
-    info = {"flops_per_sample": 3 * sum(l["flops"] for l in net.layers),  # forward + both backward passes
-            "memory_plan_bytes": net.memory_plan()["total"], "conv_algorithms": net.conv_algorithms}
-    return (lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1)), (lambda: infer.predict(x)), info
+    infer.forward(x[: batch * 3], None, True)
+    return (lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1)), \
+        (lambda: softmax_rows(infer.forward(x, None, True)[0])), info
 
 
 def torch_twin(model, dtype=None):
-    """The torch.nn.Sequential with the same layers as a pylenet model, holding its weights
-    (cast to `dtype`, e.g. torch.float64; float32 by default). Used by the benchmark and the
-    tests' PyTorch comparisons."""
+    """The same network in PyTorch, holding the model's weights (cast to `dtype`, e.g.
+    torch.float64; float32 by default): torch.nn modules of the same classes and arguments for a
+    model made of pylenet's built-in modules; the torch versions of models.LeNet and
+    models.MnistNet. Used by the benchmark and the tests' PyTorch comparisons."""
     import torch
     nn = torch.nn
-    layers = []
-    for cfg in model.architecture():
-        k = cfg["kind"]
-        if k == "Conv2d":
-            layers.append(nn.Conv2d(cfg["in"], cfg["out"], tuple(cfg["kernel"]), tuple(cfg["stride"]),
-                                    tuple(cfg["padding"]), bias=cfg["bias"]))
-        elif k == "Linear":
-            layers.append(nn.Linear(cfg["in"], cfg["out"], bias=cfg["bias"]))
-        elif k in ("MaxPool2d", "AvgPool2d"):
-            layers.append(getattr(nn, k)(tuple(cfg["kernel"]), tuple(cfg["stride"]), tuple(cfg["padding"])))
-        else:
-            layers.append(getattr(nn, k)())
-    twin = nn.Sequential(*layers)
+    if isinstance(model, (models.LeNet, models.MnistNet)):
+        twin = _torch_class(type(model).__name__)()
+    else:
+        from .checkpoint import _module_tree
+        made = {}
+        for entry in _module_tree(model):
+            t, cfg, p = entry["type"], entry["config"], entry["path"]
+            if cfg is None:
+                raise ValueError(f"torch_twin: {t} is not a built-in pylenet module; write its torch twin by hand")
+            if t == "Sequential":
+                m = nn.Sequential()
+            else:
+                m = getattr(nn, t)(**cfg)
+            made[p] = m
+            if p:
+                parent, _, leaf = p.rpartition(".")
+                made[parent].add_module(leaf, m)
+        twin = made[""]
     dtype = dtype or torch.float32
     twin = twin.to(dtype)
-    twin.load_state_dict({k: torch.from_numpy(v).to(dtype) for k, v in model.state_dict().items()})
+    state = {k: torch.from_numpy(v) for k, v in model.state_dict().items()}
+    twin.load_state_dict({k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()})
     return twin
+
+
+def _torch_class(name):
+    import torch
+    import torch.nn.functional as TF
+    nn = torch.nn
+
+    class LeNet(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 6, 5, padding=2), nn.Conv2d(6, 16, 5)
+            self.fc1, self.fc2, self.fc3 = nn.Linear(400, 120), nn.Linear(120, 84), nn.Linear(84, 10)
+
+        def forward(self, x):
+            x = TF.max_pool2d(TF.relu(self.conv1(x)), 2)
+            x = TF.max_pool2d(TF.relu(self.conv2(x)), 2)
+            x = x.view(x.size(0), -1)
+            return self.fc3(TF.relu(self.fc2(TF.relu(self.fc1(x)))))
+
+    class MnistNet(nn.Module):  # examples/mnist/main.py's Net
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.conv2 = nn.Conv2d(1, 32, 3, 1), nn.Conv2d(32, 64, 3, 1)
+            self.dropout1, self.dropout2 = nn.Dropout(0.25), nn.Dropout(0.5)
+            self.fc1, self.fc2 = nn.Linear(9216, 128), nn.Linear(128, 10)
+
+        def forward(self, x):
+            x = TF.max_pool2d(TF.relu(self.conv2(TF.relu(self.conv1(x)))), 2)
+            x = torch.flatten(self.dropout1(x), 1)
+            x = self.dropout2(TF.relu(self.fc1(x)))
+            return TF.log_softmax(self.fc2(x), dim=1)
+
+    return {"LeNet": LeNet, "MnistNet": MnistNet}[name]
 
 
 def setup_torch(name, batch, steps, images, labels, threads):
@@ -108,20 +160,23 @@ def setup_torch(name, batch, steps, images, labels, threads):
     torch.set_num_threads(threads)
     tm = torch_twin(models.create(name, seed=0))
     opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    lossf = TF.nll_loss if name == "mnist_net" else TF.cross_entropy
     n = batch * steps
     X, Y = torch.from_numpy(images[:n]), torch.from_numpy(labels[:n])
 
     def run_train(count=n):
         for i in range(0, count, batch):
             opt.zero_grad(set_to_none=True)
-            loss = TF.cross_entropy(tm(X[i:i + batch]), Y[i:i + batch])
+            loss = lossf(tm(X[i:i + batch]), Y[i:i + batch])
             loss.backward()
             opt.step()
 
     def run_infer(count=n):
+        tm.eval()
         with torch.inference_mode():
             for i in range(0, count, batch):
                 torch.softmax(tm(X[i:i + batch]), dim=1)
+        tm.train()
 
     run_train(batch * 3)
     run_infer(batch * 3)
@@ -194,21 +249,20 @@ def _sync_torch():
 
 def setup_pylenet_cuda(name, batch, steps, images, labels, device=0):
     """(train, infer, info) on a GPU: the data uploaded once; each call ends synchronised
-    (train_epoch reads its totals back, predict copies the probabilities back)."""
+    (the epoch reads its totals back, evaluation reads its totals back)."""
     model = models.create(name, seed=0)
-    net = model._compile(batch, optim.SGD(0.01, momentum=0.9), "heuristic", device=device)
-    model._load_into(net)
+    net, infer, info = _compiled(model, batch, images.shape[1:], ("cuda", device))
     n = batch * steps
+    net.upload_state()
     data = net.upload(images[:n], labels[:n])
+    infer.upload_state()
+    idata = infer.upload(images[:n], labels[:n])
     order = np.arange(n, dtype=np.int64)
     sched = {"kind": "constant"}
-    net.train_epoch(data, order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
-    infer = model._compile(batch, device=device)
-    model._load_into(infer)
-    infer.predict(data)
-    info = {"flops_per_sample": 3 * sum(l["flops"] for l in net.layers),
-            "memory_plan_bytes": net.memory_plan()["total"], "conv_algorithms": net.conv_algorithms}
-    return (lambda: net.train_epoch(data, order, batch, sched, 0, None, n // batch)), (lambda: infer.predict(data)), info
+    net.train_epoch_device(data, order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
+    infer.evaluate_device(idata)
+    return (lambda: net.train_epoch_device(data, order, batch, sched, 0, None, n // batch)), \
+        (lambda: infer.evaluate_device(idata)), info
 
 
 def setup_torch_cuda(name, batch, steps, images, labels, tf32=False):

@@ -1,7 +1,16 @@
-"""Model constructors: the LeNets this project is about."""
-from .nn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, Tanh
+"""Model constructors: the LeNets this project is about, as ordinary pylenet modules.
 
-__all__ = ["lenet5", "lenet5_classic", "cudnn_lenet", "MODELS", "create"]
+``lenet5``, ``lenet5_classic`` and ``cudnn_lenet`` are Sequentials (parameter names "0.weight",
+...). ``LeNet`` is the same network as lenet5 written as a class, as the PyTorch tutorial
+writes it, and ``MnistNet`` is PyTorch's examples/mnist network (dropout, log_softmax; it is
+trained with F.nll_loss, Adadelta lr 1.0 and StepLR gamma 0.7).
+"""
+from . import functional as F
+from .nn import AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential, Tanh
+from .nn.init import seeded
+
+__all__ = ["lenet5", "lenet5_classic", "cudnn_lenet", "LeNet", "MnistNet", "lenet", "mnist_net", "MODELS",
+           "create"]
 
 MNIST_NORMALIZATION = (0.1307, 0.3081)
 
@@ -33,7 +42,71 @@ def cudnn_lenet(seed=0, num_classes=10):
         input_shape=(1, 28, 28), name="cudnn_lenet", seed=seed, normalization=MNIST_NORMALIZATION)
 
 
-MODELS = {"lenet5": lenet5, "lenet5_classic": lenet5_classic, "cudnn_lenet": cudnn_lenet}
+class LeNet(Module):
+    """LeNet-5 as a class (the PyTorch tutorial's): the same layers and results as lenet5()."""
+
+    def __init__(self, num_classes=10):
+        super().__init__()
+        self.conv1 = Conv2d(1, 6, 5, padding=2)
+        self.conv2 = Conv2d(6, 16, 5)
+        self.fc1 = Linear(16 * 5 * 5, 120)
+        self.fc2 = Linear(120, 84)
+        self.fc3 = Linear(84, num_classes)
+        self.input_shape = (1, 28, 28)
+        self.normalization = MNIST_NORMALIZATION
+
+    def forward(self, x):
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)
+        x = F.max_pool2d(F.relu(self.conv2(x)), 2)
+        x = x.view(x.size(0), -1)
+        x = F.relu(self.fc1(x))
+        x = F.relu(self.fc2(x))
+        return self.fc3(x)
+
+
+class MnistNet(Module):
+    """PyTorch's examples/mnist ``Net``: two 3x3 convolutions, max pooling, dropout, two fully
+    connected layers and log_softmax (train it with F.nll_loss)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = Conv2d(1, 32, 3, 1)
+        self.conv2 = Conv2d(32, 64, 3, 1)
+        self.dropout1 = Dropout(0.25)
+        self.dropout2 = Dropout(0.5)
+        self.fc1 = Linear(9216, 128)
+        self.fc2 = Linear(128, 10)
+        self.input_shape = (1, 28, 28)
+        self.normalization = MNIST_NORMALIZATION
+
+    def forward(self, x):
+        x = self.conv1(x)
+        x = F.relu(x)
+        x = self.conv2(x)
+        x = F.relu(x)
+        x = F.max_pool2d(x, 2)
+        x = self.dropout1(x)
+        x = F.flatten(x, 1)
+        x = self.fc1(x)
+        x = F.relu(x)
+        x = self.dropout2(x)
+        x = self.fc2(x)
+        return F.log_softmax(x, dim=1)
+
+
+def lenet(seed=0, num_classes=10):
+    """LeNet (the class), initialised as lenet5(seed) is: the same weights."""
+    with seeded(seed):  # the layers draw in lenet5's order: conv1, conv2, fc1, fc2, fc3
+        return LeNet(num_classes)
+
+
+def mnist_net(seed=0):
+    with seeded(seed):
+        return MnistNet()
+
+
+MODELS = {"lenet5": lenet5, "lenet5_classic": lenet5_classic, "cudnn_lenet": cudnn_lenet, "lenet": lenet,
+          "mnist_net": mnist_net}
 
 
 def create(name, **kwargs):
@@ -54,10 +127,14 @@ def import_cudnn_training(folder, model=None):
     from .cudnn_format import import_cudnn_weights
     model = model if model is not None else cudnn_lenet()
     _require_cudnn_layout(model)
-    return model.load_state_dict(import_cudnn_weights(folder))
+    model.load_state_dict(import_cudnn_weights(folder))
+    return model
 
 
 def _require_cudnn_layout(model):
-    if model.architecture() != cudnn_lenet().architecture() or model.input_shape != (1, 28, 28):
-        raise ValueError("cudnn-training's weight files hold the cudnn_lenet architecture only; "
-                         f"this model is {model.name}")
+    reference = {k: v.shape for k, v in cudnn_lenet().state_dict().items()}
+    own = {k: v.shape for k, v in model.state_dict().items()}
+    if own != reference:
+        name = getattr(model, "name", None) or type(model).__name__
+        raise ValueError("cudnn-training's weight files hold the cudnn_lenet architecture only (parameters "
+                         f"{', '.join(f'{k} {tuple(s)}' for k, s in reference.items())}); this model is {name}")

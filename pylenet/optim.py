@@ -1,10 +1,16 @@
 """Optimizers and learning-rate schedules.
 
-These are descriptions: the update rules run natively over the network's flat parameter
-buffer, in one call per step (``csrc/ops/math.h`` holds the formulas, PyTorch's). After
-training, ``optimizer.state`` holds the optimizer's buffers so training can resume.
+These are descriptions: the update rules run natively over the model's flat parameter
+buffer, in one call per step (``csrc/ops/math.h`` holds the formulas, PyTorch's). Like
+PyTorch's, an optimizer may be given the parameters it updates first
+(``optim.SGD(model.parameters(), lr=0.1)``); without them it updates every parameter of the
+model it trains (``optim.SGD(0.1)``). ``optimizer.state`` holds its buffers (flat, one value
+per parameter of the model's buffer) and its step count, so training can resume.
 """
 import math
+import numbers
+
+import numpy as np
 
 __all__ = ["SGD", "Adam", "Adadelta", "ConstantLR", "StepLR", "CosineLR", "InvLR",
            "make_optimizer", "make_schedule"]
@@ -21,14 +27,71 @@ def _num(v, name, owner):
     return float(v)
 
 
+def _split_params(owner, params, lr):
+    """(parameters or None, lr) from PyTorch's (params, lr) or pylenet's (lr) first argument."""
+    if params is None or isinstance(params, numbers.Real):
+        if lr is not None and params is not None:
+            raise TypeError(f"{owner}: lr given twice")
+        return None, params if lr is None else lr
+    if isinstance(params, np.ndarray) and not isinstance(params, _parameter_type()):
+        raise TypeError(f"{owner}: expected an iterable of parameters (model.parameters()) or a learning rate, "
+                        "got an array")
+    items = [params] if isinstance(params, _parameter_type()) else list(params)
+    if any(isinstance(p, dict) for p in items):
+        raise ValueError(f"{owner}: parameter groups (dicts) are not supported; pass model.parameters() or a "
+                         "list of parameters")
+    for p in items:
+        if not isinstance(p, _parameter_type()):
+            raise TypeError(f"{owner}: expected parameters (nn.Parameter), got {type(p).__name__}")
+    if not items:
+        raise ValueError(f"{owner}: got an empty parameter list")
+    return items, lr
+
+
+def _parameter_type():
+    from .nn.module import Parameter
+    return Parameter
+
+
 class Optimizer:
     kind = None
+    n_buffers = 1
 
-    def __init__(self):
-        self.state = None  # {"buffers": [flat float32 arrays], "steps": int} after training
+    def __init__(self, params=None):
+        self.params = params  # the parameters it updates, or None: all of the model's
+        self.state = {"buffers": None, "steps": 0}
 
     def spec(self):
         raise NotImplementedError
+
+    def _resolve(self, model):
+        """ids of the model's parameters this optimizer updates (None: all of them)."""
+        if self.params is None:
+            return None
+        own = {id(p) for p in model.parameters()}
+        foreign = [p for p in self.params if id(p) not in own]
+        if foreign:
+            raise ValueError(f"{type(self).__name__}: {len(foreign)} of its {len(self.params)} parameters are not "
+                             f"parameters of this {type(model).__name__} (the optimizer was made for another model, "
+                             "or the model's parameters were replaced after it was made)")
+        return {id(p) for p in self.params}
+
+    def _state_buffers(self, size):
+        """The state buffers, made on first use: num_buffers flat float32 arrays of `size`."""
+        bufs = self.state.get("buffers")
+        if bufs is None:
+            bufs = self.state["buffers"] = [np.zeros(size, np.float32) for _ in range(self.n_buffers)]
+        if len(bufs) != self.n_buffers or any(b.shape != (size,) or b.dtype != np.float32 for b in bufs):
+            raise ValueError(f"{type(self).__name__}: its saved state belongs to a model with "
+                             f"{bufs[0].size if bufs else 0} parameters, this one has {size}; use a fresh "
+                             "optimizer for a different model")
+        for i, b in enumerate(bufs):
+            if not (b.flags.c_contiguous and b.flags.writeable):
+                bufs[i] = np.ascontiguousarray(b, dtype=np.float32).copy()
+        return bufs
+
+    def zero_grad(self, set_to_none=True):
+        """Nothing to do: the runtime overwrites the gradients every step."""
 
     def config(self):
         """JSON-able description (stored in checkpoints)."""
@@ -43,9 +106,12 @@ class SGD(Optimizer):
     """torch.optim.SGD: momentum, Nesterov momentum and L2 weight decay."""
     kind = "sgd"
 
-    def __init__(self, lr=0.01, momentum=0.0, weight_decay=0.0, nesterov=False):
-        super().__init__()
-        self.lr = _num(lr, "lr", "SGD")
+    n_buffers = 1
+
+    def __init__(self, params=None, lr=None, momentum=0.0, weight_decay=0.0, nesterov=False):
+        params, lr = _split_params("SGD", params, lr)
+        super().__init__(params)
+        self.lr = _num(0.01 if lr is None else lr, "lr", "SGD")
         self.momentum = _num(momentum, "momentum", "SGD")
         self.weight_decay = _num(weight_decay, "weight_decay", "SGD")
         self.nesterov = bool(nesterov)
@@ -62,9 +128,12 @@ class Adam(Optimizer):
     """torch.optim.Adam (L2 weight decay, no amsgrad)."""
     kind = "adam"
 
-    def __init__(self, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
-        super().__init__()
-        self.lr = _num(lr, "lr", "Adam")
+    n_buffers = 2
+
+    def __init__(self, params=None, lr=None, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0):
+        params, lr = _split_params("Adam", params, lr)
+        super().__init__(params)
+        self.lr = _num(1e-3 if lr is None else lr, "lr", "Adam")
         self.betas = (_num(betas[0], "beta1", "Adam"), _num(betas[1], "beta2", "Adam"))
         self.eps = _num(eps, "eps", "Adam")
         self.weight_decay = _num(weight_decay, "weight_decay", "Adam")
@@ -80,9 +149,12 @@ class Adadelta(Optimizer):
     """torch.optim.Adadelta (the optimizer of PyTorch's MNIST example, lr=1.0)."""
     kind = "adadelta"
 
-    def __init__(self, lr=1.0, rho=0.9, eps=1e-6, weight_decay=0.0):
-        super().__init__()
-        self.lr = _num(lr, "lr", "Adadelta")
+    n_buffers = 2
+
+    def __init__(self, params=None, lr=None, rho=0.9, eps=1e-6, weight_decay=0.0):
+        params, lr = _split_params("Adadelta", params, lr)
+        super().__init__(params)
+        self.lr = _num(1.0 if lr is None else lr, "lr", "Adadelta")
         self.rho = _num(rho, "rho", "Adadelta")
         self.eps = _num(eps, "eps", "Adadelta")
         self.weight_decay = _num(weight_decay, "weight_decay", "Adadelta")

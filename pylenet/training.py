@@ -1,9 +1,9 @@
 """train / evaluate: the Python side of the training loop.
 
 Python shuffles (a seeded permutation per epoch), then hands the whole epoch to the native
-network in one call with the GIL released; it is called back only to draw progress. The
-parameters are copied back into the model after every epoch, so an interrupted or diverged
-run leaves the model at its last finished epoch.
+executor in one call with the GIL released; it is called back only to draw progress. The
+executor updates the model's own parameters step by step; a step whose output is not finite
+raises before it changes anything, so a diverged run keeps the model at its last good step.
 """
 import sys
 import time
@@ -90,6 +90,26 @@ def device_index(device, op):
     return index
 
 
+class _Snapshot:
+    """Copies of everything an epoch changes: the flat parameter buffer, the buffers (running
+    statistics) and the optimizer's state and step count (a few hundred KB for a LeNet)."""
+
+    def __init__(self, model, opt):
+        from .runtime import flat_parameters
+        self.params = flat_parameters(model)[0]
+        self.saved_params = self.params.copy()
+        self.buffers = [(b, b.copy()) for b in model.buffers()]
+        bufs = opt.state.get("buffers") or []
+        self.opt, self.state = opt, [(b, b.copy()) for b in bufs]
+        self.steps = int(opt.state["steps"])
+
+    def restore(self):
+        self.params[...] = self.saved_params
+        for b, saved in self.buffers + self.state:
+            b[...] = saved
+        self.opt.state["steps"] = self.steps
+
+
 class _ProgressBar:
     def __init__(self, enabled, epoch, epochs, stream=sys.stderr):
         self.enabled, self.epoch, self.epochs, self.stream = enabled, epoch, epochs, stream
@@ -112,23 +132,34 @@ class _ProgressBar:
             self.stream.flush()
 
 
-def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedule=None, eval_set=None,
+def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedule=None, loss=None, eval_set=None,
           device="cpu", seed=0, progress=True, conv_algo="heuristic", on_epoch=None):
-    """Trains ``model`` in place and returns a History.
+    """Trains ``model`` (any pylenet Module) in place and returns a History.
 
     optimizer: an Optimizer, a name ("sgd", "adam", "adadelta") or None (SGD lr 0.01);
     its state is kept on the object, so a second call (or a loaded checkpoint) resumes.
     schedule: a Schedule or a name ("constant", "step", "cosine", "inv").
+    loss: F.cross_entropy (default), F.nll_loss, or a function (output, labels) made of them.
     progress: a progress bar on stderr when it is a terminal.
     on_epoch: called with each epoch's record (e.g. to print or checkpoint).
     device: "cpu", or "cuda" / "cuda:N": the datasets are uploaded once, batches are gathered
     on the GPU, and the host reads only the progress numbers.
     conv_algo: "heuristic" (default: a fixed rule per layer), "naive", "im2col", "direct" (CPU)
     or "implicit_gemm" (CUDA), or "auto" (time each once; the choice can differ between runs).
-    Results are bit-identical for the same seed, whatever the thread count (with a fixed
-    conv_algo, i.e. anything but "auto"), and run after run on the same GPU.
+    seed: the shuffle of every epoch and the dropout masks (None: drawn from the generator
+    pylenet.manual_seed seeds).
+    The input shape comes from the data. The model trains in training mode and the eval set
+    is evaluated in evaluation mode; the model's own mode is restored at the end. Parameters
+    are updated in place, step by step (a step whose output is not finite raises before it
+    changes anything). Results are bit-identical for the same seed, whatever the thread count
+    (with a fixed conv_algo, i.e. anything but "auto"), and run after run on the same GPU.
     """
-    dev = device_index(device, "train")
+    from . import functional as F
+    from . import runtime
+    from .nn.module import Module
+    if not isinstance(model, Module):
+        raise TypeError(f"train: expected a pylenet Module, got {type(model).__name__}")
+    dev = runtime._device(device, "train")
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
             raise ValueError(f"train: {name} must be a positive int, got {v!r}")
@@ -136,29 +167,24 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     eval_arrays = _arrays(eval_set, "train (eval_set)") if eval_set is not None else None
     opt = make_optimizer(optimizer)
     sched = make_schedule(schedule)
+    loss = loss or F.cross_entropy
     batch_size = int(min(batch_size, len(images)))
+    if seed is None:
+        from .nn.init import draw_seed
+        seed = draw_seed()
 
-    net = model._compile(batch_size, opt, conv_algo, device=dev)
-    model._load_into(net)
-    if dev is not None:  # the datasets go to the device once; epochs gather batches there
-        train_data = net.upload(images, labels, "train")
-        eval_data = net.upload(*eval_arrays, "train (eval_set)") if eval_arrays is not None else None
-    if opt.state is not None:  # resume
-        bufs = opt.state["buffers"][: net.num_state_buffers]
-        if any(np.shape(b) != (net.num_params,) for b in bufs):
-            raise ValueError(f"train: the optimizer's saved state belongs to a model with "
-                             f"{np.size(bufs[0])} parameters, this one has {net.num_params}; "
-                             "use a fresh optimizer for a different model")
-        for i, buf in enumerate(bufs):
-            if dev is None:
-                net.state(i)[:] = buf
-            else:
-                net.set_state(i, np.ascontiguousarray(buf, dtype=np.float32))
-        net.optimizer_steps = int(opt.state["steps"])
+    with runtime._EvalMode(model, training=True):
+        t = runtime.traced(model, images.shape[1:], batch_size, loss)
+        ex = runtime.build_executor(model, t, capacity=batch_size, device=dev, optimizer=opt, conv_algo=conv_algo,
+                                    seed=seed)
+    if dev[0] == "cuda":  # the datasets go to the device once; epochs gather batches there
+        ex.upload_state()
+        train_data = ex.upload(images, labels)
+        eval_data = ex.upload(*eval_arrays) if eval_arrays is not None else None
     rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(images) // batch_size)
     sched_spec = sched.spec(steps_per_epoch, epochs)
-    iteration = net.optimizer_steps
+    iteration = ex.optimizer_steps
     show = bool(progress) and sys.stderr.isatty()
     history = History()
     for epoch in range(1, epochs + 1):
@@ -166,23 +192,37 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         lr = float(sched.lr_at(opt.lr, iteration, steps_per_epoch, epochs))
         bar = _ProgressBar(show, epoch, epochs)
         t0 = time.perf_counter()
+        snapshot = _Snapshot(model, opt)
         try:
-            data = (images, labels) if dev is None else (train_data,)
-            stats, iteration = net.train_epoch(*data, order, batch_size, sched_spec, iteration, bar,
-                                               max(1, steps_per_epoch // 100))
-        finally:
+            if dev[0] == "cpu":
+                stats, iteration = ex.train_epoch(images, labels, order, batch_size, sched_spec, iteration, bar,
+                                                  max(1, steps_per_epoch // 100))
+            else:
+                stats, iteration = ex.train_epoch_device(train_data, order, batch_size, sched_spec, iteration, bar,
+                                                         max(1, steps_per_epoch // 100))
+        except BaseException:
+            # Only a finished epoch reaches the model: after a divergence, an error or Ctrl-C
+            # inside an epoch, the model and the optimizer are back at the end of the last one.
             bar.close()
-        # Only a finished epoch reaches the model: after an error or Ctrl-C inside an epoch the
-        # model and optimizer keep the state of the last finished one.
-        model._store_from(net)
-        opt.state = {"buffers": [net.state(i).copy() for i in range(net.num_state_buffers)],
-                     "steps": int(net.optimizer_steps)}
+            snapshot.restore()
+            ex.optimizer_steps = opt.state["steps"]
+            raise
+        bar.close()
+        opt.state["steps"] = int(ex.optimizer_steps)
+        if dev[0] == "cuda":
+            ex.download_state()
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "loss": stats["loss_sum"] / stats["samples"],
                   "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,
                   "samples_per_sec": stats["samples"] / seconds, "lr": lr}
         if eval_arrays is not None:
-            ev = net.evaluate(*eval_arrays) if dev is None else net.evaluate(eval_data)
+            if dev[0] == "cpu":
+                ev = runtime.evaluate_arrays(model, *eval_arrays, 256, device, loss=F.cross_entropy)
+            else:
+                with runtime._EvalMode(model):
+                    ev_ex = runtime.inference_executor(model, images.shape[1:], 256, dev, loss=F.cross_entropy)
+                    ev_ex.upload_state()
+                    ev = ev_ex.evaluate_device(eval_data)
             record["eval_loss"] = ev["loss_sum"] / ev["samples"]
             record["eval_accuracy"] = ev["correct"] / ev["samples"]
         history.append(record)
@@ -195,12 +235,16 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     return history
 
 
-def evaluate(model, dataset, batch_size=256, device="cpu"):
-    """{"accuracy": float in [0, 1], "loss": mean cross-entropy} of model on dataset."""
-    dev = device_index(device, "evaluate")
+def evaluate(model, dataset, batch_size=256, device="cpu", loss=None):
+    """{"accuracy": float in [0, 1], "loss": mean loss} of the model on a dataset, in
+    evaluation mode (the model's own mode is left as it was). loss: F.cross_entropy (default;
+    for a model that outputs log-probabilities it equals their NLL)."""
+    from . import functional as F
+    from . import runtime
     images, labels = _arrays(dataset, "evaluate")
-    if images.shape[1:] != model.input_shape:
-        raise ValueError(f"evaluate: images of shape {images.shape} do not match the model input {model.input_shape}")
-    net = model._inference_net(min(batch_size, len(images)), dev)
-    ev = net.evaluate(images, labels) if dev is None else net.evaluate(net.upload(images, labels, "evaluate"))
+    shape = getattr(model, "input_shape", None)
+    if shape and tuple(images.shape[1:]) != tuple(shape):
+        raise ValueError(f"evaluate: images of shape {images.shape} do not match the model input {tuple(shape)}")
+    runtime._positive_int(batch_size, "batch_size", "evaluate")
+    ev = runtime.evaluate_arrays(model, images, labels, batch_size, device, loss or F.cross_entropy)
     return {"accuracy": ev["correct"] / ev["samples"], "loss": ev["loss_sum"] / ev["samples"]}

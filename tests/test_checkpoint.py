@@ -48,7 +48,7 @@ def test_round_trip(tmp_path, name):
     assert os.fspath(path) == os.fspath(tmp_path / "m.npz")
     loaded = pylenet.load(tmp_path / "m.npz")
     assert isinstance(loaded, Sequential)
-    assert loaded.architecture() == m.architecture()
+    assert repr(loaded) == repr(m)
     assert loaded.input_shape == m.input_shape and loaded.name == name
     assert tuple(loaded.normalization) == (0.25, 0.5)
     _same_state(loaded, m)
@@ -63,7 +63,7 @@ def test_round_trip_custom_architecture(tmp_path):
                    Linear(5 * 8 * 15, 7, bias=False), input_shape=(3, 32, 32), name="custom", seed=9)
     assert m.normalization is None
     loaded = pylenet.load(m.save(tmp_path / "c.npz"))
-    assert loaded.architecture() == m.architecture() and loaded.input_shape == (3, 32, 32)
+    assert repr(loaded) == repr(m) and loaded.input_shape == (3, 32, 32)
     assert loaded.normalization is None
     _same_state(loaded, m)
     x = np.random.default_rng(1).standard_normal((3, 3, 32, 32)).astype(np.float32)
@@ -76,7 +76,7 @@ def test_checkpoint_is_plain_npz_without_pickle(tmp_path):
     with np.load(tmp_path / "m.npz", allow_pickle=False) as z:  # readable without pickle
         meta = json.loads(str(z["meta"]))
         assert set(z.files) == {"meta"} | {f"param/{k}" for k in m.state_dict()}
-    assert meta["format"] == pylenet.nn.CHECKPOINT_FORMAT and meta["extra"] == {"note": "hi"}
+    assert meta["format"] == pylenet.checkpoint.CHECKPOINT_FORMAT and meta["extra"] == {"note": "hi"}
     assert meta["optimizer"] is None
 
 
@@ -104,7 +104,99 @@ def test_load_without_optimizer(tmp_path):
     assert lopt is None
     m.save(tmp_path / "b.npz", optimizer=optim.Adam(3e-4))  # never trained: config only
     _, lopt = pylenet.load(tmp_path / "b.npz", return_optimizer=True)
-    assert isinstance(lopt, optim.Adam) and lopt.lr == 3e-4 and lopt.state is None
+    assert isinstance(lopt, optim.Adam) and lopt.lr == 3e-4
+    assert lopt.state["buffers"] is None and lopt.state["steps"] == 0
+
+
+class Net(pylenet.nn.Module):
+    """A user-defined class: its code is not in a checkpoint, its graph is."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = Conv2d(1, 4, 3, padding=1)
+        self.bn = pylenet.nn.BatchNorm2d(4)
+        self.drop = pylenet.nn.Dropout(0.3)
+        self.gain = pylenet.nn.Parameter(np.ones(2, np.float32))  # held by the class itself, unused
+        self.fc = Linear(4 * 14 * 14, 10)
+        self.input_shape = (1, 28, 28)
+
+    def forward(self, x):
+        y = pylenet.functional.relu(self.bn(self.conv(x)))
+        y = pylenet.functional.max_pool2d(y + self.conv(x), 2)
+        return pylenet.functional.log_softmax(self.fc(self.drop(y).flatten(1)), dim=1)
+
+
+def test_user_class_round_trip_as_graph_module(tmp_path):
+    m = Net()
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((64, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 64)
+    opt = optim.SGD(0.05, momentum=0.9)
+    pylenet.train(m, (x, y), epochs=1, batch_size=32, optimizer=opt, loss=pylenet.functional.nll_loss, progress=False)
+    assert int(m.bn.num_batches_tracked) == 2
+    m.save(tmp_path / "net.npz", optimizer=opt)
+    loaded, lopt = pylenet.load(tmp_path / "net.npz", return_optimizer=True)
+    assert isinstance(loaded, pylenet.GraphModule) and repr(loaded).startswith("Net(")
+    assert list(loaded.state_dict()) == list(m.state_dict())
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[k], v, err_msg=k)
+    m.eval()
+    loaded.eval()
+    np.testing.assert_array_equal(loaded(x), m(x))  # the same computation, in evaluation mode
+    # and it trains on (dropout and batch norm in training mode), from the same state: same steps.
+    m.train()
+    loaded.train()
+    pylenet.train(m, (x, y), epochs=1, batch_size=32, optimizer=opt, loss=pylenet.functional.nll_loss,
+                  progress=False, seed=3)
+    pylenet.train(loaded, (x, y), epochs=1, batch_size=32, optimizer=lopt, loss=pylenet.functional.nll_loss,
+                  progress=False, seed=3)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[k], v, err_msg=k)
+    # Into an instance of the class itself.
+    again = pylenet.load(tmp_path / "net.npz", model=Net())
+    assert type(again) is Net
+
+
+def _legacy_save(model, path, optimizer=None):
+    """What pylenet wrote before models were Python code (checkpoint format 1)."""
+    arch = []
+    for layer in model:
+        kind = type(layer).__name__
+        if kind == "Conv2d":
+            arch.append({"kind": kind, "in": layer.in_channels, "out": layer.out_channels,
+                         "kernel": list(layer.kernel_size), "stride": list(layer.stride),
+                         "padding": list(layer.padding), "bias": layer.bias is not None})
+        elif kind == "Linear":
+            arch.append({"kind": kind, "in": layer.in_features, "out": layer.out_features, "bias": True})
+        elif kind in ("MaxPool2d", "AvgPool2d"):
+            k = [layer.kernel_size] * 2
+            arch.append({"kind": kind, "kernel": k, "stride": k, "padding": [0, 0]})
+        else:
+            arch.append({"kind": kind})
+    meta = {"format": 1, "pylenet_version": "0.1.0", "name": model.name, "input_shape": list(model.input_shape),
+            "architecture": arch, "normalization": list(model.normalization), "optimizer": None, "extra": {}}
+    arrays = {f"param/{k}": v for k, v in model.state_dict().items()}
+    if optimizer is not None:
+        meta["optimizer"] = optimizer.config()
+        meta["optimizer_steps"] = optimizer.state["steps"]
+        for i, b in enumerate(optimizer.state["buffers"]):
+            arrays[f"optim/{i}"] = b
+    arrays["meta"] = np.array(json.dumps(meta))
+    np.savez(path, **arrays)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cudnn_lenet"])
+def test_format_1_checkpoints_still_load(tmp_path, name):
+    m, opt = _trained(opt=optim.SGD(0.01, momentum=0.9))
+    if name == "cudnn_lenet":
+        m = models.cudnn_lenet(seed=3)
+        opt = None
+    _legacy_save(m, tmp_path / "old.npz", opt)
+    loaded, lopt = pylenet.load(tmp_path / "old.npz", return_optimizer=True)
+    assert repr(loaded) == repr(m) and loaded.input_shape == (1, 28, 28) and loaded.name == m.name
+    _same_state(loaded, m)
+    if opt is not None:
+        assert lopt.state["steps"] == opt.state["steps"]
+        np.testing.assert_array_equal(lopt.state["buffers"][0], opt.state["buffers"][0])
 
 
 # ----------------------------------------------------------------------------- atomicity
@@ -235,13 +327,15 @@ CORRUPT = {
     "extra-param": lambda f, m: f.__setitem__("param/12.weight", np.zeros(3, np.float32)),
     "meta-not-json": lambda f, m: "{not json",
     "future-format": _set("format", 99),
-    "unknown-layer-kind": lambda f, m: m["architecture"][1].__setitem__("kind", "GELU"),
-    "impossible-architecture": lambda f, m: m["architecture"][3].__setitem__("in", 7),
+    "impossible-module-config": lambda f, m: m["modules"][4]["config"].__setitem__("in_channels", 7),
+    "huge-declared-layer": lambda f, m: m["modules"][8]["config"].__setitem__("in_features", 3_000_000),
+    "bad-config-type": lambda f, m: m["modules"][1]["config"].__setitem__("kernel_size", "five"),
     "optimizer-state-wrong-size": lambda f, m: f.__setitem__("optim/0", np.zeros(5, np.float32)),
 }
 CORRUPT_META = {  # malformed metadata: once KeyError/AttributeError escaped pylenet.load
-    "meta-without-architecture": lambda f, m: m.pop("architecture"),
-    "layer-config-missing-key": lambda f, m: m["architecture"][0].pop("in"),
+    "meta-without-modules": lambda f, m: m.pop("modules"),
+    "module-config-missing-key": lambda f, m: m["modules"][1]["config"].pop("in_channels"),
+    "module-tree-not-a-list": _set("modules", {"a": 1}),
     "unknown-optimizer": _set("optimizer", {"kind": "rmsprop", "lr": 0.1}),
     "meta-is-a-list": lambda f, m: "[1, 2]",
 }
@@ -276,13 +370,14 @@ def test_load_state_dict_reports_every_problem_at_once():
 
 
 def _with_state(model, sd):
-    return model.load_state_dict(sd)
+    model.load_state_dict(sd)
+    return model
 
 
 def test_load_state_dict_copies_values():
     src = models.lenet5(seed=3)
     sd = src.state_dict()
-    dst = models.lenet5(seed=4).load_state_dict(sd)
+    dst = _with_state(models.lenet5(seed=4), sd)
     _same_state(dst, src)
     sd["0.weight"][...] = 0  # the model does not alias the caller's arrays
     assert np.abs(dst.state_dict()["0.weight"]).max() > 0

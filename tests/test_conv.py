@@ -139,7 +139,7 @@ def test_int_and_pair_arguments_agree(F, rng):
     assert_close(F.conv2d(x, wt, b, stride=[2, 2], padding=[1, 1]),
                  F.conv2d(x, wt, b, stride=(2, 2), padding=(1, 1)), what="list vs pair")
     # positional arguments in the documented order
-    assert_close(F.conv2d(x, wt, b, 2, 1, "naive"), R.conv2d(x, wt, b, 2, 1), what="positional")
+    assert_close(F.conv2d(x, wt, b, 2, 1, algo="naive"), R.conv2d(x, wt, b, 2, 1), what="positional")
 
 
 def test_identity_kernel(F):

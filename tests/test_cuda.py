@@ -62,7 +62,7 @@ def test_conv2d(gpu, rng, case, algo):
     _, F, cp = gpu
     n, c, h, w, o, kh, kw, stride, padding = case
     x, wt, b = f32(rng, n, c, h, w), f32(rng, o, c, kh, kw), f32(rng, o)
-    y = host(F.conv2d(cp.asarray(x), cp.asarray(wt), cp.asarray(b), stride, padding, algo))
+    y = host(F.conv2d(cp.asarray(x), cp.asarray(wt), cp.asarray(b), stride, padding, algo=algo))
     assert_close(y, R.conv2d(x, wt, b, stride, padding), what=f"cuda conv2d y ({algo})")
     dy = f32(rng, *y.shape)
     args = (cp.asarray(dy), cp.asarray(x), cp.asarray(wt), stride, padding, algo)

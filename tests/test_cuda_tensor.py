@@ -449,7 +449,7 @@ def test_ops_follow_cupy_stream_order(gpu, rng):
     with stream:
         for _ in range(5):
             xc = cp.asarray(x)  # allocated and filled on `stream`
-            y = F.conv2d(xc, cp.asarray(w), None, 1, 2, "naive")
+            y = F.conv2d(xc, cp.asarray(w), None, 1, 2, algo="naive")
             y = F.relu(y * 2.0)  # a CuPy kernel between two pylenet ops
             total = float(y.sum())
             assert abs(total - ref) <= 1e-3 * abs(ref)

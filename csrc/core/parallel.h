@@ -1,74 +1,44 @@
 // Threading in one place. Kernels split work with parallel_for over independent items
-// (images, channels, output tiles); no two threads ever add into the same output, and
-// every reduction runs in a fixed order, so results are bit-identical for any thread
-// count. OpenMP is used when the compiler has it; otherwise everything runs serially.
+// (images, channels, output tiles) on the thread pool (core/thread_pool.h); no two items ever
+// add into the same output, and every reduction runs in a fixed order, so results are
+// bit-identical for any thread count.
 #pragma once
+
+#include <sched.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <thread>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
+#include "core/thread_pool.h"
 
 namespace pylenet {
 
+// The cores this process may run on (its CPU affinity mask, as a container or taskset sets it).
 inline int hardware_threads() {
-#ifdef _OPENMP
-  return omp_get_num_procs();
-#else
-  return 1;
-#endif
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 }
 
-inline bool in_parallel_region() {
-#ifdef _OPENMP
-  return omp_in_parallel() != 0;
-#else
-  return false;
-#endif
-}
+inline bool in_parallel_region() { return ThreadPool::in_job(); }
 
-// fn(i, tid) for i in [0, n), items spread statically over up to `threads` workers.
-// tid is in [0, threads) and selects per-thread scratch space.
-template <class F>
-void parallel_for(int threads, int64_t n, F&& fn) {
-  const int t = static_cast<int>(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(n, 1)));
-#ifdef _OPENMP
-  if (t > 1 && !in_parallel_region()) {
-#pragma omp parallel num_threads(t)
-    {
-      const int tid = omp_get_thread_num();
-      const int nt = omp_get_num_threads();
-      // Contiguous blocks: item i always goes to the same worker for a given t.
-      const int64_t per = (n + nt - 1) / nt;
-      const int64_t lo = std::min<int64_t>(n, per * tid), hi = std::min<int64_t>(n, lo + per);
-      for (int64_t i = lo; i < hi; ++i) fn(i, tid);
-    }
-    return;
-  }
-#endif
-  for (int64_t i = 0; i < n; ++i) fn(i, 0);
-}
-
-// fn(tid, nthreads) once on each of up to `threads` workers: one fork-join for a whole
-// phase of work that the caller splits itself (the network's training step).
-template <class F>
-void parallel_region(int threads, F&& fn) {
-#ifdef _OPENMP
-  if (threads > 1 && !in_parallel_region()) {
-#pragma omp parallel num_threads(threads)
-    fn(omp_get_thread_num(), omp_get_num_threads());
-    return;
-  }
-#endif
-  fn(0, 1);
-}
-
-// How many workers parallel_for(threads, n, ...) will use: sizes per-thread scratch.
+// How many workers parallel_for(threads, n, ...) will use: sizes per-worker scratch.
 inline int workers_for(int threads, int64_t n) {
   if (in_parallel_region()) return 1;
   return static_cast<int>(std::min<int64_t>(std::max(threads, 1), std::max<int64_t>(n, 1)));
+}
+
+// fn(i, worker) for i in [0, n) on up to `threads` workers; worker < workers_for(threads, n)
+// selects per-worker scratch space. Items are claimed dynamically: a result must never depend
+// on which worker ran an item.
+template <class F>
+void parallel_for(int threads, int64_t n, F&& fn) {
+  if (workers_for(threads, n) <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
+  ThreadPool::instance().run(threads, n, ItemFn(fn));
 }
 
 }  // namespace pylenet

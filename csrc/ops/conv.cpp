@@ -4,11 +4,17 @@
 
 #include <algorithm>
 #include <chrono>
+#include <iterator>
 #include <limits>
+#include <vector>
 
 #include "core/error.h"
 #include "core/simd.h"
 #include "cpu/conv_direct.h"
+#include "ops/dispatch.h"
+#ifdef PYLENET_HAVE_CUDA
+#include "cuda/check.h"
+#endif
 
 namespace pylenet {
 
@@ -35,12 +41,14 @@ ConvAlgo conv_algo_from_name(const std::string& name) {
        "' (expected naive, im2col, direct, implicit_gemm, auto or heuristic)");
 }
 
-bool conv_algo_supported(ConvAlgo algo, const ConvShape& s) {
+bool conv_algo_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
+  if (dev == Device::CUDA) return algo == ConvAlgo::Naive || algo == ConvAlgo::Im2col || algo == ConvAlgo::ImplicitGemm;
   if (algo == ConvAlgo::Direct) return cpu::conv_direct_supported(s);
   return algo == ConvAlgo::Naive || algo == ConvAlgo::Im2col;
 }
 
-ConvAlgo conv_heuristic_algo(ConvPass pass, const ConvShape& s) {
+ConvAlgo conv_heuristic_algo(Device dev, ConvPass pass, const ConvShape& s) {
+  if (dev == Device::CUDA) return ConvAlgo::ImplicitGemm;
   if (!cpu::conv_direct_supported(s)) return ConvAlgo::Im2col;
   if (s.c * s.r * s.s <= 256) return ConvAlgo::Direct;
   // Many input channels: narrow output rows still favour direct forward and backward
@@ -51,16 +59,46 @@ ConvAlgo conv_heuristic_algo(ConvPass pass, const ConvShape& s) {
 }
 
 namespace {
-void require_supported(ConvAlgo algo, const ConvShape& s) {
+void require_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
+  if (conv_algo_supported(dev, algo, s)) return;
+  if (dev == Device::CUDA)
+    fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo),
+         "' does not run on CUDA devices; use naive, im2col, implicit_gemm, auto or heuristic");
   if (algo == ConvAlgo::ImplicitGemm)
     fail(ErrorKind::InvalidArgument, "conv2d: algorithm 'implicit_gemm' runs on CUDA devices only; on the CPU use "
          "naive, im2col, direct, auto or heuristic");
-  if (!conv_algo_supported(algo, s))
-    fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo), "' does not support stride (",
-         s.sh, ", ", s.sw, "), padding (", s.ph, ", ", s.pw, ") with kernel ", s.r, "x", s.s,
-         " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8); use im2col or auto");
+  fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo), "' does not support stride (", s.sh,
+       ", ", s.sw, "), padding (", s.ph, ", ", s.pw, ") with kernel ", s.r, "x", s.s,
+       " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8); use im2col or auto");
+}
+
+size_t workspace_size(Device dev, ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads) {
+  switch (algo) {
+    case ConvAlgo::Heuristic: return workspace_size(dev, conv_heuristic_algo(dev, pass, s), pass, s, threads);
+    case ConvAlgo::Auto: {
+      size_t most = 0;
+      for (ConvAlgo a : dev == Device::CUDA ? std::vector<ConvAlgo>(std::begin(kCudaConvAlgos), std::end(kCudaConvAlgos))
+                                            : std::vector<ConvAlgo>(std::begin(kConvAlgos), std::end(kConvAlgos)))
+        if (conv_algo_supported(dev, a, s)) most = std::max(most, workspace_size(dev, a, pass, s, threads));
+      return most;
+    }
+    default: break;
+  }
+  require_supported(dev, algo, s);
+  if (algo == ConvAlgo::Naive) return 0;
+#ifdef PYLENET_HAVE_CUDA
+  if (dev == Device::CUDA)
+    return sizeof(float) * (algo == ConvAlgo::Im2col ? cuda::conv_im2col_workspace_floats(pass, s)
+                                                     : cuda::conv_implicit_gemm_workspace_floats(pass, s));
+#endif
+  if (algo == ConvAlgo::Im2col) return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
+  return sizeof(float) * cpu::conv_direct_workspace_floats(pass, s, threads);
 }
 }  // namespace
+
+size_t conv_workspace_size(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s) {
+  return workspace_size(h.device(), algo, pass, s, h.threads());
+}
 
 ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc& w, const ConvDesc& conv) {
   x.check(op, "input", 4, "(N, C, H, W)");
@@ -80,27 +118,33 @@ ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc&
   return s;
 }
 
-size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads) {
-  switch (algo) {
-    case ConvAlgo::Naive: return 0;
-    case ConvAlgo::Im2col: return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
-    case ConvAlgo::Direct:
-      return cpu::conv_direct_supported(s) ? sizeof(float) * cpu::conv_direct_workspace_floats(pass, s, threads) : 0;
-    case ConvAlgo::ImplicitGemm: require_supported(algo, s); return 0;  // throws: CUDA only
-    case ConvAlgo::Heuristic: return conv_workspace_size(conv_heuristic_algo(pass, s), pass, s, threads);
-    case ConvAlgo::Auto: {
-      size_t most = 0;
-      for (ConvAlgo a : kConvAlgos)
-        if (conv_algo_supported(a, s)) most = std::max(most, conv_workspace_size(a, pass, s, threads));
-      return most;
-    }
-  }
-  return 0;
-}
-
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
               const float* bias, const float* dy, float* out) {
-  float* ws = h.workspace(conv_workspace_size(algo, pass, s, h.threads()));
+  const size_t bytes = conv_workspace_size(h, algo, pass, s);
+  float* ws = bytes ? h.workspace(bytes) : nullptr;
+#ifdef PYLENET_HAVE_CUDA
+  if (h.on_cuda()) {
+    cuda::DeviceGuard guard(h.cuda().device());
+    cudaStream_t st = stream_of(h);
+    switch (pass) {
+      case ConvPass::Forward:
+        if (algo == ConvAlgo::Naive) cuda::conv_forward_naive(s, x, w, bias, out, st);
+        else if (algo == ConvAlgo::Im2col) cuda::conv_forward_im2col(s, x, w, bias, out, ws, st);
+        else cuda::conv_forward_implicit_gemm(s, x, w, bias, out, st);
+        return;
+      case ConvPass::BackwardData:
+        if (algo == ConvAlgo::Naive) cuda::conv_backward_data_naive(s, w, dy, out, st);
+        else if (algo == ConvAlgo::Im2col) cuda::conv_backward_data_im2col(s, w, dy, out, ws, st);
+        else cuda::conv_backward_data_implicit_gemm(s, w, dy, out, st);
+        return;
+      case ConvPass::BackwardFilter:
+        if (algo == ConvAlgo::Naive) cuda::conv_backward_filter_naive(s, x, dy, out, st);
+        else if (algo == ConvAlgo::Im2col) cuda::conv_backward_filter_im2col(s, x, dy, out, ws, st);
+        else cuda::conv_backward_filter_implicit_gemm(s, x, dy, out, ws, st);
+        return;
+    }
+  }
+#endif
   const int t = h.threads();
   switch (pass) {
     case ConvPass::Forward:
@@ -122,24 +166,42 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
 }
 
 namespace {
-std::string cache_key(ConvPass pass, const ConvShape& s, int threads) {
-  return str_cat("conv/", static_cast<int>(pass), "/", s.n, ",", s.c, ",", s.h, ",", s.w, "/", s.k, ",", s.r,
-                 ",", s.s, "/", s.sh, ",", s.sw, ",", s.ph, ",", s.pw, "/t", threads, "/",
-                 simd::path_name());  // with the AVX-512 lanes when forced
+std::string cache_key(const Handle& h, ConvPass pass, const ConvShape& s) {
+  return str_cat(h.on_cuda() ? "cuda-conv/" : "conv/", static_cast<int>(pass), "/", s.n, ",", s.c, ",", s.h, ",",
+                 s.w, "/", s.k, ",", s.r, ",", s.s, "/", s.sh, ",", s.sw, ",", s.ph, ",", s.pw, "/t", h.threads(), "/",
+                 h.on_cuda() ? "" : simd::path_name());  // with the AVX-512 lanes when forced
 }
 
+#ifdef PYLENET_HAVE_CUDA
+// Owns a pair of CUDA events for one measurement.
+struct EventPair {
+  cudaEvent_t start = nullptr, stop = nullptr;
+  EventPair() {
+    PYL_CUDA_CHECK(cudaEventCreate(&start));
+    if (cudaEventCreate(&stop) != cudaSuccess) {
+      (void)cudaEventDestroy(start);
+      PYL_CUDA_CHECK(cudaGetLastError());
+    }
+  }
+  ~EventPair() {
+    (void)cudaEventDestroy(start);
+    (void)cudaEventDestroy(stop);
+  }
+};
+#endif
 }  // namespace
 
-// Resolves Auto to the measured-fastest algorithm for this pass and shape (cached).
+// Resolves Heuristic by its rule and Auto to the measured-fastest algorithm for this pass and
+// shape (cached in the handle).
 ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
-                 const float* dy, float* out) {
-  if (algo == ConvAlgo::Heuristic) return conv_heuristic_algo(pass, s);
+                           const float* dy, float* out) {
+  if (algo == ConvAlgo::Heuristic) return conv_heuristic_algo(h.device(), pass, s);
   if (algo != ConvAlgo::Auto) {
-    require_supported(algo, s);
+    require_supported(h.device(), algo, s);
     return algo;
   }
   auto& cache = h.algo_cache();
-  const std::string key = cache_key(pass, s, h.threads());
+  const std::string key = cache_key(h, pass, s);
   auto it = cache.find(key);
   if (it != cache.end()) return static_cast<ConvAlgo>(it->second);
   const ConvAlgo best = conv_find_algorithms(h, pass, s, x, w, dy, out).front().algo;
@@ -148,14 +210,38 @@ ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvSh
 }
 
 void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db) {
+  PYL_IF_CUDA(h, cuda::conv_backward_bias(s, dy, db, stream_of(h)));
   cpu::conv_backward_bias(s, dy, db, h.threads());
 }
 
 std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const ConvShape& s, const float* x,
                                                const float* w, const float* dy, float* out) {
   std::vector<ConvAlgoPerf> perf;
+#ifdef PYLENET_HAVE_CUDA
+  if (h.on_cuda()) {
+    cuda::DeviceGuard guard(h.cuda().device());
+    EventPair ev;
+    for (ConvAlgo a : kCudaConvAlgos) {
+      // One warm-up run (module load, workspace growth), then the best of three.
+      conv_run(h, a, pass, s, x, w, nullptr, dy, out);
+      float best = std::numeric_limits<float>::infinity();
+      for (int i = 0; i < 3; ++i) {
+        PYL_CUDA_CHECK(cudaEventRecord(ev.start, stream_of(h)));
+        conv_run(h, a, pass, s, x, w, nullptr, dy, out);
+        PYL_CUDA_CHECK(cudaEventRecord(ev.stop, stream_of(h)));
+        PYL_CUDA_CHECK(cudaEventSynchronize(ev.stop));
+        float ms = 0;
+        PYL_CUDA_CHECK(cudaEventElapsedTime(&ms, ev.start, ev.stop));
+        best = std::min(best, ms);
+      }
+      perf.push_back({a, best * 1e-3, conv_workspace_size(h, a, pass, s)});
+    }
+    std::stable_sort(perf.begin(), perf.end(), [](auto& a, auto& b) { return a.seconds < b.seconds; });
+    return perf;
+  }
+#endif
   for (ConvAlgo a : kConvAlgos) {
-    if (!conv_algo_supported(a, s)) continue;
+    if (!conv_algo_supported(Device::CPU, a, s)) continue;
     double best = std::numeric_limits<double>::infinity();
     // One untimed run warms caches and the workspace; then the best of two runs. The
     // slow naive loops get a single timed run on big shapes.
@@ -166,7 +252,7 @@ std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const C
       conv_run(h, a, pass, s, x, w, nullptr, dy, out);
       best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
-    perf.push_back({a, best, conv_workspace_size(a, pass, s, h.threads())});
+    perf.push_back({a, best, conv_workspace_size(h, a, pass, s)});
   }
   std::stable_sort(perf.begin(), perf.end(), [](auto& a, auto& b) { return a.seconds < b.seconds; });
   return perf;
@@ -208,7 +294,7 @@ void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const
                 ",), got ", dbd.str());
   ConvShape s{};
   s.n = dyd.n(); s.k = dyd.c(); s.oh = dyd.h(); s.ow = dyd.w();
-  cpu::conv_backward_bias(s, dy, db, h.threads());
+  conv_run_backward_bias(h, s, dy, db);
 }
 
 }  // namespace pylenet

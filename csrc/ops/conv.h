@@ -26,7 +26,9 @@ enum class ConvAlgo {
   Auto = -1,   // measure each applicable algorithm once per shape and keep the fastest
   Heuristic = -2,  // pick by a fixed rule from the shape (deterministic, no timing)
 };
+// The concrete algorithms of each backend, in the order Auto tries them.
 constexpr ConvAlgo kConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col, ConvAlgo::Direct};
+constexpr ConvAlgo kCudaConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col, ConvAlgo::ImplicitGemm};
 const char* conv_algo_name(ConvAlgo algo);
 ConvAlgo conv_algo_from_name(const std::string& name);  // "naive", "im2col", "direct", "implicit_gemm", "auto", "heuristic"
 
@@ -56,16 +58,20 @@ struct ConvShape {
   double forward_flops() const { return 2.0 * n * k * oh * ow * c * r * s; }  // each backward pass costs the same
 };
 
-// The rule behind Heuristic (like cudnnGetConvolution*Algorithm, where Auto is Find):
-// direct for small channel counts (C*R*S <= 256) where it applies, else im2col, except that
-// forward and backward filter stay direct for output rows under 16 columns. Measured on
-// LeNet shapes: direct is 1.5-4x faster at C*R*S = 25 and 150; at 500 (8 columns) direct
-// wins forward and filter by ~1.4x and ties backward data.
-ConvAlgo conv_heuristic_algo(ConvPass pass, const ConvShape& s);
-// Whether `algo` can run this shape (direct: stride 1, padding < kernel, kernel width <= 8).
-bool conv_algo_supported(ConvAlgo algo, const ConvShape& s);
+// The rule behind Heuristic (like cudnnGetConvolution*Algorithm, where Auto is Find). On the
+// CPU: direct for small channel counts (C*R*S <= 256) where it applies, else im2col, except
+// that forward and backward filter stay direct for output rows under 16 columns. Measured on
+// LeNet shapes: direct is 1.5-4x faster at C*R*S = 25 and 150; at 500 (8 columns) direct wins
+// forward and filter by ~1.4x and ties backward data. On CUDA: implicit_gemm (no column
+// buffer, one launch per pass).
+ConvAlgo conv_heuristic_algo(Device dev, ConvPass pass, const ConvShape& s);
+// Whether `algo` can run this shape on `dev` (direct, CPU only: stride 1, padding < kernel,
+// kernel width <= 8; implicit_gemm: CUDA only).
+bool conv_algo_supported(Device dev, ConvAlgo algo, const ConvShape& s);
 
-size_t conv_workspace_size(ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads);
+// Bytes of workspace `algo` needs for this pass (Auto: the most of any algorithm; Heuristic:
+// that of its choice) on the handle's device, for its thread count.
+size_t conv_workspace_size(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s);
 
 void conv_forward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& wd,
                   const float* w, const TensorDesc& bd, const float* bias /* (K,) or null */,
@@ -76,18 +82,18 @@ void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const 
                           const float* dy, const ConvDesc& conv, const TensorDesc& dwd, float* dw);
 void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db);
 
-// Prepared-shape fast path for callers that checked the shapes once (the network runtime):
-// no descriptors, no allocation beyond the handle's workspace. `algo` must be concrete;
-// conv_resolve_algo turns Auto into one (measuring on the given buffers, cached per shape).
-// `out` is y, dx or dw; `bias` is used by the forward pass only.
+// Prepared-shape fast path for callers that checked the shapes once (the executor): no
+// descriptors, no allocation beyond the handle's workspace. `algo` must be concrete;
+// conv_resolve_algo turns Auto and Heuristic into one (Auto measures on the given buffers,
+// cached per shape in the handle). `out` is y, dx or dw; `bias` is used by the forward pass.
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
               const float* bias, const float* dy, float* out);
 ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x,
                            const float* w, const float* dy, float* out);
 void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db);
 
-// Like cudnnFindConvolution*Algorithm: runs every algorithm for this pass on the given
-// buffers (whose outputs are overwritten) and returns them fastest first.
+// Like cudnnFindConvolution*Algorithm: runs every algorithm of the handle's device for this
+// pass on the given buffers (whose outputs are overwritten) and returns them fastest first.
 struct ConvAlgoPerf {
   ConvAlgo algo;
   double seconds;

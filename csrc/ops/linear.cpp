@@ -1,6 +1,7 @@
 #include "ops/linear.h"
 
 #include "core/error.h"
+#include "ops/dispatch.h"
 
 namespace pylenet {
 
@@ -19,7 +20,7 @@ void linear_forward(Handle& h, const TensorDesc& xd, const float* x, const Tenso
     PYL_CHECK_ARG(bd == TensorDesc{s.out}, "linear: bias must have shape (", s.out, ",) for weight ", wd.str(),
                   ", got ", bd.str());
   PYL_CHECK_ARG(yd == s.y_desc(), "linear: output must have shape ", s.y_desc().str(), ", got ", yd.str());
-  cpu::linear_forward(s, x, w, b, y, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)), h.threads());
+  linear_run_forward(h, s, x, w, b, y);
 }
 
 namespace {
@@ -34,34 +35,41 @@ LinearShape backward_shape(const TensorDesc& dyd, const TensorDesc& xd, const Te
 void linear_backward_data(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& wd, const float* w,
                           const TensorDesc& dxd, float* dx) {
   const LinearShape s = backward_shape(dyd, dxd, wd);
-  cpu::linear_backward_data(s, dy, w, dx, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)),
-                            h.threads());
+  linear_run_backward_data(h, s, dy, w, dx);
 }
 
 void linear_backward_weight(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& xd,
                             const float* x, const TensorDesc& dwd, float* dw) {
   const LinearShape s = backward_shape(dyd, xd, dwd);
-  cpu::linear_backward_weight(s, dy, x, dw, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)),
-                              h.threads());
+  linear_run_backward_weight(h, s, dy, x, dw);
 }
 
 void linear_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db) {
   dyd.check("linear_backward", "grad_output", 2, "(N, out_features)");
   PYL_CHECK_ARG(dbd == TensorDesc{dyd.dim(1)}, "linear_backward: bias gradient must have shape (", dyd.dim(1),
                 ",), got ", dbd.str());
-  cpu::linear_backward_bias(LinearShape{dyd.dim(0), 0, dyd.dim(1)}, dy, db, h.threads());
+  linear_run_backward_bias(h, LinearShape{dyd.dim(0), 0, dyd.dim(1)}, dy, db);
 }
 
 void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y) {
+  PYL_IF_CUDA(h, cuda::linear_forward(s, x, w, b, y, stream_of(h)));
   cpu::linear_forward(s, x, w, b, y, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)), h.threads());
 }
 
-void linear_run_backward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* dy, float* dx,
-                         float* dw, float* db) {
-  float* ws = h.workspace(sizeof(float) * cpu::linear_workspace_floats(s));
-  if (dx) cpu::linear_backward_data(s, dy, w, dx, ws, h.threads());
-  cpu::linear_backward_weight(s, dy, x, dw, ws, h.threads());
-  if (db) cpu::linear_backward_bias(s, dy, db, h.threads());
+void linear_run_backward_data(Handle& h, const LinearShape& s, const float* dy, const float* w, float* dx) {
+  PYL_IF_CUDA(h, cuda::linear_backward_data(s, dy, w, dx, stream_of(h)));
+  cpu::linear_backward_data(s, dy, w, dx, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)), h.threads());
+}
+
+void linear_run_backward_weight(Handle& h, const LinearShape& s, const float* dy, const float* x, float* dw) {
+  PYL_IF_CUDA(h, cuda::linear_backward_weight(s, dy, x, dw, stream_of(h)));
+  cpu::linear_backward_weight(s, dy, x, dw, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)),
+                              h.threads());
+}
+
+void linear_run_backward_bias(Handle& h, const LinearShape& s, const float* dy, float* db) {
+  PYL_IF_CUDA(h, cuda::linear_backward_bias(s, dy, db, stream_of(h)));
+  cpu::linear_backward_bias(s, dy, db, h.threads());
 }
 
 }  // namespace pylenet

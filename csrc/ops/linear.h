@@ -26,8 +26,9 @@ void linear_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, con
 
 // Prepared-shape fast path (shapes checked once by the caller); workspace from the handle.
 void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y);
-void linear_run_backward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* dy,
-                         float* dx /* may be null */, float* dw, float* db /* may be null */);
+void linear_run_backward_data(Handle& h, const LinearShape& s, const float* dy, const float* w, float* dx);
+void linear_run_backward_weight(Handle& h, const LinearShape& s, const float* dy, const float* x, float* dw);
+void linear_run_backward_bias(Handle& h, const LinearShape& s, const float* dy, float* db);
 
 namespace cpu {
 void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y, float* ws,

@@ -1,8 +1,15 @@
-// Softmax cross-entropy over a batch, fused with its gradient.
-//   loss = mean_i ( logsumexp(z_i) - z_i[label_i] )
-//   dz_i = (softmax(z_i) - onehot(label_i)) / N
-// Stable for logits in the thousands: every row is shifted by its maximum first.
-// Non-finite logits and labels outside [0, C) are rejected before anything is written.
+// Losses over a batch of n rows of c class scores, and the classification counts.
+//   cross_entropy(z, label) = logsumexp(z) - z[label]
+//       d/dz = (softmax(z) - onehot(label)) * grad_scale
+//   nll_loss(logp, label)   = -logp[label]
+//       d/dlogp = -onehot(label) * grad_scale
+// The forward functions write the SUM over the n rows given to *loss_sum (host memory on the
+// CPU, device memory on CUDA), so that a batch split into chunks adds its chunks' sums in
+// chunk order; grad_scale is 1 / (rows in the whole batch) for the batch mean. Labels must lie
+// in [0, c) (the caller checks them once, e.g. per epoch). Softmax cross-entropy is stable for
+// logits in the thousands (each row is shifted by its maximum), and the gradient of the true
+// class is computed as -(sum of the other classes' probabilities), not as p - 1, so it keeps
+// its precision when p rounds to 1.
 #pragma once
 
 #include <cstdint>
@@ -12,15 +19,30 @@
 
 namespace pylenet {
 
-// Returns the mean loss; writes dlogits (N, C) when it is not null (OVERWRITES).
+void cross_entropy_forward(Handle& h, int64_t n, int64_t c, const float* logits, const int64_t* labels,
+                           double* loss_sum);
+void cross_entropy_backward(Handle& h, int64_t n, int64_t c, const float* logits, const int64_t* labels,
+                            float grad_scale, float* dlogits);
+void nll_loss_forward(Handle& h, int64_t n, int64_t c, const float* logp, const int64_t* labels, double* loss_sum);
+void nll_loss_backward(Handle& h, int64_t n, int64_t c, const int64_t* labels, float grad_scale, float* dlogp);
+
+// *correct = rows whose first maximum is at the label; *nonfinite = 1 if any score is NaN or
+// inf, else 0 (both in the handle's memory).
+void classify(Handle& h, int64_t n, int64_t c, const float* scores, const int64_t* labels, int64_t* correct,
+              int* nonfinite);
+
+// The fused form of the functional API: checks shapes, labels and values, returns the mean
+// loss and writes dlogits (N, C) = (softmax - onehot) / N when dlogits is not null.
 double softmax_cross_entropy(Handle& h, const TensorDesc& logits_d, const float* logits, const TensorDesc& labels_d,
                              const int64_t* labels, float* dlogits);
 
 namespace cpu {
-// dlogits = (softmax - onehot) * grad_scale; grad_scale = 1/N for the mean over N rows (a
-// caller working on a slice of a batch passes 1/N of the whole batch).
-double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
-                             float grad_scale);
-}
+double cross_entropy_forward(int64_t n, int64_t c, const float* logits, const int64_t* labels);
+void cross_entropy_backward(int64_t n, int64_t c, const float* logits, const int64_t* labels, float grad_scale,
+                            float* dlogits);
+double nll_loss_forward(int64_t n, int64_t c, const float* logp, const int64_t* labels);
+void nll_loss_backward(int64_t n, int64_t c, const int64_t* labels, float grad_scale, float* dlogp);
+int64_t count_correct(int64_t n, int64_t c, const float* scores, const int64_t* labels);
+}  // namespace cpu
 
 }  // namespace pylenet

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 
 #if defined(__CUDACC__)
 #define PYL_HD __host__ __device__
@@ -17,6 +18,34 @@ PYL_HD inline float relu(float x) { return x < 0.0f ? 0.0f : x; }
 // Gradient from the output: y > 0 exactly where x > 0, so either may be passed as y.
 PYL_HD inline float relu_backward(float y, float dy) { return y > 0.0f ? dy : 0.0f; }
 PYL_HD inline float tanh_backward(float y, float dy) { return dy * (1.0f - y * y); }
+// Sigmoid from the output: dy * y * (1 - y).
+PYL_HD inline float sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
+PYL_HD inline float sigmoid_backward(float y, float dy) { return dy * y * (1.0f - y); }
+// Leaky ReLU keeps NaN like ReLU. Its gradient is taken from the input x, or, when the slope
+// is positive, equally from the output (the signs of x and y agree then).
+PYL_HD inline float leaky_relu(float x, float slope) { return x < 0.0f ? x * slope : x; }
+PYL_HD inline float leaky_relu_backward(float x_or_y, float dy, float slope) { return x_or_y > 0.0f ? dy : dy * slope; }
+
+// ---- dropout: a counter-based random number per element, the same on every backend.
+// keep(key, i) is a pure function of a 64-bit key (seed, step and op mixed together) and the
+// element's index in the batch, so any thread count, chunking or device draws the same mask,
+// and backward recomputes it instead of storing it. The mix is SplitMix64's finaliser.
+PYL_HD inline uint64_t mix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return z ^ (z >> 31);
+}
+// The key of one dropout op at one step.
+PYL_HD inline uint64_t dropout_key(uint64_t seed, uint64_t step, uint64_t op) {
+  return mix64(mix64(seed + 0x9e3779b97f4a7c15ull * (op + 1)) + step);
+}
+// 24 uniform bits of element i: kept when >= threshold = round(p * 2^24).
+PYL_HD inline bool dropout_keep(uint64_t key, uint64_t i, uint32_t threshold) {
+  return static_cast<uint32_t>(mix64(key + 0x9e3779b97f4a7c15ull * i) >> 40) >= threshold;
+}
+PYL_HD inline uint32_t dropout_threshold(float p) {
+  return static_cast<uint32_t>(static_cast<double>(p) * 16777216.0 + 0.5);
+}
 
 struct SgdParams {
   float lr = 0.01f;

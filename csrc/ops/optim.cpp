@@ -3,8 +3,23 @@
 #include <cmath>
 
 #include "core/error.h"
+#include "ops/dispatch.h"
 
 namespace pylenet {
+
+namespace {
+// A NaN/inf gradient is refused before anything changes (on a GPU: checked there, then waited for).
+void check_finite_gradient(Handle& h, const char* op, const TensorDesc& d, const float* grad) {
+  bool finite;
+#ifdef PYLENET_HAVE_CUDA
+  if (h.on_cuda())
+    finite = cuda::all_finite(d.numel(), grad, static_cast<int*>(h.cuda().scratch()), stream_of(h));
+  else
+#endif
+    finite = cpu::all_finite(d.numel(), grad);
+  PYL_CHECK_ARG(finite, op, ": gradient of shape ", d.str(), " contains NaN or inf; parameters left unchanged");
+}
+}  // namespace
 
 void check_sgd_params(const SgdParams& o) {
   const char* op = "sgd_step";
@@ -21,8 +36,8 @@ void sgd_step(Handle& h, const TensorDesc& d, float* param, const float* grad, f
   check_sgd_params(o);
   d.check(op, "param", -1);
   PYL_CHECK_ARG(o.momentum == 0.0f || velocity, op, ": momentum ", o.momentum, " needs a velocity buffer");
-  PYL_CHECK_ARG(cpu::all_finite(d.numel(), grad), op, ": gradient of shape ", d.str(),
-                " contains NaN or inf; parameters left unchanged");
+  check_finite_gradient(h, op, d, grad);
+  PYL_IF_CUDA(h, cuda::sgd_step(d.numel(), param, grad, o.momentum != 0.0f ? velocity : nullptr, o, stream_of(h)));
   cpu::sgd_step(d.numel(), param, grad, o.momentum != 0.0f ? velocity : nullptr, o, h.threads());
 }
 
@@ -51,10 +66,10 @@ void adam_step(Handle& h, const TensorDesc& d, float* param, const float* grad, 
   check_adam_params(o);
   d.check(op, "param", -1);
   PYL_CHECK_ARG(step >= 1, op, ": step counts from 1, got ", step);
-  PYL_CHECK_ARG(cpu::all_finite(d.numel(), grad), op, ": gradient of shape ", d.str(),
-                " contains NaN or inf; parameters left unchanged");
+  check_finite_gradient(h, op, d, grad);
   o.bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(step));
   o.bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(step));
+  PYL_IF_CUDA(h, cuda::adam_step(d.numel(), param, grad, m, v, o, stream_of(h)));
   cpu::adam_step(d.numel(), param, grad, m, v, o, h.threads());
 }
 
@@ -63,9 +78,46 @@ void adadelta_step(Handle& h, const TensorDesc& d, float* param, const float* gr
   const char* op = "adadelta_step";
   check_adadelta_params(o);
   d.check(op, "param", -1);
-  PYL_CHECK_ARG(cpu::all_finite(d.numel(), grad), op, ": gradient of shape ", d.str(),
-                " contains NaN or inf; parameters left unchanged");
+  check_finite_gradient(h, op, d, grad);
+  PYL_IF_CUDA(h, cuda::adadelta_step(d.numel(), param, grad, square_avg, acc_delta, o, stream_of(h)));
   cpu::adadelta_step(d.numel(), param, grad, square_avg, acc_delta, o, h.threads());
+}
+
+int optimizer_state_buffers(OptimKind kind) { return kind == OptimKind::SGD ? 1 : 2; }
+
+void check_optim_spec(const OptimSpec& o) {
+  switch (o.kind) {
+    case OptimKind::SGD: check_sgd_params(SgdParams{o.lr, o.momentum, o.weight_decay, o.nesterov}); break;
+    case OptimKind::Adam: check_adam_params(AdamParams{o.lr, o.beta1, o.beta2, o.eps, o.weight_decay}); break;
+    case OptimKind::Adadelta: check_adadelta_params(AdadeltaParams{o.lr, o.rho, o.eps, o.weight_decay}); break;
+  }
+}
+
+void optimizer_update(Handle& h, const OptimSpec& o, float lr, int64_t step, int64_t count, float* param,
+                      const float* grad, float* state0, float* state1, const int* skip) {
+  const SgdParams sgd{lr, o.momentum, o.weight_decay, o.nesterov};
+  AdamParams adam{lr, o.beta1, o.beta2, o.eps, o.weight_decay};
+  adam.bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(step));
+  adam.bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(step));
+  const AdadeltaParams adadelta{lr, o.rho, o.eps, o.weight_decay};
+  float* velocity = o.momentum != 0.0f ? state0 : nullptr;
+#ifdef PYLENET_HAVE_CUDA
+  if (h.on_cuda()) {
+    cudaStream_t st = stream_of(h);
+    switch (o.kind) {
+      case OptimKind::SGD: cuda::sgd_step(count, param, grad, velocity, sgd, st, skip); return;
+      case OptimKind::Adam: cuda::adam_step(count, param, grad, state0, state1, adam, st, skip); return;
+      case OptimKind::Adadelta: cuda::adadelta_step(count, param, grad, state0, state1, adadelta, st, skip); return;
+    }
+  }
+#else
+  PYL_IF_CUDA(h, );
+#endif
+  switch (o.kind) {
+    case OptimKind::SGD: cpu::sgd_step(count, param, grad, velocity, sgd, h.threads()); return;
+    case OptimKind::Adam: cpu::adam_step(count, param, grad, state0, state1, adam, h.threads()); return;
+    case OptimKind::Adadelta: cpu::adadelta_step(count, param, grad, state0, state1, adadelta, h.threads()); return;
+  }
 }
 
 }  // namespace pylenet

@@ -15,6 +15,23 @@ using math::AdadeltaParams;
 using math::AdamParams;
 using math::SgdParams;
 void check_sgd_params(const SgdParams& o);
+
+// The optimizer of a training run, as the executor applies it to a flat parameter buffer.
+enum class OptimKind { SGD = 0, Adam = 1, Adadelta = 2 };
+struct OptimSpec {
+  OptimKind kind = OptimKind::SGD;
+  float lr = 0.01f, momentum = 0.0f, weight_decay = 0.0f;
+  bool nesterov = false;
+  float beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, rho = 0.9f;
+};
+int optimizer_state_buffers(OptimKind kind);    // SGD: 1 (velocity), Adam: 2, Adadelta: 2
+void check_optim_spec(const OptimSpec& optim);  // InvalidArgument for bad hyper-parameters
+// One update of `count` parameters with learning rate lr at optimizer step `step` (from 1):
+// state0/state1 are the spec's state buffers (velocity; m, v; square_avg, acc_delta). No
+// checks: the executor checked the spec and the gradient. `skip` (CUDA only, device memory,
+// may be null): when it holds non-zero the update does nothing.
+void optimizer_update(Handle& h, const OptimSpec& o, float lr, int64_t step, int64_t count, float* param,
+                      const float* grad, float* state0, float* state1, const int* skip = nullptr);
 void check_adam_params(const AdamParams& o);
 void check_adadelta_params(const AdadeltaParams& o);
 

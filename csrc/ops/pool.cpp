@@ -1,6 +1,7 @@
 #include "ops/pool.h"
 
 #include "core/error.h"
+#include "ops/dispatch.h"
 
 namespace pylenet {
 
@@ -34,11 +35,15 @@ void pool_forward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const floa
 }
 
 void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y) {
+  PYL_IF_CUDA(h, mode == PoolMode::Max ? cuda::max_pool_forward(s, x, y, stream_of(h))
+                                       : cuda::avg_pool_forward(s, x, y, stream_of(h)));
   if (mode == PoolMode::Max) cpu::max_pool_forward(s, x, y, h.threads());
   else cpu::avg_pool_forward(s, x, y, h.threads());
 }
 
 void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx) {
+  PYL_IF_CUDA(h, mode == PoolMode::Max ? cuda::max_pool_backward(s, x, dy, dx, stream_of(h))
+                                       : cuda::avg_pool_backward(s, dy, dx, stream_of(h)));
   if (mode == PoolMode::Max) cpu::max_pool_backward(s, x, dy, dx, h.threads());
   else cpu::avg_pool_backward(s, dy, dx, h.threads());
 }

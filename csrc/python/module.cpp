@@ -6,7 +6,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <map>
+#include <vector>
 #include <optional>
 #include <tuple>
 
@@ -14,9 +16,13 @@
 #include "core/error.h"
 #include "core/handle.h"
 #include "core/parallel.h"
+#include "core/thread_pool.h"
 #include "core/simd.h"
-#include "net/network.h"
 #include "ops/activation.h"
+#include "ops/batchnorm.h"
+#include "ops/dropout.h"
+#include "ops/elementwise.h"
+#include "ops/softmax.h"
 #include "ops/conv.h"
 #include "ops/linear.h"
 #include "ops/loss.h"
@@ -28,10 +34,10 @@ namespace py = pybind11;
 using namespace pylenet;
 using namespace pylenet::python;
 
+void bind_runtime(py::module_& m);  // csrc/python/runtime.cpp: Graph and Executor
 #ifdef PYLENET_HAVE_CUDA
-// The CUDA bindings (csrc/python/cuda_ops.cpp, cuda_network.cpp), compiled only with CUDA.
+// The CUDA bindings (csrc/python/cuda_ops.cpp), compiled only with CUDA.
 void bind_cuda_ops(py::module_& m);
-void bind_cuda_network(py::module_& m);
 #endif
 
 namespace {
@@ -74,11 +80,7 @@ py::dict build_info() {
   info["simd"] = simd_info;
   info["threads"] = default_handle().threads();
   info["hardware_threads"] = hardware_threads();
-#ifdef _OPENMP
-  info["openmp"] = true;
-#else
-  info["openmp"] = false;
-#endif
+  info["thread_pool"] = ThreadPool::instance().started();  // worker threads started so far
   // "cuda": the CUDA backend (kernels and bindings, pylenet._C.cuda) is in this build. It
   // says nothing about a GPU being present: pylenet.cuda.is_available() does.
 #ifdef PYLENET_HAVE_CUDA
@@ -94,11 +96,6 @@ using LArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 
 
-
-// A float32 NumPy view of `count` floats owned by the network; keeps the network alive.
-py::array view_of(Network& net, float* p, int64_t count) {
-  return py::array_t<float>({count}, {static_cast<int64_t>(sizeof(float))}, p, py::cast(&net, py::return_value_policy::reference));
-}
 
 }  // namespace
 
@@ -138,6 +135,13 @@ PYBIND11_MODULE(_C, m) {
   });
   m.def("simd_get", [] { return simd::path_name(); });
   m.def("simd_set", [](const std::string& name) { simd::set_path(name); });
+  m.def("host_buffer", [](int64_t count) {
+    PYL_CHECK_ARG(count >= 0 && count <= (int64_t(1) << 34), "host_buffer: bad size ", count);
+    auto* buf = new AlignedBuffer(sizeof(float) * static_cast<size_t>(std::max<int64_t>(count, 1)));
+    std::fill(buf->floats(), buf->floats() + std::max<int64_t>(count, 1), 0.0f);
+    py::capsule owner(buf, [](void* p) { delete static_cast<AlignedBuffer*>(p); });
+    return py::array_t<float>({count}, {static_cast<int64_t>(sizeof(float))}, buf->floats(), owner);
+  }, "A zeroed, 64-byte aligned float32 array in pylenet's host memory (a model's flat parameter buffer).");
   m.def("host_memory_stats", [] {
     auto s = host::stats();
     py::dict d;
@@ -148,88 +152,7 @@ PYBIND11_MODULE(_C, m) {
     return d;
   });
 
-  // ---- network runtime
-  m.def("schedule_lr", [](const py::dict& s, double lr, int64_t iter) { return schedule_lr(schedule_spec_of(s), lr, iter); });
-  py::class_<Network>(m, "Network", "A compiled Sequential: memory plan, native training step and epoch.")
-      .def(py::init([](const py::list& layers, const Shape& input, int64_t capacity, const py::dict& optim,
-                       const std::string& algo, int threads) {
-             return std::make_unique<Network>(layer_specs_of(layers), input, capacity, optim_spec_of(optim), conv_algo_from_name(algo),
-                                              threads);
-           }),
-           py::arg("layers"), py::arg("input_shape"), py::arg("batch_size"), py::arg("optimizer"),
-           py::arg("conv_algo") = "heuristic", py::arg("threads") = 1)
-      .def_property_readonly("num_params", &Network::num_params)
-      .def_property_readonly("num_classes", &Network::num_classes)
-      .def_property_readonly("batch_size", &Network::batch_capacity)
-      .def_property_readonly("threads", &Network::threads)
-      .def_property_readonly("conv_algorithms", &Network::conv_algorithms)
-      .def_property_readonly("layers", [](Network& n) { return layers_list(n.layers()); })
-      .def("memory_plan", [](Network& n) { return memory_plan_dict(n.memory_plan()); })
-      .def("params", [](Network& n) { return view_of(n, n.params(), n.num_params()); })
-      .def("grads", [](Network& n) { return view_of(n, n.grads(), n.num_params()); })
-      .def_property_readonly("num_state_buffers", &Network::num_state_buffers)
-      .def("set_profiling", &Network::set_profiling, "Collect per-layer forward/backward times (resets them).")
-      .def("profile", [](Network& n) {
-        py::list out;
-        auto p = n.profile();
-        for (size_t i = 0; i < p.size(); ++i) {
-          py::dict d;
-          d["kind"] = n.layers()[i].kind;
-          d["forward_s"] = p[i].first;
-          d["backward_s"] = p[i].second;
-          out.append(d);
-        }
-        return py::make_tuple(out, n.loss_seconds());
-      })
-      .def("state", [](Network& n, int i) {
-        PYL_CHECK_ARG(i >= 0 && i < n.num_state_buffers(), "Network.state: index ", i, " out of range");
-        return view_of(n, n.state(i), n.num_params());
-      })
-      .def_property("optimizer_steps", &Network::optimizer_steps, &Network::set_optimizer_steps)
-      .def("train_step", [](Network& n, const FArray& x, const LArray& y, float lr) {
-        const TensorDesc yd = desc_of(y);
-        n.check_batch("train_step", desc_of(x), &yd);
-        RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = n.train_step(x.data(), y.data(), x.shape(0), lr);
-        }
-        return stats_dict(s);
-      })
-      .def("train_epoch", [](Network& n, const FArray& images, const LArray& labels, const LArray& order,
-                             int64_t batch_size, const py::dict& schedule, int64_t iteration, py::object progress,
-                             int64_t every) {
-        const TensorDesc ld = desc_of(labels);
-        n.check_batch("train", desc_of(images), &ld);
-        desc_of(order).check("train", "order", 1);
-        const ScheduleSpec sched = schedule_spec_of(schedule);
-        const ProgressFn fn = progress_fn(progress);
-        RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = n.train_epoch(images.data(), labels.data(), images.shape(0), order.data(), order.shape(0), batch_size,
-                            sched, iteration, fn, every);
-        }
-        return py::make_tuple(stats_dict(s), iteration);
-      })
-      .def("evaluate", [](Network& n, const FArray& images, const LArray& labels) {
-        const TensorDesc ld = desc_of(labels);
-        n.check_batch("evaluate", desc_of(images), &ld);
-        RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = n.evaluate(images.data(), labels.data(), images.shape(0));
-        }
-        return stats_dict(s);
-      })
-      .def("predict", [](Network& n, const FArray& images) {
-        n.check_batch("predict", desc_of(images), nullptr);
-        FArray probs(Shape{images.shape(0), n.num_classes()});
-        float* pp = probs.mutable_data();
-        py::gil_scoped_release nogil;
-        n.predict(images.data(), images.shape(0), pp);
-        return probs;
-      });
+  bind_runtime(m);
 
   // ---- convolution
   m.def("conv2d_output_shape", [](const Shape& x, const Shape& w, const PairT& stride, const PairT& pad) {
@@ -238,7 +161,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("conv2d_workspace_size", [](Handle& h, const std::string& algo, const std::string& pass, const Shape& x,
                                     const Shape& w, const PairT& stride, const PairT& pad) {
     auto s = ConvShape::make("conv2d", TensorDesc(x), TensorDesc(w), conv_desc(stride, pad));
-    return conv_workspace_size(conv_algo_from_name(algo), pass_of(pass), s, h.threads());
+    return conv_workspace_size(h, conv_algo_from_name(algo), pass_of(pass), s);
   });
   m.def("conv2d_forward", [](Handle& h, const FArray& x, const FArray& w, const std::optional<FArray>& b,
                              const PairT& stride, const PairT& pad, const std::string& algo) {
@@ -358,23 +281,111 @@ PYBIND11_MODULE(_C, m) {
   });
 
   // ---- activations, loss, optimizer
-  m.def("activation_forward", [](Handle& h, const std::string& name, const FArray& x) {
+  m.def("activation_forward", [](Handle& h, const std::string& name, const FArray& x, float slope) {
     const Activation a = activation_of(name);
     FArray y = empty_like_desc(desc_of(x));
     float* yp = y.mutable_data();
     py::gil_scoped_release nogil;
-    activation_forward(h, a, desc_of(x), x.data(), yp);
+    activation_forward(h, a, desc_of(x), x.data(), yp, slope);
     return y;
-  });
-  m.def("activation_backward", [](Handle& h, const std::string& name, const FArray& y, const FArray& dy) {
+  }, py::arg("handle"), py::arg("name"), py::arg("x"), py::arg("slope") = 0.01f);
+  m.def("activation_backward", [](Handle& h, const std::string& name, const FArray& y, const FArray& dy, float slope) {
     const Activation a = activation_of(name);
     PYL_CHECK_ARG(desc_of(y) == desc_of(dy), name, "_backward: grad_output shape ", desc_of(dy).str(),
                   " differs from the input shape ", desc_of(y).str());
     FArray dx = empty_like_desc(desc_of(y));
     float* dxp = dx.mutable_data();
     py::gil_scoped_release nogil;
-    activation_backward(h, a, desc_of(y), y.data(), dy.data(), dxp);
+    activation_backward(h, a, desc_of(y), y.data(), dy.data(), dxp, slope);
     return dx;
+  }, py::arg("handle"), py::arg("name"), py::arg("y"), py::arg("dy"), py::arg("slope") = 0.01f);
+  m.def("add", [](Handle& h, const FArray& a, const FArray& b) {
+    PYL_CHECK_ARG(desc_of(a) == desc_of(b), "add: the operands have different shapes, ", desc_of(a).str(), " and ",
+                  desc_of(b).str(), " (no broadcasting)");
+    desc_of(a).check("add", "input", -1);
+    FArray y = empty_like_desc(desc_of(a));
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    add_run(h, desc_of(a).numel(), a.data(), b.data(), yp);
+    return y;
+  });
+  m.def("dropout", [](Handle& h, const FArray& x, double p, uint64_t key) {
+    check_dropout_p("dropout", p);
+    desc_of(x).check("dropout", "input", -1);
+    FArray y = empty_like_desc(desc_of(x));
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    dropout_forward(h, DropoutDesc{static_cast<float>(p), key}, 0, desc_of(x).numel(), x.data(), yp);
+    return y;
+  });
+  m.def("softmax", [](Handle& h, const FArray& x, bool log) {
+    const char* op = log ? "log_softmax" : "softmax";
+    desc_of(x).check(op, "input", 2, "(N, C)");
+    FArray y = empty_like_desc(desc_of(x));
+    float* yp = y.mutable_data();
+    py::gil_scoped_release nogil;
+    softmax_forward(h, log, x.shape(0), x.shape(1), x.data(), yp);
+    return y;
+  });
+  m.def("nll_loss", [](Handle& h, const FArray& logp, const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& labels) {
+    const char* op = "nll_loss";
+    desc_of(logp).check(op, "input", 2, "(N, C)");
+    desc_of(labels).check(op, "labels", 1, "(N,)");
+    PYL_CHECK_ARG(labels.shape(0) == logp.shape(0), op, ": ", labels.shape(0), " labels for ", logp.shape(0), " rows");
+    for (int64_t i = 0; i < labels.shape(0); ++i)
+      PYL_CHECK_ARG(labels.data()[i] >= 0 && labels.data()[i] < logp.shape(1), op, ": label ", labels.data()[i],
+                    " at index ", i, " is outside [0, ", logp.shape(1), ")");
+    double sum = 0;
+    {
+      py::gil_scoped_release nogil;
+      nll_loss_forward(h, logp.shape(0), logp.shape(1), logp.data(), labels.data(), &sum);
+    }
+    return sum / static_cast<double>(logp.shape(0));
+  });
+  m.def("batch_norm", [](Handle& h, const FArray& x, std::optional<py::array_t<float, py::array::c_style>> running_mean,
+                         std::optional<py::array_t<float, py::array::c_style>> running_var,
+                         const std::optional<FArray>& weight, const std::optional<FArray>& bias, bool training,
+                         double momentum, double eps) {
+    const char* op = "batch_norm";
+    const TensorDesc xd = desc_of(x);
+    xd.check(op, "input", -1);
+    PYL_CHECK_ARG(xd.rank() >= 2 && xd.rank() <= 4, op, ": input must be (N, C), (N, C, L) or (N, C, H, W), got ",
+                  xd.str());
+    const int64_t c = xd.dim(1);
+    BatchNormShape s{xd.dim(0), c, xd.numel() / (xd.dim(0) * c)};
+    auto need = [&](const py::array* a, const char* what) {
+      if (a) PYL_CHECK_ARG(a->ndim() == 1 && a->shape(0) == c, op, ": ", what, " must have shape (", c, ",), got ",
+                           desc_of(*a).str());
+    };
+    need(running_mean ? &*running_mean : nullptr, "running_mean");
+    need(running_var ? &*running_var : nullptr, "running_var");
+    need(weight ? &*weight : nullptr, "weight");
+    need(bias ? &*bias : nullptr, "bias");
+    PYL_CHECK_ARG(std::isfinite(eps) && eps > 0, op, ": eps must be > 0, got ", eps);
+    PYL_CHECK_ARG(training || (running_mean && running_var), op, ": evaluation needs running_mean and running_var");
+    PYL_CHECK_ARG(!training || s.count() > 1, op, ": expected more than 1 value per channel when training, got input ",
+                  xd.str());
+    if (running_mean || running_var)
+      PYL_CHECK_ARG(running_mean && running_var && running_mean->writeable() && running_var->writeable(), op,
+                    ": running_mean and running_var go together and are updated in place (writable float32)");
+    FArray y = empty_like_desc(xd);
+    float* yp = y.mutable_data();
+    float* rm = running_mean ? running_mean->mutable_data() : nullptr;
+    float* rv = running_var ? running_var->mutable_data() : nullptr;
+    const float* g = ptr_or_null(weight);
+    const float* b = ptr_or_null(bias);
+    py::gil_scoped_release nogil;
+    if (!training) {
+      batch_norm_inference(h, s, x.data(), rm, rv, eps, g, b, yp);
+      return y;
+    }
+    std::vector<double> partial(2 * c);
+    std::vector<float> mean(c), invstd(c);
+    batch_norm_stats_partial(h, s, x.data(), partial.data());
+    batch_norm_stats_finalize(h, c, 1, partial.data(), s.count(), eps, momentum, mean.data(), invstd.data(), rm, rv,
+                              nullptr);
+    batch_norm_apply(h, s, x.data(), mean.data(), invstd.data(), g, b, yp);
+    return y;
   });
   m.def("softmax_cross_entropy", [](Handle& h, const FArray& logits,
                                     const py::array_t<int64_t, py::array::c_style | py::array::forcecast>& labels) {
@@ -407,8 +418,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("lr"), py::arg("momentum"), py::arg("weight_decay"), py::arg("nesterov"));
 
 #ifdef PYLENET_HAVE_CUDA
-  py::module_ cuda_module = m.def_submodule("cuda", "CUDA backend: device tensors, ops, memory, networks");
+  py::module_ cuda_module = m.def_submodule("cuda", "CUDA backend: device tensors, ops, memory");
   bind_cuda_ops(cuda_module);
-  bind_cuda_network(cuda_module);
 #endif
 }

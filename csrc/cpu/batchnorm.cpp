@@ -1,0 +1,151 @@
+// CPU batch normalisation: per-channel loops over (N, C, HW); sums in double.
+#include <algorithm>
+#include <cmath>
+
+#include "core/parallel.h"
+#include "ops/batchnorm.h"
+
+namespace pylenet::cpu {
+
+void batch_norm_stats_partial(const BatchNormShape& s, const float* x, double* partial) {
+  double* sum = partial;
+  double* sq = partial + s.c;
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    double a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < s.n; ++i) {
+      const float* p = x + (i * s.c + ch) * s.hw;
+      for (int64_t j = 0; j < s.hw; ++j) {
+        const double v = p[j];
+        a += v;
+        b += v * v;
+      }
+    }
+    sum[ch] = a;
+    sq[ch] = b;
+  }
+}
+
+void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
+                               double momentum, float* mean, float* invstd, float* running_mean, float* running_var,
+                               int64_t* num_batches_tracked) {
+  double factor = momentum;
+  if (num_batches_tracked) {
+    *num_batches_tracked += 1;
+    if (momentum < 0) factor = 1.0 / static_cast<double>(*num_batches_tracked);
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double sum = 0.0, sq = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) {  // chunk order: the same sums for any thread count
+      sum += partials[k * 2 * c + ch];
+      sq += partials[k * 2 * c + c + ch];
+    }
+    const double m = sum / static_cast<double>(count);
+    const double var = std::max(sq / static_cast<double>(count) - m * m, 0.0);
+    mean[ch] = static_cast<float>(m);
+    invstd[ch] = static_cast<float>(1.0 / std::sqrt(var + eps));
+    if (running_mean) {
+      const double unbiased = count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var;
+      running_mean[ch] = static_cast<float>((1.0 - factor) * running_mean[ch] + factor * m);
+      running_var[ch] = static_cast<float>((1.0 - factor) * running_var[ch] + factor * unbiased);
+    }
+  }
+}
+
+void batch_norm_apply(const BatchNormShape& s, const float* x, const float* mean, const float* invstd,
+                      const float* gamma, const float* beta, float* y) {
+  // y = (x - mean) * invstd * gamma + beta = x * scale + shift, per channel.
+  for (int64_t i = 0; i < s.n; ++i)
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      const float scale = invstd[ch] * (gamma ? gamma[ch] : 1.0f);
+      const float shift = (beta ? beta[ch] : 0.0f) - mean[ch] * scale;
+      const float* p = x + (i * s.c + ch) * s.hw;
+      float* q = y + (i * s.c + ch) * s.hw;
+      for (int64_t j = 0; j < s.hw; ++j) q[j] = p[j] * scale + shift;
+    }
+}
+
+void batch_norm_inference(const BatchNormShape& s, const float* x, const float* running_mean,
+                          const float* running_var, double eps, const float* gamma, const float* beta, float* y) {
+  for (int64_t i = 0; i < s.n; ++i)
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      const float invstd = static_cast<float>(1.0 / std::sqrt(running_var[ch] + eps));
+      const float scale = invstd * (gamma ? gamma[ch] : 1.0f);
+      const float shift = (beta ? beta[ch] : 0.0f) - running_mean[ch] * scale;
+      const float* p = x + (i * s.c + ch) * s.hw;
+      float* q = y + (i * s.c + ch) * s.hw;
+      for (int64_t j = 0; j < s.hw; ++j) q[j] = p[j] * scale + shift;
+    }
+}
+
+void batch_norm_backward_partial(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                                 const float* invstd, double* partial) {
+  double* sdy = partial;
+  double* sdyx = partial + s.c;
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const float m = mean[ch], is = invstd[ch];
+    double a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < s.n; ++i) {
+      const float* p = x + (i * s.c + ch) * s.hw;
+      const float* g = dy + (i * s.c + ch) * s.hw;
+      for (int64_t j = 0; j < s.hw; ++j) {
+        a += g[j];
+        b += static_cast<double>(g[j]) * ((p[j] - m) * is);
+      }
+    }
+    sdy[ch] = a;
+    sdyx[ch] = b;
+  }
+}
+
+void batch_norm_backward_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, float* dgamma,
+                                  float* dbeta, float* coef) {
+  for (int64_t ch = 0; ch < c; ++ch) {
+    double sdy = 0.0, sdyx = 0.0;
+    for (int64_t k = 0; k < chunks; ++k) {
+      sdy += partials[k * 2 * c + ch];
+      sdyx += partials[k * 2 * c + c + ch];
+    }
+    if (dgamma) dgamma[ch] = static_cast<float>(sdyx);
+    if (dbeta) dbeta[ch] = static_cast<float>(sdy);
+    coef[ch] = static_cast<float>(sdy / static_cast<double>(count));
+    coef[c + ch] = static_cast<float>(sdyx / static_cast<double>(count));
+  }
+}
+
+void batch_norm_backward_apply(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                               const float* invstd, const float* gamma, const float* coef, float* dx) {
+  for (int64_t i = 0; i < s.n; ++i)
+    for (int64_t ch = 0; ch < s.c; ++ch) {
+      const float m = mean[ch], is = invstd[ch], k = is * (gamma ? gamma[ch] : 1.0f);
+      const float mdy = coef[ch], mdyx = coef[s.c + ch];
+      const float* p = x + (i * s.c + ch) * s.hw;
+      const float* g = dy + (i * s.c + ch) * s.hw;
+      float* q = dx + (i * s.c + ch) * s.hw;
+      for (int64_t j = 0; j < s.hw; ++j) q[j] = k * (g[j] - mdy - (p[j] - m) * is * mdyx);
+    }
+}
+
+void batch_norm_inference_backward(const BatchNormShape& s, const float* x, const float* dy,
+                                   const float* running_mean, const float* running_var, double eps,
+                                   const float* gamma, float* dx, float* dgamma, float* dbeta) {
+  for (int64_t ch = 0; ch < s.c; ++ch) {
+    const float m = running_mean[ch];
+    const float is = static_cast<float>(1.0 / std::sqrt(running_var[ch] + eps));
+    const float k = is * (gamma ? gamma[ch] : 1.0f);
+    double a = 0.0, b = 0.0;
+    for (int64_t i = 0; i < s.n; ++i) {
+      const float* p = x + (i * s.c + ch) * s.hw;
+      const float* g = dy + (i * s.c + ch) * s.hw;
+      float* q = dx ? dx + (i * s.c + ch) * s.hw : nullptr;
+      for (int64_t j = 0; j < s.hw; ++j) {
+        if (q) q[j] = g[j] * k;
+        a += g[j];
+        b += static_cast<double>(g[j]) * ((p[j] - m) * is);
+      }
+    }
+    if (dbeta) dbeta[ch] = static_cast<float>(a);
+    if (dgamma) dgamma[ch] = static_cast<float>(b);
+  }
+}
+
+}  // namespace pylenet::cpu

@@ -1,0 +1,220 @@
+// The executor: the one runtime. It compiles a graph (graph/graph.h, differentiated for
+// training) for a backend into a list of INSTRUCTIONS, each a call into the op layer
+// (csrc/ops/), grouped into PHASES, with a memory plan made before the first step; then it
+// runs whole steps natively: forward, loss, backward and the optimizer update.
+//
+// Chunks. A batch is split into chunks of `chunk` samples (CPU: 32, so results do not depend
+// on the thread count; CUDA: the whole batch). A chunk phase runs its instructions for every
+// chunk, the chunks claimed by the workers as they come free (core/thread_pool.h), each chunk
+// on one worker with single-threaded kernels. A batch phase runs once over the whole batch:
+// the steps that need every chunk's results (batch norm's statistics and their gradients,
+// combined in chunk order; the Linear layers' weight gradients, one product over the batch).
+// Parameter gradients made per chunk are summed in chunk order as the optimizer update runs.
+// So results are bit-identical for any thread count and any timing.
+//
+// Memory. Every batch tensor lives in one of two arenas, sized for `chunk` samples and laid
+// out by liveness (a value occupies its slot from the instruction that writes it to the last
+// that reads it; element-wise ops write over an input that dies with them):
+//   - the WORKER arena, one per worker, for values used within one chunk phase (inference:
+//     all of them, so a worker reuses one region, warm in its cache);
+//   - the CHUNK arena, one per chunk of the largest batch, for values that live across a
+//     batch phase (e.g. activations before a batch norm, read again by its backward).
+// Parameters, gradients and optimizer state are flat buffers; the parameters and buffers
+// are the model's own (the Python parameters are views of them), never copied per call on
+// the CPU. Nothing is allocated inside a step.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/allocator.h"
+#include "core/handle.h"
+#include "core/simd.h"
+#include "graph/autodiff.h"
+#include "graph/graph.h"
+#include "ops/batchnorm.h"
+#include "ops/conv.h"
+#include "ops/linear.h"
+#include "ops/optim.h"
+#include "ops/pool.h"
+#include "runtime/memory.h"
+
+namespace pylenet::runtime {
+
+constexpr int64_t kCpuChunk = 32;
+struct CudaState;  // runtime/cuda_state.h: the device side of a CUDA executor
+
+struct Config {
+  Device device = Device::CPU;
+  int cuda_device = 0;
+  int threads = 1;                 // CPU workers
+  int64_t capacity = 1;            // the largest batch a call may pass
+  ConvAlgo conv_algo = ConvAlgo::Heuristic;
+  bool train = false;              // differentiate the loss and update the parameters
+  OptimSpec optim;
+  uint64_t seed = 0;               // dropout masks
+};
+
+// Where the flat model state lives (host memory, owned by the caller, who keeps it alive).
+struct Bindings {
+  float* params = nullptr;         // num_params floats; param value v at param_offset[v]
+  int64_t num_params = 0;
+  std::vector<int64_t> param_offset;   // per graph value (-1: not a parameter)
+  std::vector<void*> buffer_ptr;       // per graph value: a buffer's host memory (float or int64)
+  std::vector<float*> state;           // the optimizer's state buffers, num_params floats each
+};
+
+// Per-run totals: loss summed over samples, correct argmax predictions, samples, steps.
+struct RunStats {
+  double loss_sum = 0;
+  int64_t correct = 0, samples = 0, steps = 0;
+};
+using ProgressFn = std::function<bool(int64_t, int64_t, const RunStats&)>;
+
+struct ScheduleSpec {
+  enum Kind { Constant = 0, Step = 1, Cosine = 2, Inv = 3 } kind = Constant;
+  double gamma = 0.1, power = 0.75, min_lr = 0.0;
+  int64_t step_iters = 1, total_iters = 1;
+};
+// Learning rate at iteration `iter` (counted from 0 over the whole run):
+//   step: lr * gamma^floor(iter / step_iters)       cosine: min + (lr - min)(1 + cos(pi iter/total))/2
+//   inv (Caffe): lr * (1 + gamma * iter)^-power
+double schedule_lr(const ScheduleSpec& s, double base_lr, int64_t iter);
+
+// Memory the plan holds, in bytes.
+struct MemoryPlan {
+  int64_t params = 0, grads = 0, grad_slots = 0, optimizer_state = 0, buffers = 0;
+  int64_t input = 0;               // the gathered batch and its labels
+  int64_t activations = 0;         // both arenas, the Linear stash and the batch statistics
+  int64_t activations_unshared = 0;  // what the activations would take without reuse
+  int64_t workspace = 0;
+  int64_t total() const { return params + grads + grad_slots + optimizer_state + buffers + input + activations + workspace; }
+};
+
+// One step of the compiled graph (see the file comment).
+struct Instr {
+  enum Kind {
+    ConvFwd, ConvBwdData, ConvBwdFilter, ConvBwdBias,
+    LinearFwd, LinearBwdData, LinearBwdWeight, LinearBwdBias, LinearStash, LinearGradJob,
+    PoolFwd, PoolBwd, ActFwd, ActBwd, Add, Cat, Slice, DropoutFwd, DropoutBwd,
+    BnStats, BnStatsFinalize, BnApply, BnInference, BnBwdPartial, BnBwdFinalize, BnBwdApply, BnInferenceBwd,
+    SoftmaxFwd, SoftmaxBwd, CrossEntropy, CrossEntropyBwd, Nll, NllBwd, Classify,
+  };
+  Kind kind;
+  int node = -1;                   // the graph node it comes from
+  std::vector<int> in, out;        // graph values (-1: absent); out[k] < 0: not needed
+  bool batch = false;              // runs once per batch (a batch phase), not per chunk
+  ConvShape conv{};                // n = 1; set per call
+  PoolShape pool{};
+  int64_t a = 0, b = 0;            // per-op sizes: rows/cols, count per sample, channels, ...
+  ConvAlgo algo = ConvAlgo::Naive;
+  int linear = -1;                 // LinearStash / LinearGradJob: the stash group
+  int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW
+  int64_t fixed = -1;              // a scratch area of the fixed arena (BN partials, coefficients)
+  std::string label;               // for profiles
+};
+
+struct Phase {
+  bool batch = false;
+  std::vector<int> instrs;
+};
+
+class Executor {
+ public:
+  Executor(const graph::Graph& g, const Config& cfg, Bindings bind);
+  ~Executor();
+  Executor(const Executor&) = delete;
+  Executor& operator=(const Executor&) = delete;
+
+  const Config& config() const { return cfg_; }
+  const graph::Graph& graph() const { return g_; }
+  int64_t num_params() const { return bind_.num_params; }
+  int64_t chunk() const { return chunk_; }
+  int threads() const { return static_cast<int>(workers_.size()); }
+  MemoryPlan memory_plan() const;
+  const std::vector<Instr>& instrs() const { return instrs_; }
+  const std::vector<Phase>& phases() const { return phases_; }
+  std::vector<std::string> conv_algorithms() const;   // forward pass of each conv, in node order
+  int64_t optimizer_steps() const { return steps_; }
+  void set_optimizer_steps(int64_t n) { steps_ = n; }
+  void set_seed(uint64_t seed) { cfg_.seed = seed; }
+  int64_t output_floats() const;                      // per sample
+  float* grads();                                     // the last step's summed gradient (CPU)
+
+  // One training step on a batch in host memory: x (n, *input), labels (n,), n <= capacity.
+  RunStats train_step(const float* x, const int64_t* labels, int64_t n, float lr);
+  // Steps over images[order[i]] in batches (host data); `iteration` (the schedule's clock) advances.
+  RunStats train_epoch(const float* images, const int64_t* labels, int64_t count, const int64_t* order,
+                       int64_t order_len, int64_t batch_size, const ScheduleSpec& schedule, int64_t& iteration,
+                       const ProgressFn& progress, int64_t every);
+  // Forward over any number of samples, in batches of the capacity: out (count, *output).
+  // With labels (and a loss in the graph), also the loss and accuracy totals.
+  RunStats forward(const float* x, const int64_t* labels, int64_t count, float* out);
+
+  // CUDA: the device copies of the parameters, buffers and optimizer state are the ones the
+  // steps use; these copy them from and to the host bindings (they synchronise).
+  void upload_state();
+  void download_state();
+  bool on_device() const { return cfg_.device == Device::CUDA; }
+#ifdef PYLENET_HAVE_CUDA
+  // A dataset resident on the device: batches of an epoch are gathered there by index.
+  struct DeviceData;
+  std::shared_ptr<DeviceData> upload(const float* images, const int64_t* labels, int64_t count);
+  RunStats train_epoch_device(const DeviceData& data, const int64_t* order, int64_t order_len, int64_t batch_size,
+                              const ScheduleSpec& schedule, int64_t& iteration, const ProgressFn& progress,
+                              int64_t every);
+  RunStats evaluate_device(const DeviceData& data);
+#endif
+
+  // Per-instruction time (seconds summed over workers) while profiling is on.
+  void set_profiling(bool on);
+  std::vector<double> profile() const;
+
+ private:
+  struct Store;  // where each value lives (memory plan)
+  void lower();
+  void plan_memory();
+  void choose_algorithms();
+  void check_labels(const int64_t* labels, int64_t n, const char* op) const;
+  // Runs every phase for a batch of n at x (host or device memory of the backend).
+  void run_batch(const float* x, const int64_t* labels, int64_t n);
+  void exec(const Instr& ins, Handle& h, int64_t c, int worker, int64_t start, int64_t m, int64_t n);
+  float* ptr(int v, int64_t c, int worker) const;
+  float* grad_ptr(int v, int64_t c) const;
+  RunStats collect(int64_t n, const char* op);
+  void update(int64_t n, float lr);
+  // Per chunk: its loss sum, correct count and non-finite flag (host memory, or device
+  // memory on CUDA).
+  double* loss_slot(int64_t c);
+  int64_t* correct_slot(int64_t c);
+  int* bad_slot(int64_t c);
+  friend struct CudaState;
+
+  graph::Graph g_;
+  Config cfg_;
+  Bindings bind_;
+  int64_t chunk_ = kCpuChunk, max_chunks_ = 1;
+  int64_t steps_ = 0;
+  std::vector<graph::ParamGradient> param_grads_;
+  std::vector<Instr> instrs_;
+  std::vector<Phase> phases_;
+  std::unique_ptr<Store> store_;
+  std::vector<std::unique_ptr<Handle>> workers_;  // CPU: one single-threaded handle per worker
+  std::unique_ptr<CudaState> cuda_;
+  // Per step, bound by run_batch: the batch's input and labels, and where forward() puts
+  // the output rows (host memory).
+  const float* x_ = nullptr;
+  const int64_t* y_ = nullptr;
+  int64_t n_ = 0;
+  float* out_ = nullptr;
+  struct Block { int64_t lo, hi; size_t range; };  // update(): parameter blocks (made once)
+  std::vector<Block> blocks_;
+  simd::Level level_ = simd::Level::Scalar;
+  bool profiling_ = false;
+  std::vector<std::vector<double>> times_;
+};
+
+}  // namespace pylenet::runtime

@@ -1,0 +1,353 @@
+"""The runtime's Python side: a module's graph compiled into a native executor, run on arrays.
+
+    step = pylenet.compile(model, optimizer=opt, loss=F.cross_entropy, batch_size=64)
+    for images, labels in my_batches:
+        loss = step(images, labels)      # one native step: forward, loss, backward, update
+
+``compile`` (and ``pylenet.train``) traces ``model.forward`` in training mode with the loss
+(``pylenet/graph.py``), and the executor (``csrc/runtime/executor.h``) differentiates it,
+plans its memory and runs each step in one native call with the GIL released. Calling a model
+on an array, ``predict`` and ``evaluate`` use an inference executor of the same graph, cached
+on the model per input shape, mode, device and thread count.
+
+Every executor computes on the model's flat parameter buffer (see ``pylenet/nn/module.py``)
+and its buffers (running statistics) in place: nothing is copied per call on the CPU. On a
+GPU the executor keeps device copies, uploaded before a call and copied back after training.
+"""
+import math
+import numbers
+
+import numpy as np
+
+from . import _C
+from . import cuda as _cuda
+from .graph import trace
+from .nn.module import Module, Parameter, _bump, structure_version
+
+__all__ = ["compile", "Step", "pack_parameters", "flat_parameters", "run", "predict", "evaluate_arrays",
+           "DEFAULT_INFERENCE_BATCH"]
+
+DEFAULT_INFERENCE_BATCH = 256
+
+
+# ------------------------------------------------------------------------------ parameters
+def _address(a):
+    return a.__array_interface__["data"][0]
+
+
+def pack_parameters(module):
+    """Copies the module's parameters into one new flat native buffer (zeroed, 64-byte
+    aligned) and makes each Parameter attribute a view of its slice, in named_parameters()
+    order. Returns the buffer."""
+    named = list(module.named_parameters())
+    buf = _C.host_buffer(int(sum(p.size for _, p in named)))
+    views, off = {}, 0
+    for _, p in named:
+        v = buf[off:off + p.size].reshape(p.shape).view(Parameter)
+        v[...] = p
+        v.requires_grad = getattr(p, "requires_grad", True)
+        v._store = buf
+        views[id(p)] = v
+        off += p.size
+    for m in module.modules():
+        for k, p in m._parameters.items():
+            if p is not None and id(p) in views:
+                m._parameters[k] = views[id(p)]
+    module.__dict__["_store"] = buf
+    _bump()
+    return buf
+
+
+def flat_parameters(module):
+    """(buffer, {name: offset}) of the module's parameters: the flat buffer they all view
+    (packing them into a new one first if they do not)."""
+    named = list(module.named_parameters())
+    stores = {id(getattr(p, "_store", None)) for _, p in named}
+    if not named:
+        buf = module.__dict__.get("_store")
+        if buf is None:
+            buf = module.__dict__["_store"] = _C.host_buffer(0)
+        return buf, {}
+    if len(stores) != 1 or getattr(named[0][1], "_store", None) is None:
+        pack_parameters(module)
+        named = list(module.named_parameters())
+    buf = named[0][1]._store
+    base, end = _address(buf), _address(buf) + 4 * buf.size
+    offsets = {}
+    for name, p in named:
+        a = _address(p)
+        if not (p.flags.c_contiguous and base <= a and a + 4 * p.size <= end):  # a view replaced by hand
+            pack_parameters(module)
+            return flat_parameters(module)
+        offsets[name] = (a - base) // 4
+    return buf, offsets
+
+
+# ------------------------------------------------------------------------------ compiling
+def _threads():
+    from . import get_num_threads
+    return get_num_threads()
+
+
+def _modes(module):
+    return tuple(m.training for m in module.modules())
+
+
+def traced(module, input_shape, batch, loss=None):
+    """The module's graph for this per-sample input shape, in its current mode (cached)."""
+    key = ("trace", tuple(input_shape), _modes(module), loss, structure_version())
+    cache = module.__dict__["_cache"]
+    t = cache.get(key)
+    if t is None:
+        if len(cache) > 64:  # shapes and modes come and go: keep the cache bounded
+            cache.clear()
+        t = cache[key] = trace(module, input_shape, batch, loss=loss)
+    return t
+
+
+def _device(device, op):
+    from .training import device_index
+    index = device_index(device, op)
+    return ("cpu", 0) if index is None else ("cuda", index)
+
+
+def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, conv_algo="heuristic", seed=0):
+    """A native executor of traced graph `t` on the module's flat buffer and buffers: for
+    training when an optimizer is given (its state buffers are bound too), else inference."""
+    buf, offsets = flat_parameters(module)
+    params = dict(module.named_parameters())
+    buffers = dict(module.named_buffers())
+    train = optimizer is not None
+    if train:
+        updated = optimizer._resolve(module)
+        for name, vid in t.params.items():
+            t.graph.set_trainable(vid, bool(getattr(params[name], "requires_grad", True)) and
+                                  (updated is None or id(params[name]) in updated))
+    state = optimizer._state_buffers(buf.size) if train else []
+    config = {"device": device[0], "cuda_device": device[1], "threads": _threads() if device[0] == "cpu" else 1,
+              "capacity": int(capacity), "conv_algo": conv_algo, "train": train,
+              "optimizer": optimizer.spec() if train else None, "seed": int(seed)}
+    try:
+        ex = _C.Executor(t.graph, config, buf, {vid: offsets[name] for name, vid in t.params.items()},
+                         {vid: buffers[name] for name, vid in t.buffers.items()}, state)
+    except ValueError as e:
+        raise ValueError(f"{type(module).__name__}: {e}") from None
+    if train:
+        ex.optimizer_steps = int(optimizer.state["steps"])
+    return ex
+
+
+def inference_executor(module, input_shape, capacity, device=("cpu", 0), loss=None, conv_algo="heuristic"):
+    """A cached inference executor for the module in its current mode."""
+    t = traced(module, input_shape, capacity, loss)
+    key = ("exec", tuple(input_shape), _modes(module), loss, structure_version(), int(capacity), device,
+           _threads(), conv_algo)
+    cache = module.__dict__["_cache"]
+    ex = cache.get(key)
+    if ex is None:
+        ex = cache[key] = build_executor(module, t, capacity=capacity, device=device, conv_algo=conv_algo)
+    return ex
+
+
+# ------------------------------------------------------------------------------ inputs
+def as_batch(module, images, op):
+    """Float32 C-contiguous (N, *input) from a batch or one sample. A model with an
+    ``input_shape`` (C, H, W) also takes grey images without the channel axis."""
+    x = np.asarray(images)
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{op}: inputs must hold real numbers, got dtype {x.dtype}")
+    shape = getattr(module, "input_shape", None)
+    if shape:
+        c, h, w = shape if len(shape) == 3 else (None, None, None)
+        if c == 1 and x.ndim == 3 and x.shape[1:] == (h, w):  # grey images without the C axis
+            x = x[:, None]
+        elif c == 1 and x.ndim == 2 and x.shape == (h, w):    # one grey image
+            x = x[None, None]
+        elif x.ndim == len(shape):                            # one sample
+            x = x[None]
+        if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(f"{op}: expected inputs of shape (N, {', '.join(map(str, shape))}) or one sample "
+                             f"{tuple(shape)}, got {tuple(np.shape(images))}")
+    elif x.ndim < 2:
+        raise ValueError(f"{op}: expected a batch (N, ...) of inputs, got shape {x.shape}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{op}: no inputs given")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(x).all():
+        raise ValueError(f"{op}: the inputs contain NaN or inf")
+    return x
+
+
+def _needs_whole_batch(module):
+    """Training-mode layers whose result depends on the batch or the call (dropout, batch norm)."""
+    from .nn.layers import Dropout, _BatchNorm
+    return module.training and any(isinstance(m, (Dropout, _BatchNorm)) and m.training for m in module.modules())
+
+
+def run(module, *args, **kwargs):
+    """model(x) on an array: the compiled graph's output for a NumPy array (CuPy in, CuPy out).
+
+    In training mode dropout is active and batch norm uses (and updates the running
+    statistics with) the whole call's batch statistics, as in PyTorch; model.eval() first for
+    inference."""
+    name = type(module).__name__
+    if kwargs or len(args) != 1:
+        raise TypeError(f"{name}: a model called on arrays takes one input (a batch), got {len(args)} "
+                        f"positional and {len(kwargs)} keyword arguments")
+    x = args[0]
+    on_gpu = _cuda._is_device_array(x)
+    device = ("cpu", 0)
+    if on_gpu:
+        import cupy as cp  # device arrays other than CuPy: convert them with cupy.asarray first
+        device = ("cuda", int(x.device.id))
+        x = cp.asnumpy(x)
+    x = as_batch(module, x, name)
+    from .nn.init import draw_seed
+    if _needs_whole_batch(module):
+        ex = inference_executor(module, x.shape[1:], len(x), device)
+        ex.seed = draw_seed()
+    else:
+        ex = inference_executor(module, x.shape[1:], min(len(x), DEFAULT_INFERENCE_BATCH), device)
+    if device[0] == "cuda":
+        ex.upload_state()
+    out, _ = ex.forward(x, None, True)
+    if device[0] == "cuda" and _needs_whole_batch(module):
+        ex.download_state()  # running statistics
+    if on_gpu:
+        import cupy as cp
+        return cp.asarray(out)
+    return out
+
+
+class _EvalMode:
+    """The module in evaluation mode for a block; every module's own flag restored after."""
+
+    def __init__(self, module, training=False):
+        self.module, self.training = module, training
+
+    def __enter__(self):
+        self.saved = [(m, m.training) for m in self.module.modules()]
+        self.module.train(self.training)
+
+    def __exit__(self, *exc):
+        for m, flag in self.saved:
+            m.__dict__["training"] = flag
+
+
+def softmax_rows(z):
+    z = np.asarray(z, dtype=np.float64)
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return (e / e.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def predict(module, images, return_probs=False, batch_size=DEFAULT_INFERENCE_BATCH, device="cpu"):
+    """Class ids (N,) in evaluation mode; with return_probs also the (N, classes) softmax."""
+    _positive_int(batch_size, "batch_size", "predict")
+    dev = _device(device, "predict")
+    x = as_batch(module, images, "predict")
+    with _EvalMode(module):
+        ex = inference_executor(module, x.shape[1:], min(batch_size, len(x)), dev)
+        if dev[0] == "cuda":
+            ex.upload_state()
+        out, _ = ex.forward(x, None, True)
+    if out.ndim != 2:
+        raise ValueError(f"predict: the model's output {out.shape} is not (N, classes) scores")
+    probs = softmax_rows(out)
+    ids = probs.argmax(axis=1)
+    return (ids, probs) if return_probs else ids
+
+
+def evaluate_arrays(module, images, labels, batch_size, device, loss):
+    """(loss sum, correct, samples) of the module in evaluation mode."""
+    dev = _device(device, "evaluate")
+    with _EvalMode(module):
+        ex = inference_executor(module, images.shape[1:], min(batch_size, len(images)), dev, loss=loss)
+        if dev[0] == "cuda":
+            ex.upload_state()
+        _, st = ex.forward(images, labels, False)
+    return st
+
+
+def _positive_int(v, name, op):
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
+        raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
+    return int(v)
+
+
+# ------------------------------------------------------------------------------ compile
+class Step:
+    """A compiled training step for a user's own loop: ``step(images, labels)`` runs forward,
+    loss, backward and the optimizer update natively and returns the batch's mean loss. The
+    model's parameters (and state_dict()) show the update at once. The graph is traced on the
+    first call (per-sample input shape from the images) and again if that shape or the model's
+    mode changes. The learning rate is the optimizer's ``lr`` at each call."""
+
+    def __init__(self, model, optimizer, loss, batch_size, device, conv_algo, seed):
+        from .optim import make_optimizer
+        from . import functional as F
+        if not isinstance(model, Module):
+            raise TypeError(f"compile: expected a pylenet Module, got {type(model).__name__}")
+        self.model = model
+        self.optimizer = make_optimizer(optimizer)
+        self.loss = loss or F.cross_entropy
+        self.batch_size = _positive_int(batch_size, "batch_size", "compile")
+        self.device = _device(device, "compile")
+        self.conv_algo = conv_algo
+        if seed is None:
+            from .nn.init import draw_seed
+            seed = draw_seed()
+        self.seed = int(seed)
+        self._ex, self._key = None, None
+
+    def executor(self, input_shape):
+        key = (tuple(input_shape), _modes(self.model), structure_version())
+        if self._ex is None or key != self._key:
+            steps = self._ex.optimizer_steps if self._ex is not None else None
+            t = traced(self.model, input_shape, self.batch_size, self.loss)
+            self._ex = build_executor(self.model, t, capacity=self.batch_size, device=self.device,
+                                      optimizer=self.optimizer, conv_algo=self.conv_algo, seed=self.seed)
+            if steps is not None:
+                self._ex.optimizer_steps = steps
+            self._key = key
+        return self._ex
+
+    def __call__(self, images, labels):
+        x = as_batch(self.model, images, "step")
+        y = np.asarray(labels)
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"step: labels must be integers, got dtype {y.dtype}")
+        if len(x) > self.batch_size:
+            raise ValueError(f"step: a batch of {len(x)} exceeds the compiled batch size {self.batch_size}")
+        ex = self.executor(x.shape[1:])
+        lr = float(self.optimizer.lr)
+        if not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"step: the optimizer's lr must be a finite number >= 0, got {lr}")
+        if self.device[0] == "cuda":
+            ex.upload_state()
+        st = ex.train_step(x, np.ascontiguousarray(y, dtype=np.int64), lr)
+        if self.device[0] == "cuda":
+            ex.download_state()
+        self.optimizer.state["steps"] = int(ex.optimizer_steps)
+        return st["loss_sum"] / st["samples"]
+
+    def grads(self):
+        """{name: gradient} of the last step (views of the executor's gradient buffer; CPU)."""
+        if self._ex is None:
+            raise RuntimeError("grads(): no step has run yet")
+        flat = self._ex.grads()
+        _, offsets = flat_parameters(self.model)
+        return {name: flat[off:off + p.size].reshape(p.shape)
+                for (name, p), off in ((np_, offsets[np_[0]]) for np_ in self.model.named_parameters())}
+
+    def memory_plan(self):
+        if self._ex is None:
+            raise RuntimeError("memory_plan(): no step has run yet (the input shape is not known)")
+        return self._ex.memory_plan()
+
+
+def compile(model, optimizer=None, loss=None, batch_size=64, device="cpu", conv_algo="heuristic", seed=None):
+    """A native training step for the model (see Step). ``optimizer``: an Optimizer or a name
+    (default SGD lr 0.01); ``loss``: F.cross_entropy (default), F.nll_loss or a function of
+    (output, labels) made of them; ``seed`` keys the dropout masks (default: drawn from
+    pylenet.manual_seed's generator)."""
+    return Step(model, optimizer, loss, batch_size, device, conv_algo, seed)
