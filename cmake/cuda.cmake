@@ -8,8 +8,9 @@
 #   PYLENET_CUDA_TARGET  "pylenet_cuda" or empty: link it into _C with
 #                        target_link_libraries(_C PRIVATE ${PYLENET_CUDA_TARGET})
 #   pylenet_link_cuda(<target>): the same as a function (a no-op without CUDA)
-# pylenet_cuda carries PYLENET_HAVE_CUDA as a PUBLIC compile definition, so whatever links
-# it sees the macro; nothing else has to add it.
+# pylenet_cuda carries PYLENET_HAVE_CUDA as a PUBLIC compile definition, and pylenet_core (the
+# op layer and executor, whose device branches call the kernels) links it, so everything built
+# on the core sees the macro.
 
 set(PYLENET_WITH_CUDA OFF)
 set(PYLENET_CUDA_TARGET "")
@@ -78,14 +79,15 @@ if(PYLENET_WITH_CUDA)
   add_library(pylenet_cuda STATIC
     csrc/cuda/allocator.cpp
     csrc/cuda/context.cpp
-    csrc/cuda/ops.cpp
     csrc/cuda/tensor.cpp
-    csrc/net/cuda_network.cpp
     csrc/cuda/gemm.cu
     csrc/cuda/conv.cu
     csrc/cuda/pool.cu
     csrc/cuda/linear.cu
     csrc/cuda/activation.cu
+    csrc/cuda/elementwise.cu
+    csrc/cuda/batchnorm.cu
+    csrc/cuda/softmax.cu
     csrc/cuda/loss.cu
     csrc/cuda/optim.cu
     csrc/cuda/train.cu
@@ -102,8 +104,12 @@ if(PYLENET_WITH_CUDA)
     # No relocatable device code: every kernel lives in one .cu, so no device-link step.
     CUDA_SEPARABLE_COMPILATION OFF)
   target_include_directories(pylenet_cuda PUBLIC ${PROJECT_SOURCE_DIR}/csrc)
-  target_link_libraries(pylenet_cuda PUBLIC pylenet_core CUDA::cudart_static)
+  target_link_libraries(pylenet_cuda PUBLIC CUDA::cudart_static)
   target_compile_definitions(pylenet_cuda PUBLIC PYLENET_HAVE_CUDA)
+  # The op layer and the executor (in pylenet_core) send calls to these kernels: core links
+  # them, and they use core's descriptors (a cycle of static libraries, which CMake resolves).
+  target_link_libraries(pylenet_core PUBLIC pylenet_cuda)
+  target_link_libraries(pylenet_cuda PUBLIC pylenet_core)
   target_compile_options(pylenet_cuda PRIVATE
     # The warnings of pylenet_core, for host code on both compilers; register spills
     # reported by ptxas (one is expected: see loss.cu).

@@ -21,7 +21,9 @@
 
 #include "cuda/gemm.h"
 #include "ops/activation.h"
+#include "ops/batchnorm.h"
 #include "ops/conv.h"
+#include "ops/dropout.h"
 #include "ops/linear.h"
 #include "ops/loss.h"
 #include "ops/optim.h"
@@ -90,10 +92,47 @@ void linear_backward_weight(const LinearShape& s, const float* dy, const float* 
 void linear_backward_bias(const LinearShape& s, const float* dy, float* db, cudaStream_t stream);
 
 // ---------------------------------------------------------------- activations (activation.cu)
-// `count` elements of any shape; in place (y == x, dx == dy) is fine.
-void activation_forward(Activation a, int64_t count, const float* x, float* y, cudaStream_t stream);
-void activation_backward(Activation a, int64_t count, const float* y, const float* dy, float* dx,
+// `count` elements of any shape; in place (y == x, dx == dy) is fine. `slope`: leaky_relu's.
+void activation_forward(Activation a, int64_t count, const float* x, float* y, float slope, cudaStream_t stream);
+void activation_backward(Activation a, int64_t count, const float* y, const float* dy, float* dx, float slope,
                          cudaStream_t stream);
+
+// ---------------------------------------------------------------- element-wise (elementwise.cu)
+// y = a + b; dst[i * dst_ld + j] = src[i * src_ld + j] (one cudaMemcpy2DAsync); dropout with the
+// counter-based mask of ops/math.h (the CPU's mask, bit for bit).
+void add(int64_t count, const float* a, const float* b, float* y, cudaStream_t stream);
+void copy_blocks(int64_t rows, int64_t cols, const float* src, int64_t src_ld, float* dst, int64_t dst_ld,
+                 cudaStream_t stream);
+void dropout(const DropoutDesc& d, int64_t first, int64_t count, const float* x, float* y, cudaStream_t stream);
+
+// ---------------------------------------------------------------- batch norm (batchnorm.cu)
+// The three steps of ops/batchnorm.h. Per-channel sums are one block per channel in a fixed
+// tree order, in double; finalize is one thread per channel; the rest is element-wise.
+void batch_norm_stats_partial(const BatchNormShape& s, const float* x, double* partial, cudaStream_t stream);
+void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
+                               double momentum, float* mean, float* invstd, float* running_mean, float* running_var,
+                               int64_t* num_batches_tracked, cudaStream_t stream);
+void batch_norm_apply(const BatchNormShape& s, const float* x, const float* mean, const float* invstd,
+                      const float* gamma, const float* beta, float* y, cudaStream_t stream);
+void batch_norm_inference(const BatchNormShape& s, const float* x, const float* running_mean,
+                          const float* running_var, double eps, const float* gamma, const float* beta, float* y,
+                          cudaStream_t stream);
+void batch_norm_backward_partial(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                                 const float* invstd, double* partial, cudaStream_t stream);
+void batch_norm_backward_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, float* dgamma,
+                                  float* dbeta, float* coef, cudaStream_t stream);
+void batch_norm_backward_apply(const BatchNormShape& s, const float* x, const float* dy, const float* mean,
+                               const float* invstd, const float* gamma, const float* coef, float* dx,
+                               cudaStream_t stream);
+void batch_norm_inference_backward(const BatchNormShape& s, const float* x, const float* dy,
+                                   const float* running_mean, const float* running_var, double eps,
+                                   const float* gamma, float* dx, float* dgamma, float* dbeta, cudaStream_t stream);
+
+// ---------------------------------------------------------------- softmax (softmax.cu)
+// One warp per row, sums in double, as the CPU.
+void softmax_forward(bool log, int64_t n, int64_t c, const float* x, float* y, cudaStream_t stream);
+void softmax_backward(bool log, int64_t n, int64_t c, const float* y, const float* dy, float* dx,
+                      cudaStream_t stream);
 
 // ---------------------------------------------------------------- loss (loss.cu)
 // Written by the device; "none" is UINT64_MAX (all bits set).
@@ -120,6 +159,22 @@ void softmax_cross_entropy_async(int64_t n, int64_t c, const float* logits, cons
 double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
                              float grad_scale, LossResult* result, void* ws, cudaStream_t stream);
 
+// The executor's losses (ops/loss.h): labels already checked. The forward functions write the
+// sum over the n rows to *loss_sum (device memory): one block, a warp per row, the warps'
+// sums added in a fixed order. The gradient of the true class is -(the other classes' share).
+void cross_entropy_forward(int64_t n, int64_t c, const float* logits, const int64_t* labels, double* loss_sum,
+                           cudaStream_t stream);
+void cross_entropy_backward(int64_t n, int64_t c, const float* logits, const int64_t* labels, float grad_scale,
+                            float* dlogits, cudaStream_t stream);
+void nll_loss_forward(int64_t n, int64_t c, const float* logp, const int64_t* labels, double* loss_sum,
+                      cudaStream_t stream);
+void nll_loss_backward(int64_t n, int64_t c, const int64_t* labels, float grad_scale, float* dlogp,
+                       cudaStream_t stream);
+// *correct (rows whose first maximum is the label; labels may be null: 0) and *nonfinite (1 if
+// any score is NaN/inf), device memory; one block.
+void classify(int64_t n, int64_t c, const float* scores, const int64_t* labels, int64_t* correct, int* nonfinite,
+              cudaStream_t stream);
+
 // ---------------------------------------------------------------- optimizers (optim.cu)
 // One launch over a flat buffer of `count` parameters (a network keeps all its parameters
 // in one), calling the update rules of ops/math.h. `skip` (device int, may be null): when
@@ -137,7 +192,7 @@ void check_finite(int64_t count, const float* x, int* nonfinite, cudaStream_t st
 // The cpu:: form: check_finite into `flag` (device int), then SYNCHRONISES and returns.
 bool all_finite(int64_t count, const float* x, int* flag, cudaStream_t stream);
 
-// ---------------------------------------------------------------- training loop (train.cu)
+// ---------------------------------------------------------------- the executor's loop (train.cu)
 // Running totals of a training epoch or an evaluation, kept on the device so that a step
 // needs no host round-trip; the host reads them only when it shows progress.
 struct RunTotals {
@@ -151,12 +206,10 @@ struct RunTotals {
 // indices already checked to lie in the dataset.
 void gather_batch(int64_t n, int64_t sample_floats, const float* images, const int64_t* labels,
                   const int64_t* order, float* x, int64_t* y, cudaStream_t stream);
-// After softmax_cross_entropy_async on these n rows: if `result` rejected them, sets
-// totals->bad (and the optimizer, given &totals->bad as its skip flag, does nothing);
-// otherwise adds loss * n, the number of correct rows and one step. One block, fixed order.
-void accumulate_step(int64_t n, int64_t c, const float* logits, const int64_t* labels, const LossResult* result,
-                     RunTotals* totals, cudaStream_t stream);
-// probs (n, c) = softmax of each row of logits, computed in double like the CPU's predict.
-void softmax_rows(int64_t n, int64_t c, const float* logits, float* probs, cudaStream_t stream);
+// After a step's loss and classify: totals += (loss_sum, correct, one step), or, when the step
+// found a non-finite output, totals->bad = 1 (sticky; the optimizer, given &totals->bad as its
+// skip flag, then does nothing). One thread.
+void accumulate_totals(const double* loss_sum, const int64_t* correct, const int* nonfinite, RunTotals* totals,
+                       cudaStream_t stream);
 
 }  // namespace pylenet::cuda

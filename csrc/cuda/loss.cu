@@ -40,19 +40,23 @@ __global__ void __launch_bounds__(kRowThreads) rows_kernel(int64_t n, int64_t c,
     float zmax = -INFINITY;
     for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
     zmax = detail::warp_max(zmax);
-    double sum = 0.0;
-    for (int64_t j = lane; j < c; j += 32) sum += exp(static_cast<double>(z[j] - zmax));
-    sum = detail::warp_sum(sum);
     const int64_t label = labels[row];
+    double sum = 0.0, others = 0.0;
+    for (int64_t j = lane; j < c; j += 32) {
+      const double e = exp(static_cast<double>(z[j] - zmax));
+      sum += e;
+      if (j != label) others += e;
+    }
+    sum = detail::warp_sum(sum);
+    others = detail::warp_sum(others);
     if (lane == 0) row_loss[row] = log(sum) + zmax - z[label];
     if (dlogits) {
       float* dz = dlogits + row * c;
       const double inv_sum = 1.0 / sum;
       for (int64_t j = lane; j < c; j += 32) {
-        // (float)(p) * grad_scale, then - grad_scale at the label: the CPU's two roundings, unfused
-        float v = __fmul_rn(static_cast<float>(exp(static_cast<double>(z[j] - zmax)) * inv_sum), grad_scale);
-        if (j == label) v -= grad_scale;
-        dz[j] = v;
+        // p * grad_scale, the true class as -(the others' share): no cancellation when p -> 1
+        const double p = j == label ? -others * inv_sum : exp(static_cast<double>(z[j] - zmax)) * inv_sum;
+        dz[j] = __fmul_rn(static_cast<float>(p), grad_scale);
       }
     }
   }
@@ -67,7 +71,125 @@ __global__ void __launch_bounds__(kMeanThreads) mean_kernel(int64_t n, const dou
   if (threadIdx.x == 0 && !rejected) res->loss = acc / static_cast<double>(n);
 }
 
+// ---- the executor's losses: labels checked by the host once per dataset
+constexpr int kSumThreads = 256;  // one block: 8 warps, each summing its rows in order
+
+// Sum over rows of -logp[label] (nll) or logsumexp(z) - z[label] (cross-entropy): warp w takes
+// rows w, w + 8, ... in order; the warps' sums are added in a fixed tree order.
+__global__ void __launch_bounds__(kSumThreads) loss_sum_kernel(bool nll, int64_t n, int64_t c, const float* z_all,
+                                                               const int64_t* labels, double* loss_sum) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  double acc = 0.0;
+  for (int64_t row = warp; row < n; row += kSumThreads / 32) {
+    const float* z = z_all + row * c;
+    if (nll) {
+      if (lane == 0) acc -= z[labels[row]];
+      continue;
+    }
+    float zmax = -INFINITY;
+    for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
+    zmax = detail::warp_max(zmax);
+    double sum = 0.0;
+    for (int64_t j = lane; j < c; j += 32) sum += exp(static_cast<double>(z[j] - zmax));
+    sum = detail::warp_sum(sum);
+    if (lane == 0) acc += log(sum) + zmax - z[labels[row]];
+  }
+  acc = detail::block_sum<kSumThreads>(lane == 0 ? acc : 0.0);
+  if (threadIdx.x == 0) *loss_sum = acc;
+}
+
+__global__ void __launch_bounds__(kRowThreads) cross_entropy_backward_kernel(int64_t n, int64_t c,
+                                                                             const float* logits,
+                                                                             const int64_t* labels, float grad_scale,
+                                                                             float* dlogits) {
+  const int lane = threadIdx.x % 32;
+  const int64_t warps = int64_t(gridDim.x) * (kRowThreads / 32);
+  for (int64_t row = int64_t(blockIdx.x) * (kRowThreads / 32) + threadIdx.x / 32; row < n; row += warps) {
+    const float* z = logits + row * c;
+    const int64_t label = labels[row];
+    float zmax = -INFINITY;
+    for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
+    zmax = detail::warp_max(zmax);
+    double sum = 0.0, others = 0.0;
+    for (int64_t j = lane; j < c; j += 32) {
+      const double e = exp(static_cast<double>(z[j] - zmax));
+      sum += e;
+      if (j != label) others += e;
+    }
+    sum = detail::warp_sum(sum);
+    others = detail::warp_sum(others);
+    const double inv_sum = 1.0 / sum;
+    for (int64_t j = lane; j < c; j += 32) {
+      const double p = j == label ? -others * inv_sum : exp(static_cast<double>(z[j] - zmax)) * inv_sum;
+      dlogits[row * c + j] = __fmul_rn(static_cast<float>(p), grad_scale);
+    }
+  }
+}
+
+__global__ void nll_backward_kernel(int64_t n, int64_t c, const int64_t* labels, float grad_scale, float* dlogp) {
+  PYL_GRID_STRIDE(i, n * c) {
+    const int64_t row = i / c, j = i - row * c;
+    dlogp[i] = j == labels[row] ? -grad_scale : 0.0f;
+  }
+}
+
+__global__ void __launch_bounds__(kSumThreads) classify_kernel(int64_t n, int64_t c, const float* scores,
+                                                               const int64_t* labels, int64_t* correct,
+                                                               int* nonfinite) {
+  long long right = 0;
+  int bad = 0;
+  for (int64_t row = threadIdx.x; row < n; row += kSumThreads) {
+    const float* z = scores + row * c;
+    int64_t best = 0;  // the first maximum, as std::max_element on the CPU
+    for (int64_t j = 0; j < c; ++j) {
+      bad |= !isfinite(z[j]);
+      if (z[j] > z[best]) best = j;
+    }
+    right += labels && best == labels[row];
+  }
+  right = detail::block_sum<kSumThreads>(right);
+  bad = detail::block_sum<kSumThreads>(bad);
+  if (threadIdx.x == 0) {
+    *correct = right;
+    *nonfinite = bad ? 1 : 0;
+  }
+}
+
 }  // namespace
+
+void cross_entropy_forward(int64_t n, int64_t c, const float* logits, const int64_t* labels, double* loss_sum,
+                           cudaStream_t stream) {
+  loss_sum_kernel<<<1, kSumThreads, 0, stream>>>(false, n, c, logits, labels, loss_sum);
+  PYL_CUDA_LAUNCH_CHECK();
+}
+
+void nll_loss_forward(int64_t n, int64_t c, const float* logp, const int64_t* labels, double* loss_sum,
+                      cudaStream_t stream) {
+  loss_sum_kernel<<<1, kSumThreads, 0, stream>>>(true, n, c, logp, labels, loss_sum);
+  PYL_CUDA_LAUNCH_CHECK();
+}
+
+void cross_entropy_backward(int64_t n, int64_t c, const float* logits, const int64_t* labels, float grad_scale,
+                            float* dlogits, cudaStream_t stream) {
+  if (n <= 0) return;
+  const int64_t blocks = (n + kRowThreads / 32 - 1) / (kRowThreads / 32);
+  cross_entropy_backward_kernel<<<static_cast<unsigned>(std::min<int64_t>(blocks, int64_t(1) << 16)), kRowThreads, 0,
+                                  stream>>>(n, c, logits, labels, grad_scale, dlogits);
+  PYL_CUDA_LAUNCH_CHECK();
+}
+
+void nll_loss_backward(int64_t n, int64_t c, const int64_t* labels, float grad_scale, float* dlogp,
+                       cudaStream_t stream) {
+  if (n <= 0) return;
+  nll_backward_kernel<<<detail::grid_for(n * c), detail::kBlock, 0, stream>>>(n, c, labels, grad_scale, dlogp);
+  PYL_CUDA_LAUNCH_CHECK();
+}
+
+void classify(int64_t n, int64_t c, const float* scores, const int64_t* labels, int64_t* correct, int* nonfinite,
+              cudaStream_t stream) {
+  classify_kernel<<<1, kSumThreads, 0, stream>>>(n, c, scores, labels, correct, nonfinite);
+  PYL_CUDA_LAUNCH_CHECK();
+}
 
 int64_t softmax_cross_entropy_workspace_bytes(int64_t n) { return n * static_cast<int64_t>(sizeof(double)); }
 

@@ -72,14 +72,16 @@ void require_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
        " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8); use im2col or auto");
 }
 
-size_t workspace_size(Device dev, ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads) {
+}  // namespace
+
+size_t conv_workspace_size(Device dev, ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads) {
   switch (algo) {
-    case ConvAlgo::Heuristic: return workspace_size(dev, conv_heuristic_algo(dev, pass, s), pass, s, threads);
+    case ConvAlgo::Heuristic: return conv_workspace_size(dev, conv_heuristic_algo(dev, pass, s), pass, s, threads);
     case ConvAlgo::Auto: {
       size_t most = 0;
       for (ConvAlgo a : dev == Device::CUDA ? std::vector<ConvAlgo>(std::begin(kCudaConvAlgos), std::end(kCudaConvAlgos))
                                             : std::vector<ConvAlgo>(std::begin(kConvAlgos), std::end(kConvAlgos)))
-        if (conv_algo_supported(dev, a, s)) most = std::max(most, workspace_size(dev, a, pass, s, threads));
+        if (conv_algo_supported(dev, a, s)) most = std::max(most, conv_workspace_size(dev, a, pass, s, threads));
       return most;
     }
     default: break;
@@ -94,10 +96,9 @@ size_t workspace_size(Device dev, ConvAlgo algo, ConvPass pass, const ConvShape&
   if (algo == ConvAlgo::Im2col) return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
   return sizeof(float) * cpu::conv_direct_workspace_floats(pass, s, threads);
 }
-}  // namespace
 
 size_t conv_workspace_size(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s) {
-  return workspace_size(h.device(), algo, pass, s, h.threads());
+  return conv_workspace_size(h.device(), algo, pass, s, h.threads());
 }
 
 ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc& w, const ConvDesc& conv) {

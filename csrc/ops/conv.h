@@ -72,6 +72,8 @@ bool conv_algo_supported(Device dev, ConvAlgo algo, const ConvShape& s);
 // Bytes of workspace `algo` needs for this pass (Auto: the most of any algorithm; Heuristic:
 // that of its choice) on the handle's device, for its thread count.
 size_t conv_workspace_size(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s);
+// The same for a device and thread count (sizes depend on the shapes only: no GPU needed).
+size_t conv_workspace_size(Device dev, ConvAlgo algo, ConvPass pass, const ConvShape& s, int threads);
 
 void conv_forward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& wd,
                   const float* w, const TensorDesc& bd, const float* bias /* (K,) or null */,

@@ -30,9 +30,13 @@
 #include "cuda/check.h"
 #include "cuda/context.h"
 #include "cuda/kernels.h"
-#include "cuda/ops.h"
 #include "cuda/tensor.h"
 #include "ops/activation.h"
+#include "ops/batchnorm.h"
+#include "ops/dropout.h"
+#include "ops/elementwise.h"
+#include "ops/loss.h"
+#include "ops/softmax.h"
 #include "ops/conv.h"
 #include "ops/linear.h"
 #include "ops/optim.h"
@@ -235,10 +239,21 @@ const float* fptr_or_null(const OptTensor& t) { return t ? t->data_as<const floa
 DeviceTensor new_f32(const TensorDesc& d, int device) { return DeviceTensor::empty(d.dims(), DType::Float32, device); }
 
 // ---------------------------------------------------------------- the ops
-// Each mirrors the CPU binding of the same name and the checks of the CPU op layer
-// (csrc/ops/*.cpp) that are not in the shared descriptors' make(). A namespace of their
-// own: the CPU op functions of the same names are visible through `using namespace pylenet`.
+// Each mirrors the CPU binding of the same name: the arguments' dtypes and device are
+// marshalled here; shapes, values and algorithms are checked by the one op layer
+// (csrc/ops/*.cpp), called with a CUDA handle on the device's default context. A namespace of
+// their own: the op layer's functions of the same names are visible through `using namespace
+// pylenet`.
 namespace device_ops {
+
+// Runs fn(Handle&) on `device` (see run_on_device) with a handle bound to its default context.
+template <class Fn>
+auto with_handle(int device, const py::object& stream, Fn&& fn) {
+  return run_on_device(device, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+    Handle h(ctx);
+    return fn(h);
+  });
+}
 
 DeviceTensor conv2d_forward(const DeviceTensor& x, const DeviceTensor& w, const OptTensor& b, const PairT& stride,
                             const PairT& pad, const std::string& algo, const py::object& stream) {
@@ -248,21 +263,13 @@ DeviceTensor conv2d_forward(const DeviceTensor& x, const DeviceTensor& w, const 
   if (b) require_f32(op, "bias", *b);
   const int dev = common_device(op, {{"input", &x}, {"weight", &w}, {"bias", b ? &*b : nullptr}});
   const ConvAlgo a = conv_algo_from_name(algo);
-  const ConvShape s = ConvShape::make(op, x.desc(), w.desc(), conv_desc(stride, pad));
-  if (b)
-    PYL_CHECK_ARG(b->desc() == TensorDesc{s.k}, "conv2d: bias must have shape (", s.k, ",) for weight ",
-                  w.desc().str(), ", got ", b->desc().str());
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    DeviceTensor y = new_f32(s.y_desc(), dev);
-    const ConvAlgo r = cuda::conv_resolve_algo(ctx, a, ConvPass::Forward, s, fptr(x), fptr(w), nullptr, fptr_mut(y));
-    cuda::conv_run(ctx, r, ConvPass::Forward, s, fptr(x), fptr(w), fptr_or_null(b), nullptr, fptr_mut(y));
+  const TensorDesc yd = ConvShape::make(op, x.desc(), w.desc(), conv_desc(stride, pad)).y_desc();
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(yd, dev);
+    pylenet::conv_forward(h, a, x.desc(), fptr(x), w.desc(), fptr(w), b ? b->desc() : TensorDesc(), fptr_or_null(b),
+                          conv_desc(stride, pad), yd, fptr_mut(y));
     return y;
   });
-}
-
-void check_conv_grad_output(const ConvShape& s, const TensorDesc& xd, const TensorDesc& wd, const TensorDesc& dyd) {
-  PYL_CHECK_ARG(dyd == s.y_desc(), "conv2d_backward: grad_output must have shape ", s.y_desc().str(),
-                " (the conv2d output for input ", xd.str(), " and weight ", wd.str(), "), got ", dyd.str());
 }
 
 DeviceTensor conv2d_backward_data(const DeviceTensor& w, const DeviceTensor& dy, const Shape& x_shape,
@@ -274,13 +281,11 @@ DeviceTensor conv2d_backward_data(const DeviceTensor& w, const DeviceTensor& dy,
   const int dev = common_device(op, {{"weight", &w}, {"grad_output", &dy}});
   const ConvAlgo a = conv_algo_from_name(algo);
   const TensorDesc xd(x_shape);
-  const ConvShape s = ConvShape::make(op, xd, w.desc(), conv_desc(stride, pad));
-  check_conv_grad_output(s, xd, w.desc(), dy.desc());
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  ConvShape::make(op, xd, w.desc(), conv_desc(stride, pad));
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor dx = new_f32(xd, dev);
-    const ConvAlgo r =
-        cuda::conv_resolve_algo(ctx, a, ConvPass::BackwardData, s, nullptr, fptr(w), fptr(dy), fptr_mut(dx));
-    cuda::conv_run(ctx, r, ConvPass::BackwardData, s, nullptr, fptr(w), nullptr, fptr(dy), fptr_mut(dx));
+    pylenet::conv_backward_data(h, a, w.desc(), fptr(w), dy.desc(), fptr(dy), conv_desc(stride, pad), xd,
+                                fptr_mut(dx));
     return dx;
   });
 }
@@ -294,13 +299,11 @@ DeviceTensor conv2d_backward_filter(const DeviceTensor& x, const DeviceTensor& d
   const int dev = common_device(op, {{"input", &x}, {"grad_output", &dy}});
   const ConvAlgo a = conv_algo_from_name(algo);
   const TensorDesc wd(w_shape);
-  const ConvShape s = ConvShape::make(op, x.desc(), wd, conv_desc(stride, pad));
-  check_conv_grad_output(s, x.desc(), wd, dy.desc());
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  ConvShape::make(op, x.desc(), wd, conv_desc(stride, pad));
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor dw = new_f32(wd, dev);
-    const ConvAlgo r =
-        cuda::conv_resolve_algo(ctx, a, ConvPass::BackwardFilter, s, fptr(x), nullptr, fptr(dy), fptr_mut(dw));
-    cuda::conv_run(ctx, r, ConvPass::BackwardFilter, s, fptr(x), nullptr, nullptr, fptr(dy), fptr_mut(dw));
+    pylenet::conv_backward_filter(h, a, x.desc(), fptr(x), dy.desc(), fptr(dy), conv_desc(stride, pad), wd,
+                                  fptr_mut(dw));
     return dw;
   });
 }
@@ -308,14 +311,12 @@ DeviceTensor conv2d_backward_filter(const DeviceTensor& x, const DeviceTensor& d
 DeviceTensor conv2d_backward_bias(const DeviceTensor& dy, const py::object& stream) {
   const char* op = "conv2d_backward";
   require_f32(op, "grad_output", dy);
-  const TensorDesc dyd = dy.desc();
-  dyd.check(op, "grad_output", 4, "(N, K, OH, OW)");
-  ConvShape s{};
-  s.n = dyd.n(); s.k = dyd.c(); s.oh = dyd.h(); s.ow = dyd.w();
+  dy.desc().check(op, "grad_output", 4, "(N, K, OH, OW)");
+  const TensorDesc dbd{dy.desc().c()};
   const int dev = dy.device();
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    DeviceTensor db = new_f32(TensorDesc{s.k}, dev);
-    cuda::conv_backward_bias(s, fptr(dy), fptr_mut(db), ctx.stream());
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor db = new_f32(dbd, dev);
+    pylenet::conv_backward_bias(h, dy.desc(), fptr(dy), dbd, fptr_mut(db));
     return db;
   });
 }
@@ -329,13 +330,13 @@ py::list conv2d_find_algorithms(const std::string& pass, const DeviceTensor& x, 
   const ConvShape s = ConvShape::make(op, x.desc(), w.desc(), conv_desc(stride, pad));
   const ConvPass p = pass_of(pass);
   const TensorDesc out_d = p == ConvPass::Forward ? s.y_desc() : p == ConvPass::BackwardData ? s.x_desc() : s.w_desc();
-  const auto perf = run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  const auto perf = with_handle(dev, stream, [&](Handle& h) {
     // dy of ones, as the CPU binding measures with.
     DeviceTensor dy = new_f32(s.y_desc(), dev);
     const std::vector<float> ones(static_cast<size_t>(dy.numel()), 1.0f);
     cuda::copy_from_host(dy, ones.data());
     DeviceTensor out = new_f32(out_d, dev);
-    return cuda::conv_find_algorithms(ctx, p, s, fptr(x), fptr(w), fptr(dy), fptr_mut(out));
+    return pylenet::conv_find_algorithms(h, p, s, fptr(x), fptr(w), fptr(dy), fptr_mut(out));
   });
   py::list result;
   for (auto& r : perf) result.append(py::make_tuple(conv_algo_name(r.algo), r.seconds, r.workspace_bytes));
@@ -347,12 +348,11 @@ DeviceTensor pool2d_forward(const std::string& mode, const DeviceTensor& x, cons
   const PoolDesc pd = pool_desc(mode, k, st, p);
   const char* op = pool_op_name(pd.mode, false);
   require_f32(op, "input", x);
-  const PoolShape s = PoolShape::make(op, x.desc(), pd);
+  const TensorDesc yd = PoolShape::make(op, x.desc(), pd).y_desc();
   const int dev = x.device();
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    DeviceTensor y = new_f32(s.y_desc(), dev);
-    if (pd.mode == PoolMode::Max) cuda::max_pool_forward(s, fptr(x), fptr_mut(y), ctx.stream());
-    else cuda::avg_pool_forward(s, fptr(x), fptr_mut(y), ctx.stream());
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(yd, dev);
+    pylenet::pool_forward(h, pd, x.desc(), fptr(x), yd, fptr_mut(y));
     return y;
   });
 }
@@ -364,13 +364,9 @@ DeviceTensor pool2d_backward(const std::string& mode, const DeviceTensor& x, con
   require_f32(op, "input", x);
   require_f32(op, "grad_output", dy);
   const int dev = common_device(op, {{"input", &x}, {"grad_output", &dy}});
-  const PoolShape s = PoolShape::make(op, x.desc(), pd);
-  PYL_CHECK_ARG(dy.desc() == s.y_desc(), op, ": grad_output must have shape ", s.y_desc().str(), " for input ",
-                x.desc().str(), ", got ", dy.desc().str());
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor dx = new_f32(x.desc(), dev);
-    if (pd.mode == PoolMode::Max) cuda::max_pool_backward(s, fptr(x), fptr(dy), fptr_mut(dx), ctx.stream());
-    else cuda::avg_pool_backward(s, fptr(dy), fptr_mut(dx), ctx.stream());
+    pylenet::pool_backward(h, pd, x.desc(), fptr(x), dy.desc(), fptr(dy), x.desc(), fptr_mut(dx));
     return dx;
   });
 }
@@ -382,22 +378,13 @@ DeviceTensor linear_forward(const DeviceTensor& x, const DeviceTensor& w, const 
   require_f32(op, "weight", w);
   if (b) require_f32(op, "bias", *b);
   const int dev = common_device(op, {{"input", &x}, {"weight", &w}, {"bias", b ? &*b : nullptr}});
-  const LinearShape s = LinearShape::make(op, x.desc(), w.desc());
-  if (b)
-    PYL_CHECK_ARG(b->desc() == TensorDesc{s.out}, "linear: bias must have shape (", s.out, ",) for weight ",
-                  w.desc().str(), ", got ", b->desc().str());
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    DeviceTensor y = new_f32(s.y_desc(), dev);
-    cuda::linear_forward(s, fptr(x), fptr(w), fptr_or_null(b), fptr_mut(y), ctx.stream());
+  const TensorDesc yd = LinearShape::make(op, x.desc(), w.desc()).y_desc();
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(yd, dev);
+    pylenet::linear_forward(h, x.desc(), fptr(x), w.desc(), fptr(w), b ? b->desc() : TensorDesc(), fptr_or_null(b),
+                            yd, fptr_mut(y));
     return y;
   });
-}
-
-LinearShape linear_backward_shape(const TensorDesc& dyd, const TensorDesc& xd, const TensorDesc& wd) {
-  const LinearShape s = LinearShape::make("linear_backward", xd, wd);
-  PYL_CHECK_ARG(dyd == s.y_desc(), "linear_backward: grad_output must have shape ", s.y_desc().str(), " for input ",
-                xd.str(), " and weight ", wd.str(), ", got ", dyd.str());
-  return s;
 }
 
 DeviceTensor linear_backward_data(const DeviceTensor& dy, const DeviceTensor& w, const Shape& x_shape,
@@ -407,10 +394,10 @@ DeviceTensor linear_backward_data(const DeviceTensor& dy, const DeviceTensor& w,
   require_f32(op, "weight", w);
   const int dev = common_device(op, {{"grad_output", &dy}, {"weight", &w}});
   const TensorDesc xd(x_shape);
-  const LinearShape s = linear_backward_shape(dy.desc(), xd, w.desc());
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  LinearShape::make(op, xd, w.desc());
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor dx = new_f32(xd, dev);
-    cuda::linear_backward_data(s, fptr(dy), fptr(w), fptr_mut(dx), ctx.stream());
+    pylenet::linear_backward_data(h, dy.desc(), fptr(dy), w.desc(), fptr(w), xd, fptr_mut(dx));
     return dx;
   });
 }
@@ -422,10 +409,10 @@ DeviceTensor linear_backward_weight(const DeviceTensor& dy, const DeviceTensor& 
   require_f32(op, "input", x);
   const int dev = common_device(op, {{"grad_output", &dy}, {"input", &x}});
   const TensorDesc wd(w_shape);
-  const LinearShape s = linear_backward_shape(dy.desc(), x.desc(), wd);
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  LinearShape::make(op, x.desc(), wd);
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor dw = new_f32(wd, dev);
-    cuda::linear_backward_weight(s, fptr(dy), fptr(x), fptr_mut(dw), ctx.stream());
+    pylenet::linear_backward_weight(h, dy.desc(), fptr(dy), x.desc(), fptr(x), wd, fptr_mut(dw));
     return dw;
   });
 }
@@ -433,30 +420,29 @@ DeviceTensor linear_backward_weight(const DeviceTensor& dy, const DeviceTensor& 
 DeviceTensor linear_backward_bias(const DeviceTensor& dy, const py::object& stream) {
   const char* op = "linear_backward";
   require_f32(op, "grad_output", dy);
-  const TensorDesc dyd = dy.desc();
-  dyd.check(op, "grad_output", 2, "(N, out_features)");
-  const LinearShape s{dyd.dim(0), 0, dyd.dim(1)};
+  dy.desc().check(op, "grad_output", 2, "(N, out_features)");
+  const TensorDesc dbd{dy.desc().dim(1)};
   const int dev = dy.device();
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    DeviceTensor db = new_f32(TensorDesc{s.out}, dev);
-    cuda::linear_backward_bias(s, fptr(dy), fptr_mut(db), ctx.stream());
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor db = new_f32(dbd, dev);
+    pylenet::linear_backward_bias(h, dy.desc(), fptr(dy), dbd, fptr_mut(db));
     return db;
   });
 }
 
-DeviceTensor activation_forward(const std::string& name, const DeviceTensor& x, const py::object& stream) {
+DeviceTensor activation_forward(const std::string& name, const DeviceTensor& x, float slope,
+                                const py::object& stream) {
   const Activation a = activation_of(name);
   require_f32(activation_name(a), "input", x);
-  x.desc().check(activation_name(a), "input", -1);
   const int dev = x.device();
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor y = new_f32(x.desc(), dev);
-    cuda::activation_forward(a, x.numel(), fptr(x), fptr_mut(y), ctx.stream());
+    pylenet::activation_forward(h, a, x.desc(), fptr(x), fptr_mut(y), slope);
     return y;
   });
 }
 
-DeviceTensor activation_backward(const std::string& name, const DeviceTensor& y, const DeviceTensor& dy,
+DeviceTensor activation_backward(const std::string& name, const DeviceTensor& y, const DeviceTensor& dy, float slope,
                                  const py::object& stream) {
   const Activation a = activation_of(name);
   const std::string op = str_cat(activation_name(a), "_backward");
@@ -465,11 +451,115 @@ DeviceTensor activation_backward(const std::string& name, const DeviceTensor& y,
   const int dev = common_device(op.c_str(), {{"input", &y}, {"grad_output", &dy}});
   PYL_CHECK_ARG(y.desc() == dy.desc(), name, "_backward: grad_output shape ", dy.desc().str(),
                 " differs from the input shape ", y.desc().str());
-  y.desc().check(op.c_str(), "input", -1);
-  return run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
+  return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor dx = new_f32(y.desc(), dev);
-    cuda::activation_backward(a, y.numel(), fptr(y), fptr(dy), fptr_mut(dx), ctx.stream());
+    pylenet::activation_backward(h, a, y.desc(), fptr(y), fptr(dy), fptr_mut(dx), slope);
     return dx;
+  });
+}
+
+DeviceTensor add(const DeviceTensor& a, const DeviceTensor& b, const py::object& stream) {
+  require_f32("add", "a", a);
+  require_f32("add", "b", b);
+  const int dev = common_device("add", {{"a", &a}, {"b", &b}});
+  PYL_CHECK_ARG(a.desc() == b.desc(), "add: the operands have different shapes, ", a.desc().str(), " and ",
+                b.desc().str(), " (no broadcasting)");
+  a.desc().check("add", "input", -1);
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(a.desc(), dev);
+    pylenet::add_run(h, a.numel(), fptr(a), fptr(b), fptr_mut(y));
+    return y;
+  });
+}
+
+DeviceTensor dropout(const DeviceTensor& x, double p, uint64_t key, const py::object& stream) {
+  require_f32("dropout", "input", x);
+  check_dropout_p("dropout", p);
+  x.desc().check("dropout", "input", -1);
+  return with_handle(x.device(), stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(x.desc(), x.device());
+    pylenet::dropout_forward(h, DropoutDesc{static_cast<float>(p), key}, 0, x.numel(), fptr(x), fptr_mut(y));
+    return y;
+  });
+}
+
+DeviceTensor softmax(const DeviceTensor& x, bool log, const py::object& stream) {
+  const char* op = log ? "log_softmax" : "softmax";
+  require_f32(op, "input", x);
+  x.desc().check(op, "input", 2, "(N, C)");
+  return with_handle(x.device(), stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(x.desc(), x.device());
+    pylenet::softmax_forward(h, log, x.desc().dim(0), x.desc().dim(1), fptr(x), fptr_mut(y));
+    return y;
+  });
+}
+
+double nll_loss(const DeviceTensor& logp, const DeviceTensor& labels, const py::object& stream) {
+  const char* op = "nll_loss";
+  require_f32(op, "input", logp);
+  require_dtype(op, "labels", labels, DType::Int64);
+  const int dev = common_device(op, {{"input", &logp}, {"labels", &labels}});
+  logp.desc().check(op, "input", 2, "(N, C)");
+  labels.desc().check(op, "labels", 1, "(N,)");
+  const int64_t n = logp.desc().dim(0), c = logp.desc().dim(1);
+  PYL_CHECK_ARG(labels.desc().dim(0) == n, op, ": ", labels.desc().dim(0), " labels for ", n, " rows");
+  // The labels are checked on the host (a copy of N int64s), then the sum runs on the device.
+  std::vector<int64_t> host(static_cast<size_t>(n));
+  cuda::copy_to_host(labels, host.data());
+  for (int64_t i = 0; i < n; ++i)
+    PYL_CHECK_ARG(host[i] >= 0 && host[i] < c, op, ": label ", host[i], " at index ", i, " is outside [0, ", c, ")");
+  return with_handle(dev, stream, [&](Handle& h) {
+    double* sum = static_cast<double*>(h.cuda().scratch());
+    pylenet::nll_loss_forward(h, n, c, fptr(logp), labels.data_as<const int64_t>(), sum);
+    double out = 0;
+    PYL_CUDA_CHECK(cudaMemcpyAsync(&out, sum, sizeof out, cudaMemcpyDeviceToHost, h.cuda().stream()));
+    h.cuda().synchronize();
+    return out / static_cast<double>(n);
+  });
+}
+
+DeviceTensor batch_norm(const DeviceTensor& x, const OptTensor& rm, const OptTensor& rv, const OptTensor& w,
+                        const OptTensor& b, bool training, double momentum, double eps, const py::object& stream) {
+  const char* op = "batch_norm";
+  require_f32(op, "input", x);
+  for (auto* t : {&rm, &rv, &w, &b})
+    if (*t) require_f32(op, "statistics and affine parameters", **t);
+  if (rm) require_writable(op, "running_mean", *rm);
+  if (rv) require_writable(op, "running_var", *rv);
+  const int dev = common_device(op, {{"input", &x}, {"running_mean", rm ? &*rm : nullptr},
+                                     {"running_var", rv ? &*rv : nullptr}, {"weight", w ? &*w : nullptr},
+                                     {"bias", b ? &*b : nullptr}});
+  const TensorDesc xd = x.desc();
+  xd.check(op, "input", -1);
+  PYL_CHECK_ARG(xd.rank() >= 2 && xd.rank() <= 4, op, ": input must be (N, C), (N, C, L) or (N, C, H, W), got ",
+                xd.str());
+  const int64_t c = xd.dim(1);
+  for (auto* t : {&rm, &rv, &w, &b})
+    if (*t) PYL_CHECK_ARG((*t)->desc() == TensorDesc{c}, op, ": statistics and affine parameters must be (", c,
+                          ",), got ", (*t)->desc().str());
+  PYL_CHECK_ARG(std::isfinite(eps) && eps > 0, op, ": eps must be > 0, got ", eps);
+  PYL_CHECK_ARG(training || (rm && rv), op, ": evaluation needs running_mean and running_var");
+  PYL_CHECK_ARG(bool(rm) == bool(rv), op, ": running_mean and running_var go together");
+  const BatchNormShape s{xd.dim(0), c, xd.numel() / (xd.dim(0) * c)};
+  PYL_CHECK_ARG(!training || s.count() > 1, op, ": expected more than 1 value per channel when training, got input ",
+                xd.str());
+  return with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor y = new_f32(xd, dev);
+    float* rmp = rm ? fptr_mut(*rm) : nullptr;
+    float* rvp = rv ? fptr_mut(*rv) : nullptr;
+    if (!training) {
+      pylenet::batch_norm_inference(h, s, fptr(x), rmp, rvp, eps, fptr_or_null(w), fptr_or_null(b), fptr_mut(y));
+      return y;
+    }
+    DeviceTensor stats = DeviceTensor::empty({4 * c}, DType::Float64, dev);  // partials (2C), then mean, invstd
+    double* partial = stats.data_as<double>();
+    float* mean = reinterpret_cast<float*>(partial + 2 * c);
+    float* invstd = mean + c;
+    pylenet::batch_norm_stats_partial(h, s, fptr(x), partial);
+    pylenet::batch_norm_stats_finalize(h, c, 1, partial, s.count(), eps, momentum, mean, invstd, rmp, rvp, nullptr);
+    pylenet::batch_norm_apply(h, s, fptr(x), mean, invstd, fptr_or_null(w), fptr_or_null(b), fptr_mut(y));
+    h.cuda().synchronize();  // `stats` is freed on return
+    return y;
   });
 }
 
@@ -478,18 +568,12 @@ py::tuple softmax_cross_entropy(const DeviceTensor& logits, const DeviceTensor& 
   require_f32(op, "logits", logits);
   require_dtype(op, "labels", labels, DType::Int64);
   const int dev = common_device(op, {{"logits", &logits}, {"labels", &labels}});
-  const TensorDesc ld = logits.desc(), yd = labels.desc();
-  ld.check(op, "logits", 2, "(N, num_classes)");
-  yd.check(op, "labels", 1, "(N,)");
-  PYL_CHECK_ARG(yd.dim(0) == ld.dim(0), op, ": ", yd.dim(0), " labels for ", ld.dim(0), " rows of logits ", ld.str());
-  const int64_t n = ld.dim(0), c = ld.dim(1);
-  auto [loss, dlogits] = run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    DeviceTensor d = new_f32(ld, dev);
-    void* ws = ctx.workspace(static_cast<size_t>(cuda::softmax_cross_entropy_workspace_bytes(n)));
-    auto* result = static_cast<cuda::LossResult*>(ctx.scratch());
+  logits.desc().check(op, "logits", 2, "(N, num_classes)");
+  auto [loss, dlogits] = with_handle(dev, stream, [&](Handle& h) {
+    DeviceTensor d = new_f32(logits.desc(), dev);
     // Synchronises; throws InvalidArgument naming a bad label or non-finite logit.
-    const double l = cuda::softmax_cross_entropy(n, c, fptr(logits), labels.data_as<const int64_t>(), fptr_mut(d),
-                                                 1.0f / static_cast<float>(n), result, ws, ctx.stream());
+    const double l = pylenet::softmax_cross_entropy(h, logits.desc(), fptr(logits), labels.desc(),
+                                                   labels.data_as<const int64_t>(), fptr_mut(d));
     return std::make_pair(l, std::move(d));
   });
   return py::make_tuple(loss, std::move(dlogits));
@@ -512,17 +596,11 @@ void sgd_step(const DeviceTensor& param, const DeviceTensor& grad, const OptTens
   if (velocity)
     PYL_CHECK_ARG(velocity->desc() == pd, "sgd_step: velocity shape ", velocity->desc().str(),
                   " differs from param shape ", pd.str());
-  const SgdParams o{lr, momentum, weight_decay, nesterov};
-  check_sgd_params(o);
-  pd.check(op, "param", -1);
-  PYL_CHECK_ARG(o.momentum == 0.0f || velocity, op, ": momentum ", o.momentum, " needs a velocity buffer");
-  run_on_device(dev, ext_stream(stream), [&](cuda::CudaContext& ctx) {
-    const int64_t n = param.numel();
-    // Synchronises: a NaN/inf gradient raises before anything is written, as on the CPU.
-    PYL_CHECK_ARG(cuda::all_finite(n, fptr(grad), static_cast<int*>(ctx.scratch()), ctx.stream()), op,
-                  ": gradient of shape ", pd.str(), " contains NaN or inf; parameters left unchanged");
-    cuda::sgd_step(n, fptr_mut(param), fptr(grad), o.momentum != 0.0f ? fptr_mut(*velocity) : nullptr, o,
-                   ctx.stream());
+  with_handle(dev, stream, [&](Handle& h) {
+    // A NaN/inf gradient raises before anything is written (the op layer waits for that check).
+    pylenet::sgd_step(h, pd, fptr_mut(param), fptr(grad), velocity ? fptr_mut(*velocity) : nullptr,
+                      SgdParams{lr, momentum, weight_decay, nesterov});
+    return 0;
   });
 }
 
@@ -983,7 +1061,7 @@ __cuda_array_interface__ (v3) and DLPack (__dlpack__/__dlpack_device__).)doc")
   m.def("conv2d_workspace_size", [](const std::string& algo, const std::string& pass, const Shape& x, const Shape& w,
                                     const PairT& stride, const PairT& pad) {
     const auto sh = ConvShape::make("conv2d", TensorDesc(x), TensorDesc(w), conv_desc(stride, pad));
-    return cuda::conv_workspace_size(conv_algo_from_name(algo), pass_of(pass), sh);
+    return pylenet::conv_workspace_size(Device::CUDA, conv_algo_from_name(algo), pass_of(pass), sh, 1);
   }, arg("algo"), arg("pass_"), arg("x_shape"), arg("w_shape"), arg("stride"), arg("padding"));
   m.def("conv2d_forward", &device_ops::conv2d_forward, arg("x"), arg("w"), arg("b"), arg("stride"), arg("padding"), arg("algo"), s);
   m.def("conv2d_backward_data", &device_ops::conv2d_backward_data, arg("w"), arg("dy"), arg("x_shape"), arg("stride"),
@@ -1000,8 +1078,14 @@ __cuda_array_interface__ (v3) and DLPack (__dlpack__/__dlpack_device__).)doc")
   m.def("linear_backward_data", &device_ops::linear_backward_data, arg("dy"), arg("w"), arg("x_shape"), s);
   m.def("linear_backward_weight", &device_ops::linear_backward_weight, arg("dy"), arg("x"), arg("w_shape"), s);
   m.def("linear_backward_bias", &device_ops::linear_backward_bias, arg("dy"), s);
-  m.def("activation_forward", &device_ops::activation_forward, arg("name"), arg("x"), s);
-  m.def("activation_backward", &device_ops::activation_backward, arg("name"), arg("y"), arg("dy"), s);
+  m.def("activation_forward", &device_ops::activation_forward, arg("name"), arg("x"), arg("slope"), s);
+  m.def("activation_backward", &device_ops::activation_backward, arg("name"), arg("y"), arg("dy"), arg("slope"), s);
+  m.def("add", &device_ops::add, arg("a"), arg("b"), s);
+  m.def("dropout", &device_ops::dropout, arg("x"), arg("p"), arg("key"), s);
+  m.def("softmax", &device_ops::softmax, arg("x"), arg("log"), s);
+  m.def("nll_loss", &device_ops::nll_loss, arg("logp"), arg("labels"), s);
+  m.def("batch_norm", &device_ops::batch_norm, arg("x"), arg("running_mean"), arg("running_var"), arg("weight"),
+        arg("bias"), arg("training"), arg("momentum"), arg("eps"), s);
   m.def("softmax_cross_entropy", &device_ops::softmax_cross_entropy, arg("logits"), arg("labels"), s);
   m.def("sgd_step", &device_ops::sgd_step, arg("param"), arg("grad"), arg("velocity"), arg("lr"), arg("momentum"),
         arg("weight_decay"), arg("nesterov"), s);

@@ -176,8 +176,8 @@ void bind_runtime(py::module_& m) {
         return out;
       }, "Every node as a dict: op, inputs, outputs, attrs, scope, module, where, backward, flops (per sample).");
 
-  py::class_<PyExecutor>(m, "Executor", "A compiled graph: memory plan, native steps, epochs and inference.")
-      .def(py::init([](const Graph& g, const py::dict& config, py::array params, const py::dict& offsets,
+  py::class_<PyExecutor> exec(m, "Executor", "A compiled graph: memory plan, native steps, epochs and inference.");
+  exec.def(py::init([](const Graph& g, const py::dict& config, py::array params, const py::dict& offsets,
                        const py::dict& buffers, const py::list& state) {
              runtime::Config cfg;
              const std::string device = config["device"].cast<std::string>();
@@ -309,6 +309,41 @@ void bind_runtime(py::module_& m) {
         }
         return py::make_tuple(out, stats_dict(s));
       }, py::arg("x"), py::arg("labels") = py::none(), py::arg("outputs") = true);
+
+#ifdef PYLENET_HAVE_CUDA
+  using Data = runtime::Executor::DeviceData;
+  py::class_<Data, std::shared_ptr<Data>>(m, "DeviceData", "A dataset resident on a device (uploaded once).")
+      .def_property_readonly("count", [](const Data& d) { return d.count; })
+      .def_property_readonly("device", [](const Data& d) { return d.device; })
+      .def("__len__", [](const Data& d) { return d.count; });
+  exec.def("upload", [](PyExecutor& p, const FArray& images, std::optional<LArray> labels) {
+        check_batch(*p.ex, "upload", images, labels ? &*labels : nullptr);
+        const int64_t* lp = labels ? labels->data() : nullptr;
+        py::gil_scoped_release nogil;
+        return p.ex->upload(images.data(), lp, images.shape(0));
+      }, py::arg("images"), py::arg("labels") = py::none(),
+      "Copies a dataset to the executor's device, once; labels are checked here.")
+      .def("train_epoch_device", [](PyExecutor& p, const Data& data, const LArray& order, int64_t batch_size,
+                                    const py::dict& schedule, int64_t iteration, py::object progress, int64_t every) {
+        PYL_CHECK_ARG(order.ndim() == 1, "train: order must be 1-D");
+        const runtime::ScheduleSpec sched = schedule_spec_of(schedule);
+        const runtime::ProgressFn fn = progress_fn(progress);
+        runtime::RunStats s;
+        {
+          py::gil_scoped_release nogil;
+          s = p.ex->train_epoch_device(data, order.data(), order.shape(0), batch_size, sched, iteration, fn, every);
+        }
+        return py::make_tuple(stats_dict(s), iteration);
+      })
+      .def("evaluate_device", [](PyExecutor& p, const Data& data) {
+        runtime::RunStats s;
+        {
+          py::gil_scoped_release nogil;
+          s = p.ex->evaluate_device(data);
+        }
+        return stats_dict(s);
+      });
+#endif
 
   m.def("schedule_lr", [](const py::dict& s, double lr, int64_t iter) {
     return runtime::schedule_lr(schedule_spec_of(s), lr, iter);

@@ -19,6 +19,9 @@
 #include "ops/math.h"
 #include "ops/softmax.h"
 #include "runtime/cuda_state.h"
+#ifdef PYLENET_HAVE_CUDA
+#include "cuda/check.h"
+#endif
 
 namespace pylenet::runtime {
 
@@ -140,7 +143,8 @@ Memory::Memory(Device dev, int cuda_device, size_t bytes) : bytes_(bytes) {
 #ifdef PYLENET_HAVE_CUDA
   if (dev == Device::CUDA) {
     device_ = cuda::DeviceBuffer(cuda_device, bytes);
-    cuda::memset_zero(device_.data(), bytes);
+    cuda::DeviceGuard guard(cuda_device);
+    PYL_CUDA_CHECK(cudaMemset(device_.data(), 0, bytes));
     return;
   }
 #else
@@ -625,7 +629,7 @@ void Executor::plan_memory() {
                          static_cast<double>(bytes(st.fixed_floats) + bytes(bind_.num_params)) +
                          static_cast<double>(bytes(st.chunk_grad_floats)) * static_cast<double>(max_chunks_) +
                          static_cast<double>(bytes(st.batch_grad_floats) + bytes(st.stash_x_floats + st.stash_dy_floats)) +
-                         (cfg_.train ? static_cast<double>(bytes(cfg_.capacity * sample) + 8 * cfg_.capacity) : 0.0);
+                         static_cast<double>(bytes(cfg_.capacity * sample) + 8 * cfg_.capacity);
   if (dev == Device::CPU) {
     const double physical = static_cast<double>(sysconf(_SC_PHYS_PAGES)) * static_cast<double>(sysconf(_SC_PAGE_SIZE));
     if (physical > 0 && planned > physical)
@@ -650,12 +654,12 @@ void Executor::plan_memory() {
   st.loss.assign(max_chunks_, 0.0);
   st.correct.assign(max_chunks_, 0);
   st.bad.assign(max_chunks_, 0);
-  if (cfg_.train) {  // train_epoch gathers batches here
+  if (cfg_.train || dev == Device::CUDA) {  // batches are gathered (or copied to the device) here
     st.input = Memory(dev, cd, bytes(round16(cfg_.capacity * sample)));
     st.labels = Memory(dev, cd, sizeof(int64_t) * cfg_.capacity);
   }
 #ifdef PYLENET_HAVE_CUDA
-  if (cuda_) cuda_->allocate(*this, g_, bind_, max_chunks_);
+  if (cuda_) cuda_allocate();
 #endif
 }
 
@@ -664,6 +668,9 @@ void Executor::choose_algorithms() {
   Store& st = *store_;
   Handle& h = *workers_[0];
   int64_t ws = 0;
+  // "auto" measures on real buffers: a zeroed batch stands in for the input.
+  const Memory probe(cfg_.device, cfg_.cuda_device, sizeof(float) * chunk_ * g_.value(g_.input()).numel());
+  x_ = probe.floats();
   for (Instr& ins : instrs_) {
     switch (ins.kind) {
       case Instr::ConvFwd:
@@ -702,15 +709,21 @@ void Executor::choose_algorithms() {
       default: break;
     }
   }
+  x_ = nullptr;
   st.workspace_bytes = ws;
   for (auto& w : workers_) w->workspace(static_cast<size_t>(ws));
+  // "auto" wrote into the buffers it measured on.
 #ifdef PYLENET_HAVE_CUDA
-  if (cuda_) cuda_->clear_after_measuring(*this);
-#endif
-  if (!on_device()) {  // "auto" wrote into the buffers it measured on
-    std::memset(st.grads.data(), 0, st.grads.bytes());
-    if (st.chunk_grads.bytes()) std::memset(st.chunk_grads.data(), 0, st.chunk_grads.bytes());
+  if (cuda_) {
+    cudaStream_t stream = cuda_->ctx.stream();
+    PYL_CUDA_CHECK(cudaMemsetAsync(st.grads.data(), 0, st.grads.bytes(), stream));
+    if (st.chunk_grads.bytes()) PYL_CUDA_CHECK(cudaMemsetAsync(st.chunk_grads.data(), 0, st.chunk_grads.bytes(), stream));
+    cuda_->synchronize();
+    return;
   }
+#endif
+  std::memset(st.grads.data(), 0, st.grads.bytes());
+  if (st.chunk_grads.bytes()) std::memset(st.chunk_grads.data(), 0, st.chunk_grads.bytes());
 }
 
 MemoryPlan Executor::memory_plan() const {
@@ -971,7 +984,9 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       classify(h, m, per, scores, has_labels ? labels(ins.in[1]) : nullptr, correct_slot(c), bad_slot(c));
       if (out_ && !on_device()) std::memcpy(out_ + start * per, scores, sizeof(float) * m * per);
 #ifdef PYLENET_HAVE_CUDA
-      if (out_ && on_device()) cuda_->copy_out(out_ + start * per, scores, m * per);
+      if (out_ && on_device())
+        PYL_CUDA_CHECK(cudaMemcpyAsync(out_ + start * per, scores, sizeof(float) * m * per, cudaMemcpyDeviceToHost,
+                                       cuda_->ctx.stream()));
 #endif
       return;
     }
@@ -1012,9 +1027,6 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
 RunStats Executor::collect(int64_t n, const char* op) {
   RunStats st;
   const int64_t chunks = (n + chunk_ - 1) / chunk_;
-#ifdef PYLENET_HAVE_CUDA
-  if (cuda_) return cuda_->collect(n, op, *this);
-#endif
   for (int64_t c = 0; c < chunks; ++c)
     if (store_->bad[c]) {
       if (cfg_.train)
@@ -1038,7 +1050,7 @@ void Executor::update(int64_t n, float lr) {
   float* grads = st.grads.floats();
 #ifdef PYLENET_HAVE_CUDA
   if (cuda_) {
-    cuda_->update(*this, chunks, lr);
+    cuda_update(chunks, lr);
     return;
   }
 #endif
@@ -1094,11 +1106,13 @@ RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, 
   out_ = nullptr;
 #ifdef PYLENET_HAVE_CUDA
   if (cuda_) {
-    cuda_->stage_batch(*this, x, labels, n);
-    run_batch(store_->input.floats(), reinterpret_cast<const int64_t*>(store_->labels.data()), n);
-    RunStats st = collect(n, "train_step");  // waits for this step's totals
-    update(n, lr);
-    return st;
+    const int64_t before = steps_;
+    cuda_reset_totals();
+    cuda_stage(x, labels, n);
+    run_batch(store_->input.floats(), static_cast<const int64_t*>(store_->labels.data()), n);
+    cuda_accumulate();
+    update(n, lr);  // a no-op on the device if the step's output was not finite
+    return cuda_read_totals(n, "train_step", before);
   }
 #endif
   run_batch(x, labels, n);
@@ -1155,6 +1169,9 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
   if (labels) check_labels(labels, count, "evaluate");
   const int64_t sample = g_.value(g_.input()).numel();
   RunStats total;
+#ifdef PYLENET_HAVE_CUDA
+  if (cuda_) cuda_reset_totals();
+#endif
   for (int64_t base = 0; base < count; base += cfg_.capacity) {
     const int64_t n = std::min(cfg_.capacity, count - base);
     out_ = out ? out + base * store_->out_floats : nullptr;
@@ -1162,9 +1179,10 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
     const int64_t* yb = labels ? labels + base : nullptr;
 #ifdef PYLENET_HAVE_CUDA
     if (cuda_) {
-      cuda_->stage_batch(*this, xb, yb, n);
-      xb = store_->input.floats();
-      yb = labels ? reinterpret_cast<const int64_t*>(store_->labels.data()) : nullptr;
+      cuda_stage(xb, yb, n);
+      run_batch(store_->input.floats(), yb ? static_cast<const int64_t*>(store_->labels.data()) : nullptr, n);
+      cuda_accumulate();
+      continue;
     }
 #endif
     std::fill(store_->loss.begin(), store_->loss.end(), 0.0);
@@ -1177,21 +1195,223 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
   }
   out_ = nullptr;
 #ifdef PYLENET_HAVE_CUDA
-  if (cuda_) cuda_->synchronize();
+  if (cuda_) return cuda_read_totals(count, labels ? "evaluate" : "predict", -1);
 #endif
   return total;
 }
 
+#ifndef PYLENET_HAVE_CUDA
+void Executor::upload_state() {}
+void Executor::download_state() {}
+#else
+// ------------------------------------------------------------------------------ CUDA
+namespace {
+size_t value_bytes(const graph::Value& v) { return (v.is_int ? 8 : 4) * static_cast<size_t>(v.numel()); }
+}  // namespace
+
+void Executor::cuda_allocate() {
+  CudaState& c = *cuda_;
+  const int dev = cfg_.cuda_device;
+  c.params = Memory(Device::CUDA, dev, sizeof(float) * std::max<int64_t>(bind_.num_params, 1));
+  for (size_t i = 0; i < bind_.state.size(); ++i)
+    c.state.emplace_back(Device::CUDA, dev, sizeof(float) * std::max<int64_t>(bind_.num_params, 1));
+  for (int v = 0; v < static_cast<int>(g_.values().size()); ++v)
+    if (store_->at[v].home == Home::Buffer) c.buffers.emplace(v, Memory(Device::CUDA, dev, value_bytes(g_.value(v))));
+  c.step = Memory(Device::CUDA, dev, 64);
+  c.totals = Memory(Device::CUDA, dev, 64);
+}
+
 void Executor::upload_state() {
-#ifdef PYLENET_HAVE_CUDA
-  if (cuda_) cuda_->upload(*this);
-#endif
+  if (!cuda_) return;
+  CudaState& c = *cuda_;
+  cuda::DeviceGuard guard(cfg_.cuda_device);
+  cudaStream_t st = c.ctx.stream();
+  const size_t pbytes = sizeof(float) * bind_.num_params;
+  if (pbytes) PYL_CUDA_CHECK(cudaMemcpyAsync(c.params.data(), bind_.params, pbytes, cudaMemcpyHostToDevice, st));
+  for (size_t i = 0; i < c.state.size() && pbytes; ++i)
+    PYL_CUDA_CHECK(cudaMemcpyAsync(c.state[i].data(), bind_.state[i], pbytes, cudaMemcpyHostToDevice, st));
+  for (auto& [v, mem] : c.buffers)
+    PYL_CUDA_CHECK(cudaMemcpyAsync(mem.data(), bind_.buffer_ptr[v], value_bytes(g_.value(v)), cudaMemcpyHostToDevice,
+                                   st));
+  c.synchronize();
 }
 
 void Executor::download_state() {
-#ifdef PYLENET_HAVE_CUDA
-  if (cuda_) cuda_->download(*this);
-#endif
+  if (!cuda_) return;
+  CudaState& c = *cuda_;
+  cuda::DeviceGuard guard(cfg_.cuda_device);
+  cudaStream_t st = c.ctx.stream();
+  const size_t pbytes = sizeof(float) * bind_.num_params;
+  if (pbytes) PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.params, c.params.data(), pbytes, cudaMemcpyDeviceToHost, st));
+  for (size_t i = 0; i < c.state.size() && pbytes; ++i)
+    PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.state[i], c.state[i].data(), pbytes, cudaMemcpyDeviceToHost, st));
+  for (auto& [v, mem] : c.buffers)
+    PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.buffer_ptr[v], mem.data(), value_bytes(g_.value(v)), cudaMemcpyDeviceToHost,
+                                   st));
+  c.synchronize();
 }
+
+void Executor::cuda_reset_totals() {
+  PYL_CUDA_CHECK(cudaMemsetAsync(cuda_->totals.data(), 0, cuda_->totals.bytes(), cuda_->ctx.stream()));
+}
+
+void Executor::cuda_stage(const float* x, const int64_t* y, int64_t n) {
+  cudaStream_t st = cuda_->ctx.stream();
+  const int64_t sample = g_.value(g_.input()).numel();
+  PYL_CUDA_CHECK(cudaMemcpyAsync(store_->input.data(), x, sizeof(float) * n * sample, cudaMemcpyHostToDevice, st));
+  if (y) PYL_CUDA_CHECK(cudaMemcpyAsync(store_->labels.data(), y, sizeof(int64_t) * n, cudaMemcpyHostToDevice, st));
+}
+
+void Executor::cuda_accumulate() {
+  cuda::accumulate_totals(g_.loss() >= 0 ? cuda_->loss_slot() : nullptr, cuda_->correct_slot(), cuda_->bad_slot(),
+                          cuda_->run_totals(), cuda_->ctx.stream());
+}
+
+RunStats Executor::cuda_read_totals(int64_t samples, const char* op, int64_t steps_before) {
+  cuda::RunTotals t{};
+  PYL_CUDA_CHECK(cudaMemcpyAsync(&t, cuda_->totals.data(), sizeof t, cudaMemcpyDeviceToHost, cuda_->ctx.stream()));
+  cuda_->synchronize();
+  if (t.bad) {
+    if (steps_before >= 0) {
+      steps_ = steps_before + static_cast<int64_t>(t.steps);  // the skipped updates did not happen
+      fail(ErrorKind::Runtime, "training diverged: the network produced a non-finite output after ", steps_,
+           " optimizer steps (no later step was applied); try a smaller learning rate");
+    }
+    fail(ErrorKind::Runtime, op, ": the model produced a non-finite output; its weights or the input hold NaN/inf");
+  }
+  RunStats s;
+  s.loss_sum = t.loss_sum;
+  s.correct = static_cast<int64_t>(t.correct);
+  s.samples = samples;
+  s.steps = static_cast<int64_t>(t.steps);
+  return s;
+}
+
+void Executor::cuda_update(int64_t chunks, float lr) {
+  const Store& st = *store_;
+  Handle& h = *workers_[0];
+  cudaStream_t stream = cuda_->ctx.stream();
+  float* grads = st.grads.floats();
+  // Parameters used more than once: their contributions summed in a fixed order.
+  std::vector<std::pair<int64_t, int64_t>> ranges;
+  for (const auto& pg : param_grads_) {
+    const int64_t off = bind_.param_offset[pg.param], count = g_.value(pg.param).numel();
+    ranges.emplace_back(off, off + count);
+    bool first = true;
+    for (int v : pg.contributions) {
+      const auto& s = st.at[v];
+      if (s.home == Home::GradDirect) {
+        first = false;
+        continue;
+      }
+      for (int64_t c = 0; c < (s.home == Home::GradChunk ? chunks : 1); ++c) {
+        const float* src = grad_ptr(v, c);
+        if (first) PYL_CUDA_CHECK(cudaMemcpyAsync(grads + off, src, sizeof(float) * count, cudaMemcpyDeviceToDevice,
+                                                  stream));
+        else add_run(h, count, grads + off, src, grads + off);
+        first = false;
+      }
+    }
+  }
+  // One update launch per run of adjacent parameters (a LeNet: one), skipped on the device
+  // when this step (or an earlier one of the epoch) produced a non-finite output.
+  std::sort(ranges.begin(), ranges.end());
+  float* s0 = cuda_->state.size() > 0 ? cuda_->state[0].floats() : nullptr;
+  float* s1 = cuda_->state.size() > 1 ? cuda_->state[1].floats() : nullptr;
+  const int* skip = &cuda_->run_totals()->bad;
+  for (size_t i = 0; i < ranges.size();) {
+    int64_t lo = ranges[i].first, hi = ranges[i].second;
+    for (++i; i < ranges.size() && ranges[i].first == hi; ++i) hi = ranges[i].second;
+    optimizer_update(h, cfg_.optim, lr, steps_, hi - lo, cuda_->params.floats() + lo, grads + lo, s0 ? s0 + lo : nullptr,
+                     s1 ? s1 + lo : nullptr, skip);
+  }
+}
+
+std::shared_ptr<Executor::DeviceData> Executor::upload(const float* images, const int64_t* labels, int64_t count) {
+  PYL_CHECK_ARG(cuda_, "upload: this network is not on a CUDA device");
+  PYL_CHECK_ARG(count >= 1, "upload: no samples");
+  if (labels) check_labels(labels, count, "upload");
+  auto d = std::make_shared<DeviceData>();
+  d->count = count;
+  d->sample_floats = g_.value(g_.input()).numel();
+  d->device = cfg_.cuda_device;
+  d->images = Memory(Device::CUDA, d->device, sizeof(float) * count * d->sample_floats);
+  cuda::DeviceGuard guard(d->device);
+  PYL_CUDA_CHECK(cudaMemcpy(d->images.data(), images, d->images.bytes(), cudaMemcpyHostToDevice));
+  if (labels) {
+    d->labels = Memory(Device::CUDA, d->device, sizeof(int64_t) * count);
+    PYL_CUDA_CHECK(cudaMemcpy(d->labels.data(), labels, d->labels.bytes(), cudaMemcpyHostToDevice));
+  }
+  return d;
+}
+
+RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* order, int64_t order_len,
+                                      int64_t batch_size, const ScheduleSpec& schedule, int64_t& iteration,
+                                      const ProgressFn& progress, int64_t every) {
+  PYL_CHECK_ARG(cfg_.train && cuda_, "train: this network is not a CUDA training network");
+  PYL_CHECK_ARG(data.device == cfg_.cuda_device, "train: the dataset is on cuda:", data.device, ", the model on cuda:",
+                cfg_.cuda_device);
+  PYL_CHECK_ARG(data.sample_floats == g_.value(g_.input()).numel(), "train: the dataset's samples hold ",
+                data.sample_floats, " values, the model's input ", g_.value(g_.input()).numel());
+  PYL_CHECK_ARG(data.labels.data(), "train: the dataset has no labels");
+  PYL_CHECK_ARG(batch_size >= 1 && batch_size <= cfg_.capacity, "train: batch size ", batch_size,
+                " exceeds the planned batch size ", cfg_.capacity);
+  for (int64_t i = 0; i < order_len; ++i)
+    PYL_CHECK_ARG(order[i] >= 0 && order[i] < data.count, "train: sample index ", order[i], " is outside [0, ",
+                  data.count, ")");
+  out_ = nullptr;
+  cuda::DeviceGuard guard(cfg_.cuda_device);
+  cudaStream_t st = cuda_->ctx.stream();
+  if (order_len > cuda_->order_len) {  // once per run (the same length every epoch)
+    cuda_->order = Memory(Device::CUDA, cfg_.cuda_device, sizeof(int64_t) * order_len);
+    cuda_->order_len = order_len;
+  }
+  // The order is the only upload of the epoch; it must land before the host array may change.
+  PYL_CUDA_CHECK(cudaMemcpyAsync(cuda_->order.data(), order, sizeof(int64_t) * order_len, cudaMemcpyHostToDevice, st));
+  cuda_->synchronize();
+  cuda_reset_totals();
+  const int64_t before = steps_;
+  const auto* dorder = static_cast<const int64_t*>(cuda_->order.data());
+  float* xb = store_->input.floats();
+  auto* yb = static_cast<int64_t*>(store_->labels.data());
+  const int64_t steps = (order_len + batch_size - 1) / batch_size;
+  RunStats total;
+  int64_t samples = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const int64_t start = s * batch_size, n = std::min(batch_size, order_len - start);
+    cuda::gather_batch(n, data.sample_floats, data.images.floats(), static_cast<const int64_t*>(data.labels.data()),
+                       dorder + start, xb, yb, st);
+    run_batch(xb, yb, n);
+    cuda_accumulate();
+    update(n, static_cast<float>(schedule_lr(schedule, cfg_.optim.lr, iteration)));
+    ++iteration;
+    samples += n;
+    if ((s + 1) % std::max<int64_t>(every, 1) == 0 || s + 1 == steps) {
+      // The only synchronisation of the loop: the numbers shown to the user.
+      total = cuda_read_totals(samples, "train", before);
+      if (progress && !progress(s + 1, steps, total)) break;
+    }
+  }
+  return total;
+}
+
+RunStats Executor::evaluate_device(const DeviceData& data) {
+  PYL_CHECK_ARG(cuda_, "evaluate: this network is not on a CUDA device");
+  PYL_CHECK_ARG(data.device == cfg_.cuda_device, "evaluate: the dataset is on cuda:", data.device,
+                ", the model on cuda:", cfg_.cuda_device);
+  PYL_CHECK_ARG(data.sample_floats == g_.value(g_.input()).numel(), "evaluate: the dataset's samples hold ",
+                data.sample_floats, " values, the model's input ", g_.value(g_.input()).numel());
+  out_ = nullptr;
+  cuda::DeviceGuard guard(cfg_.cuda_device);
+  cuda_reset_totals();
+  const int64_t* labels = static_cast<const int64_t*>(data.labels.data());
+  for (int64_t base = 0; base < data.count; base += cfg_.capacity) {
+    const int64_t n = std::min(cfg_.capacity, data.count - base);
+    run_batch(data.images.floats() + base * data.sample_floats, labels ? labels + base : nullptr, n);
+    cuda_accumulate();
+  }
+  return cuda_read_totals(data.count, "evaluate", -1);
+}
+#endif
 
 }  // namespace pylenet::runtime

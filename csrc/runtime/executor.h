@@ -161,7 +161,11 @@ class Executor {
   bool on_device() const { return cfg_.device == Device::CUDA; }
 #ifdef PYLENET_HAVE_CUDA
   // A dataset resident on the device: batches of an epoch are gathered there by index.
-  struct DeviceData;
+  struct DeviceData {
+    Memory images, labels;
+    int64_t count = 0, sample_floats = 0;
+    int device = 0;
+  };
   std::shared_ptr<DeviceData> upload(const float* images, const int64_t* labels, int64_t count);
   RunStats train_epoch_device(const DeviceData& data, const int64_t* order, int64_t order_len, int64_t batch_size,
                               const ScheduleSpec& schedule, int64_t& iteration, const ProgressFn& progress,
@@ -191,7 +195,15 @@ class Executor {
   double* loss_slot(int64_t c);
   int64_t* correct_slot(int64_t c);
   int* bad_slot(int64_t c);
-  friend struct CudaState;
+#ifdef PYLENET_HAVE_CUDA
+  // The CUDA side of the loop (executor.cpp).
+  void cuda_allocate();
+  void cuda_stage(const float* x, const int64_t* y, int64_t n);   // host batch -> the input buffers
+  void cuda_accumulate();                                          // this step's results -> totals
+  RunStats cuda_read_totals(int64_t samples, const char* op, int64_t steps_before);  // synchronises
+  void cuda_update(int64_t chunks, float lr);
+  void cuda_reset_totals();
+#endif
 
   graph::Graph g_;
   Config cfg_;
