@@ -422,6 +422,41 @@ def full_epoch(threads):
     return h.epochs[0]["seconds"]
 
 
+def _spin(core):  # the busy neighbour: one core at 100 %
+    os.sched_setaffinity(0, {core})
+    while True:
+        pass
+
+
+def neighbour(name, batch, steps, repeats, images, labels, threads):
+    """Training samples/s of `name` on 1 thread and on `threads` threads, alternately, with
+    another process busy on the last core all along (bounded spins, then sleeping waits, and
+    chunks claimed as workers come free: all threads should not be slower than one)."""
+    import multiprocessing
+    ctx = multiprocessing.get_context("spawn")
+    busy = ctx.Process(target=_spin, args=(max(os.sched_getaffinity(0)),), daemon=True)
+    busy.start()
+    try:
+        time.sleep(0.5)
+        runs = {1: setup_pylenet(name, batch, steps, images, labels, 1)[0],
+                threads: setup_pylenet(name, batch, steps, images, labels, threads)[0]}
+        times = {1: [], threads: []}
+        for _ in range(repeats):
+            for t, fn in runs.items():
+                pylenet.set_num_threads(t)
+                t0 = time.perf_counter()
+                fn()
+                times[t].append(time.perf_counter() - t0)
+    finally:
+        busy.terminate()
+        busy.join()
+    n = batch * steps
+    return {"model": name, "batch": batch, "threads": threads,
+            "one_thread_samples_per_s": n / statistics.median(times[1]),
+            "all_threads_samples_per_s": n / statistics.median(times[threads]),
+            "ratio_all_to_one": statistics.median(a / b for a, b in zip(times[1], times[threads]))}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="pylenet bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
@@ -434,6 +469,8 @@ def main(argv=None):
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>-<date>.json)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: pylenet on the GPU vs PyTorch + cuDNN on the same GPU")
+    ap.add_argument("--neighbour", action="store_true",
+                    help="also train each model on 1 and on all threads beside a process busy on one core")
     args = ap.parse_args(argv)
 
     try:
@@ -467,6 +504,9 @@ def main(argv=None):
             result["runs"].append(run)
     if args.epoch:
         result["full_epoch_seconds_lenet5_b64"] = full_epoch(args.threads)
+    if args.neighbour:
+        result["busy_neighbour"] = [neighbour(name, batches[0], args.steps, args.repeats, images, labels, args.threads)
+                                    for name in args.models.split(",")]
 
     print(f"machine: {result['machine']}, {args.threads} threads, pylenet {result['pylenet']['version']} "
           f"(simd {result['pylenet']['simd']['path']}), data {source}; "
@@ -486,6 +526,10 @@ def main(argv=None):
     if "full_epoch_seconds_lenet5_b64" in result:
         print(f"full MNIST epoch, lenet5, batch 64, through pylenet.train: "
               f"{result['full_epoch_seconds_lenet5_b64']:.2f} s")
+    for r in result.get("busy_neighbour", []):
+        print(f"beside a busy process on one core: {r['model']} batch {r['batch']}: 1 thread "
+              f"{r['one_thread_samples_per_s']:,.0f} samples/s, {r['threads']} threads "
+              f"{r['all_threads_samples_per_s']:,.0f} ({r['ratio_all_to_one']:.2f}x)")
     _write_result(result, args.out, "cpu")
     return 0
 

@@ -300,7 +300,10 @@ class Step:
         self._ex, self._key = None, None
 
     def executor(self, input_shape):
-        key = (tuple(input_shape), _modes(self.model), structure_version())
+        # Retraced when the input shape, a module's mode or the model's structure changes, or
+        # a parameter is frozen or unfrozen.
+        key = (tuple(input_shape), _modes(self.model), structure_version(),
+               tuple(bool(getattr(p, "requires_grad", True)) for p in self.model.parameters()))
         if self._ex is None or key != self._key:
             steps = self._ex.optimizer_steps if self._ex is not None else None
             t = traced(self.model, input_shape, self.batch_size, self.loss)
@@ -331,13 +334,14 @@ class Step:
         return st["loss_sum"] / st["samples"]
 
     def grads(self):
-        """{name: gradient} of the last step (views of the executor's gradient buffer; CPU)."""
+        """{name: gradient} of the last step (views of the executor's gradient buffer on the
+        CPU, host copies from a GPU)."""
         if self._ex is None:
             raise RuntimeError("grads(): no step has run yet")
         flat = self._ex.grads()
         _, offsets = flat_parameters(self.model)
-        return {name: flat[off:off + p.size].reshape(p.shape)
-                for (name, p), off in ((np_, offsets[np_[0]]) for np_ in self.model.named_parameters())}
+        return {name: flat[offsets[name]:offsets[name] + p.size].reshape(p.shape)
+                for name, p in self.model.named_parameters()}
 
     def memory_plan(self):
         if self._ex is None:

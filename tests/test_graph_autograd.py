@@ -512,8 +512,8 @@ class Outputs(nn.Module):
 
 class RawOps(nn.Module):
     """Parameters registered directly (nn.Parameter attributes) and used through the
-    functional ops, Tensor methods (.relu(), .tanh(), .sigmoid(), .softmax(), .log_softmax()),
-    and 0 + x (__radd__ is refused for constants, so here it is tensor + tensor reversed)."""
+    functional ops (conv2d with stride and padding, linear without bias) and the Tensor
+    methods .relu(), .tanh(), .sigmoid(), .softmax(), .log_softmax(), .reshape()."""
     input_shape, classes = (2, 7, 7), 5
     loss = "nll"
 
@@ -571,20 +571,8 @@ GRAPHS = {
 }
 
 
-# Framework bugs these graphs expose (see the report of this file's author): strict xfails.
-LINEAR_BIAS_BUG = pytest.mark.xfail(
-    strict=True, reason="BUG (csrc/runtime/executor.cpp, Executor::lower: bias_of_dy is keyed by the output "
-    "gradient value): two Linear nodes with biases whose outputs get the SAME gradient (fa(x) + fb(x), "
-    "fc(x) + fc(x)) share one fused bias-gradient slot; the other bias gradient is never written (0)")
-KNOWN_BUGS = {"linears-added": LINEAR_BIAS_BUG, "same-linear-added": LINEAR_BIAS_BUG}
-
-
-def graph_params(names):
-    return [pytest.param(k, marks=KNOWN_BUGS[k]) if k in KNOWN_BUGS else k for k in names]
-
-
 @pytest.mark.parametrize("n", BATCHES)
-@pytest.mark.parametrize("name", graph_params(GRAPHS))
+@pytest.mark.parametrize("name", list(GRAPHS))
 def test_graph_gradients_match_torch(name, n, rng):
     model = GRAPHS[name]()
     x, y = data(rng, n, model.input_shape, model.classes)
@@ -602,8 +590,8 @@ def test_graph_gradients_batch_of_100_and_one(name, rng):
 
 @pytest.mark.parametrize("name", ["chain", "shared-conv", "views", "softmax-chain"])
 def test_batches_smaller_than_the_compiled_batch_size(name, rng):
-    """A Step compiled for 100 samples, called with 70, 7 and 100: each step's gradients are
-    that batch's (the stash and chunk buffers are sized for 100)."""
+    """A Step compiled for 100 samples, called with 70, 7, 100 and 33 samples: each step's
+    gradients are that batch's (the stash and chunk buffers are sized for 100)."""
     model = GRAPHS[name]()
     loss = getattr(model, "loss", "ce")
     step = pylenet.compile(model, optimizer=pylenet.optim.SGD(0.0), batch_size=100,
@@ -684,6 +672,25 @@ def test_cat_of_the_same_value_twice(rng):
     for n in (7, 70):
         model = CatTwice()
         check_grads(model, *data(rng, n, model.input_shape, model.classes), what=f"cat twice (batch {n})")
+
+
+@pytest.mark.parametrize("n", [5, 70])
+def test_linear_biases_sharing_one_output_gradient(n, rng):
+    """Minimal form of the bias bug, without torch: in fa(x) + fb(x) both biases get the
+    same gradient, the column sums of d loss / d output; in fc(x) + fc(x) twice that."""
+    class TwoHeads(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fa = nn.Linear(4, 3)
+            self.fb = nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.fa(x) + self.fb(x)
+
+    x, y = data(rng, n, (4,), 3)
+    _, g = lr0_step(TwoHeads(), x, y)
+    assert np.abs(g["fa.bias"]).max() > 1e-3
+    assert_close(g["fb.bias"], g["fa.bias"], rtol=1e-6, atol=1e-7, what="fb.bias vs fa.bias")
 
 
 def test_shared_linear_gradient_is_the_sum_of_both_uses(rng):
@@ -818,6 +825,55 @@ class BNFunctional(nn.Module):
         return TF.linear(TF.relu(h).flatten(1), P["fc.weight"], P["fc.bias"])
 
 
+class BNResidual(nn.Module):
+    """Values living across batch norms' whole-batch phases: a residual around a batch norm,
+    two parallel batch norms, a linear's output used by a BatchNorm1d and a sigmoid."""
+    input_shape, classes = (2, 5, 5), 4
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.bn_a = nn.BatchNorm2d(3)
+        self.bn_b = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 3, padding=1)
+        self.fc = nn.Linear(3 * 5 * 5, 16)
+        self.bn1 = nn.BatchNorm1d(16)
+        self.fc2 = nn.Linear(16, 4)
+
+    def forward(self, x):
+        h = F.relu(self.conv(x))
+        z = F.relu(self.bn_a(h)) + h
+        z = z + self.bn_b(self.conv2(F.tanh(h)))
+        f = self.fc(z.flatten(1))
+        return self.fc2(F.relu(self.bn1(f)) + F.sigmoid(f))
+
+    def ref(self, P, B, x, training=True):
+        bn = lambda v, name: _torch_bn(getattr(self, name), name, P, B, v, training)  # noqa: E731
+        h = TF.relu(TF.conv2d(x, P["conv.weight"], P["conv.bias"], padding=1))
+        z = TF.relu(bn(h, "bn_a")) + h
+        z = z + bn(TF.conv2d(torch.tanh(h), P["conv2.weight"], P["conv2.bias"], padding=1), "bn_b")
+        f = TF.linear(z.flatten(1), P["fc.weight"], P["fc.bias"])
+        return TF.linear(TF.relu(bn(f, "bn1")) + torch.sigmoid(f), P["fc2.weight"], P["fc2.bias"])
+
+
+class BNFirst(nn.Module):
+    """Batch norm on the model's input (no input gradient is needed) and on the logits."""
+    input_shape, classes = (2, 4, 4), 3
+
+    def __init__(self):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(2)
+        self.fc = nn.Linear(2 * 4 * 4, 3)
+        self.bn1 = nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        return self.bn1(self.fc(F.relu(self.bn(x)).flatten(1)))
+
+    def ref(self, P, B, x, training=True):
+        h = TF.relu(_torch_bn(self.bn, "bn", P, B, x, training)).flatten(1)
+        return _torch_bn(self.bn1, "bn1", P, B, TF.linear(h, P["fc.weight"], P["fc.bias"]), training)
+
+
 def _torch_bn(layer, name, P, B, x, training):
     """torch's BatchNorm module semantics on float64 copies, updating B (incl. num_batches_tracked)."""
     w, b = P.get(f"{name}.weight"), P.get(f"{name}.bias")
@@ -845,6 +901,8 @@ BN_MODELS = {
     "bn1d-3d": BN1d3D,
     "bn-shared-and-logits": BNShared,
     "bn-functional": BNFunctional,
+    "bn-residual": BNResidual,
+    "bn-first": BNFirst,
 }
 
 
@@ -946,6 +1004,36 @@ def test_one_step_switches_between_train_and_eval(rng):
     with torch.no_grad():
         model.ref(params, buffers, _t(x))
     _check_buffers(model, buffers, "after a second training step")
+
+
+@pytest.mark.parametrize("frozen", [["bn.weight"], ["bn.bias"], ["bn1.weight", "fc.bias"]])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+def test_batch_norm_with_some_parameters_frozen(frozen, training, rng):
+    model = BNFirst()
+    state = model.state_dict()
+    state["bn.running_mean"] = rng.standard_normal(2).astype(np.float32)
+    state["bn.running_var"] = rng.uniform(0.5, 2, 2).astype(np.float32)
+    state["bn.weight"] = rng.uniform(0.5, 2, 2).astype(np.float32)
+    state["bn.bias"] = rng.standard_normal(2).astype(np.float32)
+    model.load_state_dict(state)
+    for k, p in model.named_parameters():
+        p.requires_grad = k not in frozen
+    model.train(training)
+    x, y = data(rng, 70, model.input_shape, model.classes)
+    params = {k: _t(p).requires_grad_(k not in frozen) for k, p in model.named_parameters()}
+    buffers = {k: _t(b).clone() for k, b in model.named_buffers()}
+    ref = TF.cross_entropy(model.ref(params, buffers, _t(x), training=training), _t(y))
+    ref.backward()
+    before = model.state_dict()
+    step = pylenet.compile(model, optimizer=pylenet.optim.SGD(0.3), batch_size=70)
+    assert step(x, y) == pytest.approx(ref.item(), rel=1e-5)
+    after = model.state_dict()
+    for k, p in params.items():
+        if k in frozen:
+            assert np.array_equal(after[k], before[k]), k
+        else:
+            assert_close(after[k], before[k] - 0.3 * p.grad.numpy(), rtol=1e-5, atol=1e-6, what=k)
+    _check_buffers(model, buffers, f"frozen {frozen}")
 
 
 # ----------------------------------------------------------------------------- dropout
@@ -1056,9 +1144,6 @@ def test_dropout_statistics_on_a_large_tensor(p):
     assert not np.array_equal(zeros[0], zeros[1]) and not np.array_equal(zeros[:, 0], zeros[:, 1])
 
 
-@pytest.mark.xfail(strict=True, reason="BUG (minor, csrc/ops/dropout.h DropoutDesc): p is stored as float and "
-                   "the scale computed as 1.0f / (1.0f - p) in float32, so 1 - p loses precision: p=0.999 "
-                   "scales by 1000.0129 (1.3e-5 relative error; torch gives 999.99994)")
 def test_dropout_scale_is_accurate_for_large_p():
     p = 0.999
     pylenet.manual_seed(1)
@@ -1482,9 +1567,6 @@ def test_optimizer_refuses_parameters_of_another_model():
         step(np.zeros((4, 1, 6, 6), np.float32), np.zeros(4, np.int64))
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: requires_grad changed after a Step's first call is ignored: "
-                   "Step.executor's cache key (input shape, modes, structure_version) does not include the "
-                   "parameters' requires_grad flags, so the old executor keeps updating the frozen weight")
 def test_requires_grad_changed_after_the_first_step_takes_effect(rng):
     """Freezing a layer between steps of one compiled Step (fine-tuning as in PyTorch)."""
     model = Small()

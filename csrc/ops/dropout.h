@@ -15,9 +15,10 @@
 namespace pylenet {
 
 struct DropoutDesc {
-  float p = 0.5f;
+  double p = 0.5;
   uint64_t key = 0;
-  float scale() const { return p < 1.0f ? 1.0f / (1.0f - p) : 0.0f; }
+  // 1 / (1 - p), rounded once (in double, as PyTorch: p = 0.999 keeps values x 1000, not 1000.013)
+  float scale() const { return p < 1.0 ? static_cast<float>(1.0 / (1.0 - p)) : 0.0f; }
 };
 void check_dropout_p(const char* op, double p);  // 0 <= p <= 1
 

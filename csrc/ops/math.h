@@ -43,9 +43,7 @@ PYL_HD inline uint64_t dropout_key(uint64_t seed, uint64_t step, uint64_t op) {
 PYL_HD inline bool dropout_keep(uint64_t key, uint64_t i, uint32_t threshold) {
   return static_cast<uint32_t>(mix64(key + 0x9e3779b97f4a7c15ull * i) >> 40) >= threshold;
 }
-PYL_HD inline uint32_t dropout_threshold(float p) {
-  return static_cast<uint32_t>(static_cast<double>(p) * 16777216.0 + 0.5);
-}
+PYL_HD inline uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }
 
 struct SgdParams {
   float lr = 0.01f;

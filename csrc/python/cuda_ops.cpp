@@ -478,7 +478,7 @@ DeviceTensor dropout(const DeviceTensor& x, double p, uint64_t key, const py::ob
   x.desc().check("dropout", "input", -1);
   return with_handle(x.device(), stream, [&](Handle& h) {
     DeviceTensor y = new_f32(x.desc(), x.device());
-    pylenet::dropout_forward(h, DropoutDesc{static_cast<float>(p), key}, 0, x.numel(), fptr(x), fptr_mut(y));
+    pylenet::dropout_forward(h, DropoutDesc{p, key}, 0, x.numel(), fptr(x), fptr_mut(y));
     return y;
   });
 }

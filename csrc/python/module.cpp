@@ -315,7 +315,7 @@ PYBIND11_MODULE(_C, m) {
     FArray y = empty_like_desc(desc_of(x));
     float* yp = y.mutable_data();
     py::gil_scoped_release nogil;
-    dropout_forward(h, DropoutDesc{static_cast<float>(p), key}, 0, desc_of(x).numel(), x.data(), yp);
+    dropout_forward(h, DropoutDesc{p, key}, 0, desc_of(x).numel(), x.data(), yp);
     return y;
   });
   m.def("softmax", [](Handle& h, const FArray& x, bool log) {

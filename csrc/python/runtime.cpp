@@ -256,11 +256,16 @@ void bind_runtime(py::module_& m) {
           }
         return out;
       })
-      .def("grads", [](PyExecutor& p) {
-        PYL_CHECK_ARG(!p.ex->on_device(), "grads(): the gradient of a CUDA network lives on the device");
-        return py::array_t<float>({p.ex->num_params()}, {static_cast<int64_t>(sizeof(float))}, p.ex->grads(),
-                                  py::cast(&p, py::return_value_policy::reference));
-      }, "The summed gradient of the last step (a view).")
+      .def("grads", [](PyExecutor& p) -> py::array {
+        if (!p.ex->on_device())
+          return py::array_t<float>({p.ex->num_params()}, {static_cast<int64_t>(sizeof(float))}, p.ex->grads(),
+                                    py::cast(&p, py::return_value_policy::reference));
+        py::array_t<float> out({p.ex->num_params()});
+        float* dst = out.mutable_data();
+        py::gil_scoped_release nogil;
+        p.ex->copy_grads(dst);
+        return out;
+      }, "The summed gradient of the last step: a view on the CPU, a host copy from a GPU.")
       .def("set_profiling", [](PyExecutor& p, bool on) { p.ex->set_profiling(on); })
       .def("profile", [](PyExecutor& p) { return p.ex->profile(); })
       .def("upload_state", [](PyExecutor& p) {

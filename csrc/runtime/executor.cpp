@@ -244,12 +244,12 @@ void Executor::lower() {
     return v;
   };
   const int out_root = g_.output() >= 0 ? root(g_.output()) : -1;
-  // Dy values whose bias gradient comes with a weight gradient's stash (CPU).
-  std::map<int, int> bias_of_dy;
+  // Per Linear node: its bias gradient, computed with its weight gradient's stash (CPU).
+  std::map<int, int> bias_of_linear;
   if (!on_device())
     for (size_t i = 0; i < nodes.size(); ++i)
-      if (live[i] && nodes[i].op == Op::LinearBackwardBias) bias_of_dy[nodes[i].in[0]] = nodes[i].out[0];
-  std::vector<int> stashed_dy;
+      if (live[i] && nodes[i].op == Op::LinearBackwardBias) bias_of_linear[nodes[i].attrs.forward] = nodes[i].out[0];
+  std::vector<int> stashed_linears;
 
   std::vector<Instr> deferred;  // the Linear weight-gradient jobs, run after every chunk's backward
   const auto emit = [&](Instr ins, int node) {
@@ -309,10 +309,10 @@ void Executor::lower() {
         st.x = n.in[0];
         st.dy = n.in[1];
         st.dw = ins.out[0];
-        auto b = bias_of_dy.find(st.dy);
-        if (b != bias_of_dy.end()) {
+        auto b = bias_of_linear.find(a.forward);
+        if (b != bias_of_linear.end()) {
           st.db = b->second;
-          stashed_dy.push_back(st.dy);
+          stashed_linears.push_back(a.forward);
         }
         st.in = ins.a;
         st.out = ins.b;
@@ -335,7 +335,7 @@ void Executor::lower() {
         break;
       }
       case Op::LinearBackwardBias:
-        if (!on_device() && std::find(stashed_dy.begin(), stashed_dy.end(), n.in[0]) != stashed_dy.end())
+        if (!on_device() && std::find(stashed_linears.begin(), stashed_linears.end(), a.forward) != stashed_linears.end())
           continue;  // computed with the weight gradient, from the stashed dY
         ins.kind = Instr::LinearBwdBias;
         ins.b = a.shape[0];
@@ -765,6 +765,18 @@ int* Executor::bad_slot(int64_t c) { return &store_->bad[c]; }
 
 float* Executor::grads() { return store_->grads.floats(); }
 
+void Executor::copy_grads(float* host) const {
+  const size_t bytes = sizeof(float) * bind_.num_params;
+#ifdef PYLENET_HAVE_CUDA
+  if (cuda_) {
+    PYL_CUDA_CHECK(cudaMemcpyAsync(host, store_->grads.data(), bytes, cudaMemcpyDeviceToHost, cuda_->ctx.stream()));
+    cuda_->synchronize();
+    return;
+  }
+#endif
+  std::memcpy(host, store_->grads.data(), bytes);
+}
+
 // ---- pointers
 float* Executor::ptr(int v, int64_t c, int worker) const {
   if (v < 0) return nullptr;
@@ -923,7 +935,7 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::DropoutFwd:
     case Instr::DropoutBwd: {
       const int fwd = ins.kind == Instr::DropoutFwd ? ins.node : a.forward;
-      const DropoutDesc d{static_cast<float>(a.p), math::dropout_key(cfg_.seed, static_cast<uint64_t>(steps_),
+      const DropoutDesc d{a.p, math::dropout_key(cfg_.seed, static_cast<uint64_t>(steps_),
                                                                      static_cast<uint64_t>(fwd))};
       dropout_forward(h, d, start * ins.a, m * ins.a, in(0), out(0));
       return;

@@ -143,6 +143,7 @@ class Executor {
   void set_seed(uint64_t seed) { cfg_.seed = seed; }
   int64_t output_floats() const;                      // per sample
   float* grads();                                     // the last step's summed gradient (CPU)
+  void copy_grads(float* host) const;                 // a host copy of it (any device; synchronises)
 
   // One training step on a batch in host memory: x (n, *input), labels (n,), n <= capacity.
   RunStats train_step(const float* x, const int64_t* labels, int64_t n, float lr);
