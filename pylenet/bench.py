@@ -197,6 +197,9 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
         t_rss = _maxrss_mib() - rss0
 
     def timed(fn):
+        # A pause first: the other framework's idle workers stop spinning (PyTorch's OpenMP
+        # threads spin for a while after each op and would otherwise eat into this run).
+        time.sleep(0.05)
         t0 = time.perf_counter()
         fn()
         return time.perf_counter() - t0
@@ -444,6 +447,7 @@ def neighbour(name, batch, steps, repeats, images, labels, threads):
         for _ in range(repeats):
             for t, fn in runs.items():
                 pylenet.set_num_threads(t)
+                time.sleep(0.05)
                 t0 = time.perf_counter()
                 fn()
                 times[t].append(time.perf_counter() - t0)

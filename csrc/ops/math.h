@@ -29,11 +29,20 @@ PYL_HD inline float leaky_relu_backward(float x_or_y, float dy, float slope) { r
 // ---- dropout: a counter-based random number per element, the same on every backend.
 // keep(key, i) is a pure function of a 64-bit key (seed, step and op mixed together) and the
 // element's index in the batch, so any thread count, chunking or device draws the same mask,
-// and backward recomputes it instead of storing it. The mix is SplitMix64's finaliser.
+// and backward recomputes it instead of storing it. Keys are mixed with SplitMix64's
+// finaliser, once per op and step; elements with two rounds of a 32-bit integer hash
+// (Wellons' lowbias32), which vectorises (16 elements per AVX-512 instruction).
 PYL_HD inline uint64_t mix64(uint64_t z) {
   z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
   z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
   return z ^ (z >> 31);
+}
+PYL_HD inline uint32_t hash32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7feb352du;
+  x ^= x >> 15;
+  x *= 0x846ca68bu;
+  return x ^ (x >> 16);
 }
 // The key of one dropout op at one step.
 PYL_HD inline uint64_t dropout_key(uint64_t seed, uint64_t step, uint64_t op) {
@@ -41,7 +50,9 @@ PYL_HD inline uint64_t dropout_key(uint64_t seed, uint64_t step, uint64_t op) {
 }
 // 24 uniform bits of element i: kept when >= threshold = round(p * 2^24).
 PYL_HD inline bool dropout_keep(uint64_t key, uint64_t i, uint32_t threshold) {
-  return static_cast<uint32_t>(mix64(key + 0x9e3779b97f4a7c15ull * i) >> 40) >= threshold;
+  uint32_t h = hash32(static_cast<uint32_t>(i) ^ static_cast<uint32_t>(key));
+  h = hash32(h + static_cast<uint32_t>(key >> 32) + static_cast<uint32_t>(i >> 32) * 0x9e3779b9u);
+  return (h >> 8) >= threshold;
 }
 PYL_HD inline uint32_t dropout_threshold(double p) { return static_cast<uint32_t>(p * 16777216.0 + 0.5); }
 
