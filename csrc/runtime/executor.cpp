@@ -21,6 +21,7 @@
 #include "runtime/cuda_state.h"
 #ifdef PYLENET_HAVE_CUDA
 #include "cuda/check.h"
+#include "cuda/tensor.h"
 #endif
 
 namespace pylenet::runtime {
@@ -142,6 +143,13 @@ Memory::Memory(Device dev, int cuda_device, size_t bytes) : bytes_(bytes) {
   if (bytes == 0) return;
 #ifdef PYLENET_HAVE_CUDA
   if (dev == Device::CUDA) {
+    // The caching allocator does not track streams: a block that device tensors freed (work
+    // queued on the default context's stream) may come back here, so that stream's work must
+    // finish before this executor's stream writes the block.
+    if (cuda::DefaultContext* dc = cuda::default_context_if_created(cuda_device)) {
+      std::lock_guard<std::mutex> lock(dc->mu);
+      dc->ctx.synchronize();
+    }
     device_ = cuda::DeviceBuffer(cuda_device, bytes);
     cuda::DeviceGuard guard(cuda_device);
     PYL_CUDA_CHECK(cudaMemset(device_.data(), 0, bytes));
@@ -163,7 +171,15 @@ void* Memory::data() const {
 }
 
 // ------------------------------------------------------------------------------ executor
-Executor::~Executor() = default;
+Executor::~Executor() {
+#ifdef PYLENET_HAVE_CUDA
+  // Nothing queued may still use the plan when its buffers go back to the pool.
+  if (cuda_) {
+    (void)cudaStreamSynchronize(cuda_->ctx.stream());
+    (void)cudaGetLastError();
+  }
+#endif
+}
 
 Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
     : g_(g), cfg_(cfg), bind_(std::move(bind)), store_(std::make_unique<Store>()) {
@@ -1413,6 +1429,7 @@ RunStats Executor::evaluate_device(const DeviceData& data) {
                 ", the model on cuda:", cfg_.cuda_device);
   PYL_CHECK_ARG(data.sample_floats == g_.value(g_.input()).numel(), "evaluate: the dataset's samples hold ",
                 data.sample_floats, " values, the model's input ", g_.value(g_.input()).numel());
+  PYL_CHECK_ARG(g_.loss() < 0 || data.labels.data(), "evaluate: the dataset has no labels");
   out_ = nullptr;
   cuda::DeviceGuard guard(cfg_.cuda_device);
   cuda_reset_totals();
