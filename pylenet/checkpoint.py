@@ -93,6 +93,9 @@ def save(model, path, optimizer=None, extra=None):
     if optimizer is not None:
         meta["optimizer"] = optimizer.config()
         meta["optimizer_steps"] = int(optimizer.state["steps"])
+        if optimizer.params is not None:  # a subset: saved by name
+            names = {id(p): n for n, p in model.named_parameters()}
+            meta["optimizer_params"] = [names[id(p)] for p in optimizer.params if id(p) in names]
         for i, buf in enumerate(optimizer.state.get("buffers") or []):
             arrays[f"optim/{i}"] = buf
     arrays["meta"] = np.array(json.dumps(meta))
@@ -258,10 +261,17 @@ def load(path, return_optimizer=False, model=None):
             opt = make_optimizer(meta["optimizer"])
         except (KeyError, TypeError, AttributeError, ValueError) as e:
             raise ValueError(f"load: {path} holds an invalid optimizer config ({type(e).__name__}: {e})") from None
+        names = meta.get("optimizer_params")
+        if names is not None:  # the optimizer updated these parameters only
+            params = dict(model.named_parameters())
+            missing = [n for n in names if n not in params] if isinstance(names, list) else ["(not a list)"]
+            if missing:
+                raise ValueError(f"load: {path}: the optimizer's parameters {missing[:3]} are not the model's")
+            opt.params = [params[n] for n in names]
         bufs = [files[f"optim/{i}"] for i in range(2) if f"optim/{i}" in files]
         if bufs:
-            from .runtime import flat_parameters
-            n = flat_parameters(model)[0].size
+            from .runtime import parameter_layout
+            n = parameter_layout(model)[1]
             if len(bufs) != opt.n_buffers or any(b.shape != (n,) or b.dtype != np.float32 for b in bufs):
                 raise ValueError(f"load: optimizer state in {path} does not match the model's {n} parameters")
             opt.state = {"buffers": [np.array(b) for b in bufs], "steps": int(meta.get("optimizer_steps", 0))}

@@ -16,6 +16,7 @@ GPU the executor keeps device copies, uploaded before a call and copied back aft
 """
 import math
 import numbers
+import sys
 
 import numpy as np
 
@@ -24,22 +25,39 @@ from . import cuda as _cuda
 from .graph import trace
 from .nn.module import Module, Parameter, _bump, structure_version
 
-__all__ = ["compile", "Step", "pack_parameters", "flat_parameters", "run", "predict", "evaluate_arrays",
+__all__ = ["compile", "Step", "pack_parameters", "parameter_layout", "run", "predict", "evaluate_arrays",
            "DEFAULT_INFERENCE_BATCH"]
 
 DEFAULT_INFERENCE_BATCH = 256
 
 
 # ------------------------------------------------------------------------------ parameters
-def _address(a):
-    return a.__array_interface__["data"][0]
+def _movable(module):
+    """ids of the module's parameters that nothing outside its modules refers to: no optimizer,
+    variable, view or compiled executor holds them, so they can be moved without anyone
+    noticing (the module dicts are updated with the new objects)."""
+    entries = {}
+    for m in module.modules():
+        for k in m._parameters:
+            if m._parameters[k] is not None:
+                e = entries.setdefault(id(m._parameters[k]), [m._parameters[k], 0])
+                e[1] += 1
+    # A movable parameter is referenced by its modules' dicts, by `entries`, and by getrefcount.
+    return {key for key, e in entries.items() if sys.getrefcount(e[0]) == e[1] + 2}
 
 
 def pack_parameters(module):
     """Copies the module's parameters into one new flat native buffer (zeroed, 64-byte
     aligned) and makes each Parameter attribute a view of its slice, in named_parameters()
-    order. Returns the buffer."""
-    named = list(module.named_parameters())
+    order. Called when a model's outermost __init__ returns, so a model built in one piece
+    (``nn.Sequential(nn.Conv2d(...), ...)``, a class whose __init__ makes its layers) has one
+    buffer. A parameter something else refers to (an optimizer, a variable, a trained model's
+    compiled executors) keeps its object and its memory: identity matters more than one buffer,
+    and the runtime computes on parameters wherever they are. Returns the buffer, or None."""
+    movable = _movable(module)
+    named = [(n, p) for n, p in module.named_parameters() if id(p) in movable]
+    if not named:
+        return None
     buf = _C.host_buffer(int(sum(p.size for _, p in named)))
     views, off = {}, 0
     for _, p in named:
@@ -53,34 +71,19 @@ def pack_parameters(module):
         for k, p in m._parameters.items():
             if p is not None and id(p) in views:
                 m._parameters[k] = views[id(p)]
-    module.__dict__["_store"] = buf
     _bump()
     return buf
 
 
-def flat_parameters(module):
-    """(buffer, {name: offset}) of the module's parameters: the flat buffer they all view
-    (packing them into a new one first if they do not)."""
-    named = list(module.named_parameters())
-    stores = {id(getattr(p, "_store", None)) for _, p in named}
-    if not named:
-        buf = module.__dict__.get("_store")
-        if buf is None:
-            buf = module.__dict__["_store"] = _C.host_buffer(0)
-        return buf, {}
-    if len(stores) != 1 or getattr(named[0][1], "_store", None) is None:
-        pack_parameters(module)
-        named = list(module.named_parameters())
-    buf = named[0][1]._store
-    base, end = _address(buf), _address(buf) + 4 * buf.size
-    offsets = {}
-    for name, p in named:
-        a = _address(p)
-        if not (p.flags.c_contiguous and base <= a and a + 4 * p.size <= end):  # a view replaced by hand
-            pack_parameters(module)
-            return flat_parameters(module)
-        offsets[name] = (a - base) // 4
-    return buf, offsets
+def parameter_layout(module):
+    """({name: offset}, total): each parameter's place in the model's flat layout (the order
+    of named_parameters()), which the gradients and the optimizer state follow. For a model
+    built in one piece it is also where the parameters are in their buffer."""
+    offsets, total = {}, 0
+    for name, p in module.named_parameters():
+        offsets[name] = total
+        total += p.size
+    return offsets, total
 
 
 # ------------------------------------------------------------------------------ compiling
@@ -102,6 +105,7 @@ def traced(module, input_shape, batch, loss=None):
         if len(cache) > 64:  # shapes and modes come and go: keep the cache bounded
             cache.clear()
         t = cache[key] = trace(module, input_shape, batch, loss=loss)
+    module.__dict__["_last_input_shape"] = tuple(input_shape)  # what save() records the graph with
     return t
 
 
@@ -112,9 +116,10 @@ def _device(device, op):
 
 
 def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, conv_algo="heuristic", seed=0):
-    """A native executor of traced graph `t` on the module's flat buffer and buffers: for
-    training when an optimizer is given (its state buffers are bound too), else inference."""
-    buf, offsets = flat_parameters(module)
+    """A native executor of traced graph `t` on the module's parameters and buffers where they
+    live: for training when an optimizer is given (its state buffers are bound too), else
+    inference."""
+    offsets, total = parameter_layout(module)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
     train = optimizer is not None
@@ -123,18 +128,26 @@ def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, co
         for name, vid in t.params.items():
             t.graph.set_trainable(vid, bool(getattr(params[name], "requires_grad", True)) and
                                   (updated is None or id(params[name]) in updated))
-    state = optimizer._state_buffers(buf.size) if train else []
+    state = optimizer._state_buffers(total) if train else []
     config = {"device": device[0], "cuda_device": device[1], "threads": _threads() if device[0] == "cpu" else 1,
               "capacity": int(capacity), "conv_algo": conv_algo, "train": train,
               "optimizer": optimizer.spec() if train else None, "seed": int(seed)}
     try:
-        ex = _C.Executor(t.graph, config, buf, {vid: offsets[name] for name, vid in t.params.items()},
+        ex = _C.Executor(t.graph, config, total, {vid: params[name] for name, vid in t.params.items()},
+                         {vid: offsets[name] for name, vid in t.params.items()},
                          {vid: buffers[name] for name, vid in t.buffers.items()}, state)
     except ValueError as e:
         raise ValueError(f"{type(module).__name__}: {e}") from None
     if train:
         ex.optimizer_steps = int(optimizer.state["steps"])
     return ex
+
+
+def batch_dependent(t):
+    """Whether a traced graph's result depends on the whole call (dropout, or batch norm on
+    batch statistics): such a forward runs as one batch, with fresh dropout masks."""
+    return any(n["op"] == "dropout" or (n["op"] == "batch_norm" and n["attrs"].get("training"))
+               for n in t.graph.nodes())
 
 
 def inference_executor(module, input_shape, capacity, device=("cpu", 0), loss=None, conv_algo="heuristic"):
@@ -178,12 +191,6 @@ def as_batch(module, images, op):
     return x
 
 
-def _needs_whole_batch(module):
-    """Training-mode layers whose result depends on the batch or the call (dropout, batch norm)."""
-    from .nn.layers import Dropout, _BatchNorm
-    return module.training and any(isinstance(m, (Dropout, _BatchNorm)) and m.training for m in module.modules())
-
-
 def run(module, *args, **kwargs):
     """model(x) on an array: the compiled graph's output for a NumPy array (CuPy in, CuPy out).
 
@@ -198,20 +205,20 @@ def run(module, *args, **kwargs):
     on_gpu = _cuda._is_device_array(x)
     device = ("cpu", 0)
     if on_gpu:
-        import cupy as cp  # device arrays other than CuPy: convert them with cupy.asarray first
+        if type(x).__module__.partition(".")[0] != "cupy":
+            raise TypeError(f"{name}: call a model on a NumPy or a CuPy array (convert a "
+                            f"{type(x).__module__}.{type(x).__name__} with cupy.asarray first)")
+        import cupy as cp
         device = ("cuda", int(x.device.id))
         x = cp.asnumpy(x)
     x = as_batch(module, x, name)
-    from .nn.init import draw_seed
-    if _needs_whole_batch(module):
-        ex = inference_executor(module, x.shape[1:], len(x), device)
-        ex.seed = draw_seed()
-    else:
-        ex = inference_executor(module, x.shape[1:], min(len(x), DEFAULT_INFERENCE_BATCH), device)
+    whole = batch_dependent(traced(module, x.shape[1:], min(len(x), DEFAULT_INFERENCE_BATCH)))
+    ex = inference_executor(module, x.shape[1:], len(x) if whole else min(len(x), DEFAULT_INFERENCE_BATCH), device)
     if device[0] == "cuda":
         ex.upload_state()
-    out, _ = ex.forward(x, None, True)
-    if device[0] == "cuda" and _needs_whole_batch(module):
+    from .nn.init import draw_seed
+    out, _ = ex.forward(x, None, True, draw_seed() if whole else None)
+    if device[0] == "cuda" and whole:
         ex.download_state()  # running statistics
     if on_gpu:
         import cupy as cp
@@ -300,10 +307,12 @@ class Step:
         self._ex, self._key = None, None
 
     def executor(self, input_shape):
-        # Retraced when the input shape, a module's mode or the model's structure changes, or
-        # a parameter is frozen or unfrozen.
+        # Recompiled when the input shape, a module's mode or the model's structure changes, a
+        # parameter is frozen or unfrozen, or the optimizer's state arrays were replaced.
+        state = self.optimizer._state_buffers(parameter_layout(self.model)[1])
         key = (tuple(input_shape), _modes(self.model), structure_version(),
-               tuple(bool(getattr(p, "requires_grad", True)) for p in self.model.parameters()))
+               tuple(bool(getattr(p, "requires_grad", True)) for p in self.model.parameters()),
+               tuple(id(b) for b in state))
         if self._ex is None or key != self._key:
             steps = self._ex.optimizer_steps if self._ex is not None else None
             t = traced(self.model, input_shape, self.batch_size, self.loss)
@@ -339,7 +348,7 @@ class Step:
         if self._ex is None:
             raise RuntimeError("grads(): no step has run yet")
         flat = self._ex.grads()
-        _, offsets = flat_parameters(self.model)
+        offsets, _ = parameter_layout(self.model)
         return {name: flat[offsets[name]:offsets[name] + p.size].reshape(p.shape)
                 for name, p in self.model.named_parameters()}
 

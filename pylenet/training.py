@@ -91,22 +91,17 @@ def device_index(device, op):
 
 
 class _Snapshot:
-    """Copies of everything an epoch changes: the flat parameter buffer, the buffers (running
+    """Copies of everything a training call changes: the parameters, the buffers (running
     statistics) and the optimizer's state and step count (a few hundred KB for a LeNet)."""
 
     def __init__(self, model, opt):
-        from .runtime import flat_parameters
-        self.params = flat_parameters(model)[0]
-        self.saved_params = self.params.copy()
-        self.buffers = [(b, b.copy()) for b in model.buffers()]
-        bufs = opt.state.get("buffers") or []
-        self.opt, self.state = opt, [(b, b.copy()) for b in bufs]
-        self.steps = int(opt.state["steps"])
+        arrays = list(model.parameters()) + list(model.buffers()) + list(opt.state.get("buffers") or [])
+        self.saved = [(a, a.copy()) for a in arrays]
+        self.opt, self.steps = opt, int(opt.state["steps"])
 
     def restore(self):
-        self.params[...] = self.saved_params
-        for b, saved in self.buffers + self.state:
-            b[...] = saved
+        for a, saved in self.saved:
+            a[...] = saved
         self.opt.state["steps"] = self.steps
 
 

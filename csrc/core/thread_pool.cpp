@@ -153,7 +153,13 @@ void ThreadPool::run(int threads, int64_t n, ItemFn fn) {
     for (int64_t i = 0; i < n; ++i) fn(i, 0);  // serial: same items, same results
     return;
   }
-  ensure_workers(workers - 1);
+  try {
+    ensure_workers(workers - 1);
+  } catch (...) {  // no thread could be started: this call runs serially, later ones try again
+    busy_ = false;
+    for (int64_t i = 0; i < n; ++i) fn(i, 0);
+    return;
+  }
   Job* job;
   {
     std::lock_guard<std::mutex> lock(mu_);

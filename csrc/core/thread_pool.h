@@ -23,6 +23,7 @@
 #include <exception>
 #include <mutex>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 namespace pylenet {
@@ -31,7 +32,7 @@ namespace pylenet {
 class ItemFn {
  public:
   ItemFn() = default;
-  template <class F>
+  template <class F, class = std::enable_if_t<!std::is_same_v<std::decay_t<F>, ItemFn>>>
   ItemFn(F& f) : obj_(const_cast<void*>(static_cast<const void*>(&f))), call_([](void* o, int64_t i, int w) { (*static_cast<F*>(o))(i, w); }) {}
   void operator()(int64_t i, int w) const { call_(obj_, i, w); }
 

@@ -26,13 +26,7 @@ void batch_norm_stats_partial(const BatchNormShape& s, const float* x, double* p
 }
 
 void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
-                               double momentum, float* mean, float* invstd, float* running_mean, float* running_var,
-                               int64_t* num_batches_tracked) {
-  double factor = momentum;
-  if (num_batches_tracked) {
-    *num_batches_tracked += 1;
-    if (momentum < 0) factor = 1.0 / static_cast<double>(*num_batches_tracked);
-  }
+                               float* mean, float* invstd, float* var_unbiased) {
   for (int64_t ch = 0; ch < c; ++ch) {
     double sum = 0.0, sq = 0.0;
     for (int64_t k = 0; k < chunks; ++k) {  // chunk order: the same sums for any thread count
@@ -43,11 +37,21 @@ void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials
     const double var = std::max(sq / static_cast<double>(count) - m * m, 0.0);
     mean[ch] = static_cast<float>(m);
     invstd[ch] = static_cast<float>(1.0 / std::sqrt(var + eps));
-    if (running_mean) {
-      const double unbiased = count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var;
-      running_mean[ch] = static_cast<float>((1.0 - factor) * running_mean[ch] + factor * m);
-      running_var[ch] = static_cast<float>((1.0 - factor) * running_var[ch] + factor * unbiased);
-    }
+    var_unbiased[ch] =
+        static_cast<float>(count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var);
+  }
+}
+
+void batch_norm_update_running(int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                               float* running_mean, float* running_var, int64_t* num_batches_tracked) {
+  double factor = momentum;
+  if (num_batches_tracked) {
+    *num_batches_tracked += 1;
+    if (momentum < 0) factor = 1.0 / static_cast<double>(*num_batches_tracked);
+  }
+  for (int64_t ch = 0; ch < c; ++ch) {
+    running_mean[ch] = static_cast<float>((1.0 - factor) * running_mean[ch] + factor * mean[ch]);
+    running_var[ch] = static_cast<float>((1.0 - factor) * running_var[ch] + factor * var_unbiased[ch]);
   }
 }
 

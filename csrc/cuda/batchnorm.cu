@@ -43,8 +43,7 @@ __global__ void __launch_bounds__(kChannelThreads) channel_sums_kernel(int64_t n
 }
 
 __global__ void stats_finalize_kernel(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
-                                      double momentum, float* mean, float* invstd, float* running_mean,
-                                      float* running_var, const int64_t* num_batches_tracked) {
+                                      float* mean, float* invstd, float* var_unbiased) {
   const int64_t ch = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (ch >= c) return;
   double sum = 0.0, sq = 0.0;
@@ -56,16 +55,24 @@ __global__ void stats_finalize_kernel(int64_t c, int64_t chunks, const double* p
   const double var = fmax(sq / static_cast<double>(count) - m * m, 0.0);
   mean[ch] = static_cast<float>(m);
   invstd[ch] = static_cast<float>(1.0 / sqrt(var + eps));
-  if (running_mean) {
-    double factor = momentum;
-    if (num_batches_tracked && momentum < 0) factor = 1.0 / static_cast<double>(*num_batches_tracked + 1);
-    const double unbiased = count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var;
-    running_mean[ch] = static_cast<float>((1.0 - factor) * running_mean[ch] + factor * m);
-    running_var[ch] = static_cast<float>((1.0 - factor) * running_var[ch] + factor * unbiased);
-  }
+  var_unbiased[ch] =
+      static_cast<float>(count > 1 ? var * static_cast<double>(count) / static_cast<double>(count - 1) : var);
 }
 
-__global__ void increment_kernel(int64_t* counter) { *counter += 1; }
+__global__ void update_running_kernel(int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                                      float* running_mean, float* running_var, const int64_t* num_batches_tracked,
+                                      const int* skip) {
+  const int64_t ch = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (ch >= c || (skip && *skip)) return;
+  double factor = momentum;
+  if (num_batches_tracked && momentum < 0) factor = 1.0 / static_cast<double>(*num_batches_tracked + 1);
+  running_mean[ch] = static_cast<float>((1.0 - factor) * running_mean[ch] + factor * mean[ch]);
+  running_var[ch] = static_cast<float>((1.0 - factor) * running_var[ch] + factor * var_unbiased[ch]);
+}
+
+__global__ void increment_kernel(int64_t* counter, const int* skip) {
+  if (!(skip && *skip)) *counter += 1;
+}
 
 // y = x * (invstd * gamma) + (beta - mean * invstd * gamma); `var` instead of invstd when
 // `from_var` (evaluation: the running variance).
@@ -151,13 +158,20 @@ void batch_norm_stats_partial(const BatchNormShape& s, const float* x, double* p
 }
 
 void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
-                               double momentum, float* mean, float* invstd, float* running_mean, float* running_var,
-                               int64_t* num_batches_tracked, cudaStream_t stream) {
-  stats_finalize_kernel<<<channel_grid(c), 256, 0, stream>>>(c, chunks, partials, count, eps, momentum, mean, invstd,
-                                                             running_mean, running_var, num_batches_tracked);
+                               float* mean, float* invstd, float* var_unbiased, cudaStream_t stream) {
+  stats_finalize_kernel<<<channel_grid(c), 256, 0, stream>>>(c, chunks, partials, count, eps, mean, invstd,
+                                                             var_unbiased);
+  PYL_CUDA_LAUNCH_CHECK();
+}
+
+void batch_norm_update_running(int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                               float* running_mean, float* running_var, int64_t* num_batches_tracked, const int* skip,
+                               cudaStream_t stream) {
+  update_running_kernel<<<channel_grid(c), 256, 0, stream>>>(c, mean, var_unbiased, momentum, running_mean,
+                                                             running_var, num_batches_tracked, skip);
   PYL_CUDA_LAUNCH_CHECK();
   if (num_batches_tracked) {  // after every channel has read the old count
-    increment_kernel<<<1, 1, 0, stream>>>(num_batches_tracked);
+    increment_kernel<<<1, 1, 0, stream>>>(num_batches_tracked, skip);
     PYL_CUDA_LAUNCH_CHECK();
   }
 }

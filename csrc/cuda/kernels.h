@@ -110,8 +110,11 @@ void dropout(const DropoutDesc& d, int64_t first, int64_t count, const float* x,
 // tree order, in double; finalize is one thread per channel; the rest is element-wise.
 void batch_norm_stats_partial(const BatchNormShape& s, const float* x, double* partial, cudaStream_t stream);
 void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
-                               double momentum, float* mean, float* invstd, float* running_mean, float* running_var,
-                               int64_t* num_batches_tracked, cudaStream_t stream);
+                               float* mean, float* invstd, float* var_unbiased, cudaStream_t stream);
+// `skip` (device int, may be null): non-zero leaves the running statistics alone.
+void batch_norm_update_running(int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                               float* running_mean, float* running_var, int64_t* num_batches_tracked, const int* skip,
+                               cudaStream_t stream);
 void batch_norm_apply(const BatchNormShape& s, const float* x, const float* mean, const float* invstd,
                       const float* gamma, const float* beta, float* y, cudaStream_t stream);
 void batch_norm_inference(const BatchNormShape& s, const float* x, const float* running_mean,

@@ -10,12 +10,18 @@ void batch_norm_stats_partial(Handle& h, const BatchNormShape& s, const float* x
 }
 
 void batch_norm_stats_finalize(Handle& h, int64_t c, int64_t chunks, const double* partials, int64_t count,
-                               double eps, double momentum, float* mean, float* invstd, float* running_mean,
-                               float* running_var, int64_t* num_batches_tracked) {
-  PYL_IF_CUDA(h, cuda::batch_norm_stats_finalize(c, chunks, partials, count, eps, momentum, mean, invstd,
-                                                 running_mean, running_var, num_batches_tracked, stream_of(h)));
-  cpu::batch_norm_stats_finalize(c, chunks, partials, count, eps, momentum, mean, invstd, running_mean, running_var,
-                                 num_batches_tracked);
+                               double eps, float* mean, float* invstd, float* var_unbiased) {
+  PYL_IF_CUDA(h, cuda::batch_norm_stats_finalize(c, chunks, partials, count, eps, mean, invstd, var_unbiased,
+                                                 stream_of(h)));
+  cpu::batch_norm_stats_finalize(c, chunks, partials, count, eps, mean, invstd, var_unbiased);
+}
+
+void batch_norm_update_running(Handle& h, int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                               float* running_mean, float* running_var, int64_t* num_batches_tracked,
+                               const int* skip) {
+  PYL_IF_CUDA(h, cuda::batch_norm_update_running(c, mean, var_unbiased, momentum, running_mean, running_var,
+                                                 num_batches_tracked, skip, stream_of(h)));
+  cpu::batch_norm_update_running(c, mean, var_unbiased, momentum, running_mean, running_var, num_batches_tracked);
 }
 
 void batch_norm_apply(Handle& h, const BatchNormShape& s, const float* x, const float* mean, const float* invstd,

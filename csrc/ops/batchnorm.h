@@ -9,7 +9,9 @@
 //
 // A batch may be split into chunks that run on different workers, so training statistics
 // come in three steps: every chunk writes PARTIAL sums (in double), one finalize adds the
-// chunks' partials in chunk order, then every chunk applies them. The result is therefore the
+// chunks' partials in chunk order, then every chunk applies them. The running statistics are
+// updated in a fourth step, once the step is accepted (its output was finite): a rejected
+// step changes nothing. The result is therefore the
 // same for any thread count. Backward has the same three steps:
 //   dgamma = sum(dy * xhat),  dbeta = sum(dy)     (over N and HW)
 //   dx = gamma * invstd * (dy - mean(dy) - xhat * mean(dy * xhat))
@@ -32,12 +34,16 @@ inline int64_t batch_norm_partial_doubles(int64_t c) { return 2 * c; }
 
 // Training forward. partial (2, C): sum and sum of squares of x per channel.
 void batch_norm_stats_partial(Handle& h, const BatchNormShape& s, const float* x, double* partial);
-// partials (chunks, 2, C) of `count` values per channel in all -> mean (C,), invstd (C,); and,
-// when running_mean is not null, the running statistics updated (num_batches_tracked, when
-// not null, is incremented, and gives the factor for momentum < 0).
+// partials (chunks, 2, C) of `count` values per channel in all -> mean (C,), invstd (C,) and
+// the unbiased variance (C,) the running statistics take.
 void batch_norm_stats_finalize(Handle& h, int64_t c, int64_t chunks, const double* partials, int64_t count,
-                               double eps, double momentum, float* mean, float* invstd, float* running_mean,
-                               float* running_var, int64_t* num_batches_tracked);
+                               double eps, float* mean, float* invstd, float* var_unbiased);
+// running = (1 - f) * running + f * stat, f = momentum (momentum < 0: 1 / (num_batches_tracked
+// + 1)); num_batches_tracked (may be null) += 1. `skip` (CUDA only, device memory, may be
+// null): when it holds non-zero nothing changes.
+void batch_norm_update_running(Handle& h, int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                               float* running_mean, float* running_var, int64_t* num_batches_tracked,
+                               const int* skip = nullptr);
 // y = (x - mean) * invstd * gamma + beta
 void batch_norm_apply(Handle& h, const BatchNormShape& s, const float* x, const float* mean, const float* invstd,
                       const float* gamma, const float* beta, float* y);
@@ -63,8 +69,9 @@ void batch_norm_inference_backward(Handle& h, const BatchNormShape& s, const flo
 namespace cpu {
 void batch_norm_stats_partial(const BatchNormShape& s, const float* x, double* partial);
 void batch_norm_stats_finalize(int64_t c, int64_t chunks, const double* partials, int64_t count, double eps,
-                               double momentum, float* mean, float* invstd, float* running_mean, float* running_var,
-                               int64_t* num_batches_tracked);
+                               float* mean, float* invstd, float* var_unbiased);
+void batch_norm_update_running(int64_t c, const float* mean, const float* var_unbiased, double momentum,
+                               float* running_mean, float* running_var, int64_t* num_batches_tracked);
 void batch_norm_apply(const BatchNormShape& s, const float* x, const float* mean, const float* invstd,
                       const float* gamma, const float* beta, float* y);
 void batch_norm_inference(const BatchNormShape& s, const float* x, const float* running_mean,

@@ -551,13 +551,16 @@ DeviceTensor batch_norm(const DeviceTensor& x, const OptTensor& rm, const OptTen
       pylenet::batch_norm_inference(h, s, fptr(x), rmp, rvp, eps, fptr_or_null(w), fptr_or_null(b), fptr_mut(y));
       return y;
     }
-    DeviceTensor stats = DeviceTensor::empty({4 * c}, DType::Float64, dev);  // partials (2C), then mean, invstd
+    // partials (2C doubles), then mean, invstd and the unbiased variance (3C floats)
+    DeviceTensor stats = DeviceTensor::empty({4 * c}, DType::Float64, dev);
     double* partial = stats.data_as<double>();
     float* mean = reinterpret_cast<float*>(partial + 2 * c);
     float* invstd = mean + c;
+    float* var = invstd + c;
     pylenet::batch_norm_stats_partial(h, s, fptr(x), partial);
-    pylenet::batch_norm_stats_finalize(h, c, 1, partial, s.count(), eps, momentum, mean, invstd, rmp, rvp, nullptr);
+    pylenet::batch_norm_stats_finalize(h, c, 1, partial, s.count(), eps, mean, invstd, var);
     pylenet::batch_norm_apply(h, s, fptr(x), mean, invstd, fptr_or_null(w), fptr_or_null(b), fptr_mut(y));
+    if (rmp) pylenet::batch_norm_update_running(h, c, mean, var, momentum, rmp, rvp, nullptr);
     h.cuda().synchronize();  // `stats` is freed on return
     return y;
   });

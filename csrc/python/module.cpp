@@ -380,11 +380,11 @@ PYBIND11_MODULE(_C, m) {
       return y;
     }
     std::vector<double> partial(2 * c);
-    std::vector<float> mean(c), invstd(c);
+    std::vector<float> mean(c), invstd(c), var(c);
     batch_norm_stats_partial(h, s, x.data(), partial.data());
-    batch_norm_stats_finalize(h, c, 1, partial.data(), s.count(), eps, momentum, mean.data(), invstd.data(), rm, rv,
-                              nullptr);
+    batch_norm_stats_finalize(h, c, 1, partial.data(), s.count(), eps, mean.data(), invstd.data(), var.data());
     batch_norm_apply(h, s, x.data(), mean.data(), invstd.data(), g, b, yp);
+    if (rm) batch_norm_update_running(h, c, mean.data(), var.data(), momentum, rm, rv, nullptr);
     return y;
   });
   m.def("softmax_cross_entropy", [](Handle& h, const FArray& logits,

@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <memory>
+#include <mutex>
 #include <optional>
 
 #include "core/error.h"
@@ -88,10 +89,19 @@ const char* kind_name(graph::ValueKind k) {
   return k == graph::ValueKind::Sample ? "sample" : k == graph::ValueKind::Fixed ? "fixed" : "scalar";
 }
 
-// The executor and the Python arrays it works in (kept alive with it).
+// The executor and the Python arrays it works in (kept alive with it). An executor holds the
+// state of the call it runs (its batch, arenas, totals), so calls from several Python threads
+// take turns: `run` releases the GIL, then takes the executor's lock.
 struct PyExecutor {
   std::unique_ptr<runtime::Executor> ex;
   std::vector<py::object> keep;
+  std::mutex mu;
+  template <class F>
+  auto run(F&& f) {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(mu);
+    return f();
+  }
 };
 
 void check_flat(const py::array& a, int64_t count, const char* what) {
@@ -177,8 +187,8 @@ void bind_runtime(py::module_& m) {
       }, "Every node as a dict: op, inputs, outputs, attrs, scope, module, where, backward, flops (per sample).");
 
   py::class_<PyExecutor> exec(m, "Executor", "A compiled graph: memory plan, native steps, epochs and inference.");
-  exec.def(py::init([](const Graph& g, const py::dict& config, py::array params, const py::dict& offsets,
-                       const py::dict& buffers, const py::list& state) {
+  exec.def(py::init([](const Graph& g, const py::dict& config, int64_t num_params, const py::dict& params,
+                       const py::dict& offsets, const py::dict& buffers, const py::list& state) {
              runtime::Config cfg;
              const std::string device = config["device"].cast<std::string>();
              PYL_CHECK_ARG(device == "cpu" || device == "cuda", "compile: unknown device '", device, "'");
@@ -192,13 +202,23 @@ void bind_runtime(py::module_& m) {
              cfg.seed = config.contains("seed") ? config["seed"].cast<uint64_t>() : 0;
              auto px = std::make_unique<PyExecutor>();
              runtime::Bindings b;
-             b.num_params = params.ndim() == 1 ? params.shape(0) : -1;
-             check_flat(params, b.num_params, "the parameter buffer");
-             b.params = static_cast<float*>(params.mutable_data());
-             px->keep.push_back(params);
+             PYL_CHECK_ARG(num_params >= 0, "compile: bad parameter count ", num_params);
+             b.num_params = num_params;
              b.param_offset.assign(g.values().size(), -1);
+             b.param_ptr.assign(g.values().size(), nullptr);
              b.buffer_ptr.assign(g.values().size(), nullptr);
              for (auto item : offsets) b.param_offset.at(item.first.cast<size_t>()) = item.second.cast<int64_t>();
+             for (auto item : params) {
+               py::array a = py::reinterpret_borrow<py::array>(item.second);
+               const size_t v = item.first.cast<size_t>();
+               const graph::Value& val = g.value(static_cast<int>(v));
+               PYL_CHECK_ARG(a.dtype().is(py::dtype::of<float>()) && a.size() == val.numel() &&
+                                 (a.flags() & py::array::c_style) && a.writeable(),
+                             "compile: parameter ", val.name, " must be a writable float32 array of ", val.numel(),
+                             " values");
+               b.param_ptr.at(v) = static_cast<float*>(a.mutable_data());
+               px->keep.push_back(a);
+             }
              for (auto item : buffers) {
                py::array a = py::reinterpret_borrow<py::array>(item.second);
                const size_t v = item.first.cast<size_t>();
@@ -212,18 +232,15 @@ void bind_runtime(py::module_& m) {
              }
              for (auto s : state) {
                py::array a = py::reinterpret_borrow<py::array>(s);
-               check_flat(a, b.num_params, "an optimizer state buffer");
+               check_flat(a, num_params, "an optimizer state buffer");
                b.state.push_back(static_cast<float*>(a.mutable_data()));
                px->keep.push_back(a);
              }
-             {
-               py::gil_scoped_release nogil;
-               px->ex = std::make_unique<runtime::Executor>(g, cfg, std::move(b));
-             }
+             px->run([&] { px->ex = std::make_unique<runtime::Executor>(g, cfg, std::move(b)); });
              return px;
            }),
-           py::arg("graph"), py::arg("config"), py::arg("params"), py::arg("param_offsets"), py::arg("buffers"),
-           py::arg("state"))
+           py::arg("graph"), py::arg("config"), py::arg("num_params"), py::arg("params"), py::arg("param_offsets"),
+           py::arg("buffers"), py::arg("state"))
       .def_property_readonly("num_params", [](PyExecutor& p) { return p.ex->num_params(); })
       .def_property_readonly("batch_size", [](PyExecutor& p) { return p.ex->config().capacity; })
       .def_property_readonly("chunk", [](PyExecutor& p) { return p.ex->chunk(); })
@@ -262,28 +279,16 @@ void bind_runtime(py::module_& m) {
                                     py::cast(&p, py::return_value_policy::reference));
         py::array_t<float> out({p.ex->num_params()});
         float* dst = out.mutable_data();
-        py::gil_scoped_release nogil;
-        p.ex->copy_grads(dst);
+        p.run([&] { p.ex->copy_grads(dst); });
         return out;
       }, "The summed gradient of the last step: a view on the CPU, a host copy from a GPU.")
       .def("set_profiling", [](PyExecutor& p, bool on) { p.ex->set_profiling(on); })
       .def("profile", [](PyExecutor& p) { return p.ex->profile(); })
-      .def("upload_state", [](PyExecutor& p) {
-        py::gil_scoped_release nogil;
-        p.ex->upload_state();
-      })
-      .def("download_state", [](PyExecutor& p) {
-        py::gil_scoped_release nogil;
-        p.ex->download_state();
-      })
+      .def("upload_state", [](PyExecutor& p) { p.run([&] { p.ex->upload_state(); }); })
+      .def("download_state", [](PyExecutor& p) { p.run([&] { p.ex->download_state(); }); })
       .def("train_step", [](PyExecutor& p, const FArray& x, const LArray& y, float lr) {
         check_batch(*p.ex, "train_step", x, &y);
-        runtime::RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = p.ex->train_step(x.data(), y.data(), x.shape(0), lr);
-        }
-        return stats_dict(s);
+        return stats_dict(p.run([&] { return p.ex->train_step(x.data(), y.data(), x.shape(0), lr); }));
       })
       .def("train_epoch", [](PyExecutor& p, const FArray& images, const LArray& labels, const LArray& order,
                              int64_t batch_size, const py::dict& schedule, int64_t iteration, py::object progress,
@@ -292,28 +297,27 @@ void bind_runtime(py::module_& m) {
         PYL_CHECK_ARG(order.ndim() == 1, "train: order must be 1-D");
         const runtime::ScheduleSpec sched = schedule_spec_of(schedule);
         const runtime::ProgressFn fn = progress_fn(progress);
-        runtime::RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = p.ex->train_epoch(images.data(), labels.data(), images.shape(0), order.data(), order.shape(0),
-                                batch_size, sched, iteration, fn, every);
-        }
+        const runtime::RunStats s = p.run([&] {
+          return p.ex->train_epoch(images.data(), labels.data(), images.shape(0), order.data(), order.shape(0),
+                                   batch_size, sched, iteration, fn, every);
+        });
         return py::make_tuple(stats_dict(s), iteration);
       })
-      .def("forward", [](PyExecutor& p, const FArray& x, std::optional<LArray> labels, bool outputs) {
+      .def("forward", [](PyExecutor& p, const FArray& x, std::optional<LArray> labels, bool outputs,
+                         std::optional<uint64_t> seed) {
         check_batch(*p.ex, labels ? "evaluate" : "forward", x, labels ? &*labels : nullptr);
         const auto& shape = p.ex->graph().value(p.ex->graph().output() >= 0 ? p.ex->graph().output() : p.ex->graph().input()).shape;
         std::vector<int64_t> out_shape{x.shape(0)};
         out_shape.insert(out_shape.end(), shape.begin(), shape.end());
         FArray out(outputs ? out_shape : std::vector<int64_t>{0});
         float* op = outputs ? out.mutable_data() : nullptr;
-        runtime::RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = p.ex->forward(x.data(), labels ? labels->data() : nullptr, x.shape(0), op);
-        }
+        const runtime::RunStats s = p.run([&] {
+          if (seed) p.ex->set_seed(*seed);  // under the lock: the masks of this call
+          return p.ex->forward(x.data(), labels ? labels->data() : nullptr, x.shape(0), op);
+        });
         return py::make_tuple(out, stats_dict(s));
-      }, py::arg("x"), py::arg("labels") = py::none(), py::arg("outputs") = true);
+      }, py::arg("x"), py::arg("labels") = py::none(), py::arg("outputs") = true, py::arg("seed") = py::none(),
+      "Outputs (N, *output) and, with labels, the loss and accuracy totals; `seed` keys this call's dropout.");
 
 #ifdef PYLENET_HAVE_CUDA
   using Data = runtime::Executor::DeviceData;
@@ -324,8 +328,7 @@ void bind_runtime(py::module_& m) {
   exec.def("upload", [](PyExecutor& p, const FArray& images, std::optional<LArray> labels) {
         check_batch(*p.ex, "upload", images, labels ? &*labels : nullptr);
         const int64_t* lp = labels ? labels->data() : nullptr;
-        py::gil_scoped_release nogil;
-        return p.ex->upload(images.data(), lp, images.shape(0));
+        return p.run([&] { return p.ex->upload(images.data(), lp, images.shape(0)); });
       }, py::arg("images"), py::arg("labels") = py::none(),
       "Copies a dataset to the executor's device, once; labels are checked here.")
       .def("train_epoch_device", [](PyExecutor& p, const Data& data, const LArray& order, int64_t batch_size,
@@ -333,20 +336,13 @@ void bind_runtime(py::module_& m) {
         PYL_CHECK_ARG(order.ndim() == 1, "train: order must be 1-D");
         const runtime::ScheduleSpec sched = schedule_spec_of(schedule);
         const runtime::ProgressFn fn = progress_fn(progress);
-        runtime::RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = p.ex->train_epoch_device(data, order.data(), order.shape(0), batch_size, sched, iteration, fn, every);
-        }
+        const runtime::RunStats s = p.run([&] {
+          return p.ex->train_epoch_device(data, order.data(), order.shape(0), batch_size, sched, iteration, fn, every);
+        });
         return py::make_tuple(stats_dict(s), iteration);
       })
       .def("evaluate_device", [](PyExecutor& p, const Data& data) {
-        runtime::RunStats s;
-        {
-          py::gil_scoped_release nogil;
-          s = p.ex->evaluate_device(data);
-        }
-        return stats_dict(s);
+        return stats_dict(p.run([&] { return p.ex->evaluate_device(data); }));
       });
 #endif
 

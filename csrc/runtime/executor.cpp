@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <map>
+#include <optional>
 
 #include "core/error.h"
 #include "core/parallel.h"
@@ -188,14 +189,16 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
   PYL_CHECK_ARG(cfg.threads >= 1 && cfg.threads <= 4096, "compile: threads must be 1 to 4096, got ", cfg.threads);
   PYL_CHECK_ARG(g_.input() >= 0, "compile: the graph has no input");
   PYL_CHECK_ARG(g_.output() >= 0 || g_.loss() >= 0, "compile: the graph has no output");
-  PYL_CHECK_ARG(bind_.param_offset.size() == g_.values().size() && bind_.buffer_ptr.size() == g_.values().size(),
+  PYL_CHECK_ARG(bind_.param_offset.size() == g_.values().size() && bind_.buffer_ptr.size() == g_.values().size() &&
+                    bind_.param_ptr.size() == g_.values().size(),
                 "compile: bindings for ", bind_.param_offset.size(), " values, the graph has ", g_.values().size());
   for (size_t v = 0; v < g_.values().size(); ++v) {
     const int p = g_.values()[v].producer;
     const Op op = p >= 0 ? g_.nodes()[p].op : Op::Input;
     if (op == Op::Param)
-      PYL_CHECK_ARG(bind_.param_offset[v] >= 0 && bind_.param_offset[v] + g_.values()[v].numel() <= bind_.num_params,
-                    "compile: parameter ", g_.values()[v].name, " is not bound inside the flat parameter buffer");
+      PYL_CHECK_ARG(bind_.param_ptr[v] && bind_.param_offset[v] >= 0 &&
+                        bind_.param_offset[v] + g_.values()[v].numel() <= bind_.num_params,
+                    "compile: parameter ", g_.values()[v].name, " is not bound inside the parameter layout");
     if (op == Op::Buffer)
       PYL_CHECK_ARG(bind_.buffer_ptr[v] != nullptr, "compile: buffer ", g_.values()[v].name, " is not bound");
   }
@@ -205,8 +208,12 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
     PYL_CHECK_ARG(static_cast<int>(bind_.state.size()) >= optimizer_state_buffers(cfg.optim.kind),
                   "compile: the optimizer needs ", optimizer_state_buffers(cfg.optim.kind), " state buffers");
   }
+#ifdef PYLENET_HAVE_CUDA
+  std::optional<cuda::DeviceGuard> guard;  // every CUDA call of the planning on the executor's device
+#endif
   if (cfg.device == Device::CUDA) {
 #ifdef PYLENET_HAVE_CUDA
+    guard.emplace(cfg.cuda_device);
     cuda_ = std::make_unique<CudaState>(cfg.cuda_device);
     workers_.push_back(std::make_unique<Handle>(cuda_->ctx));
     chunk_ = cfg.capacity;
@@ -226,6 +233,7 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
   graph::defer_relu_past_max_pool(g_);
   if (cfg.train) param_grads_ = graph::differentiate(g_);
   bind_.param_offset.resize(g_.values().size(), -1);
+  bind_.param_ptr.resize(g_.values().size(), nullptr);
   bind_.buffer_ptr.resize(g_.values().size(), nullptr);
   lower();
   plan_memory();
@@ -403,15 +411,12 @@ void Executor::lower() {
         fin.kind = n.op == Op::BatchNorm ? Instr::BnStatsFinalize : Instr::BnBwdFinalize;
         fin.batch = true;
         app.kind = n.op == Op::BatchNorm ? Instr::BnApply : Instr::BnBwdApply;
+        fin.r0 = ins.fixed;  // the finalize reads the chunks' partials there
         if (n.op == Op::BatchNormBackward) {
-          fin.a = ins.a;
           app.fixed = fin.fixed = coef;
-          fin.b = ins.b;
-          app.b = ins.b;
-          // partials stay at ins.fixed; the finalize reads them from there
-          fin.r0 = ins.fixed;
-        } else {
-          fin.r0 = ins.fixed;
+        } else {  // the unbiased variance, for the running statistics once the step is accepted
+          fin.fixed = store_->fixed_floats;
+          store_->fixed_floats += round16(ins.a);
         }
         emit(ins, node);
         emit(fin, node);
@@ -590,8 +595,9 @@ void Executor::plan_memory() {
         for (int i : ins.in) {
           if (i < 0) continue;
           const int r = root(i);
-          if (passed[r] || last[r] != static_cast<int>(pos) || !is_batch_value(r) || st.at[r].home == Home::None ||
-              in_chunk_arena[r] != in_chunk_arena[o] || g_.value(r).numel() != g_.value(o).numel())
+          const bool in_arena = st.at[r].home == Home::Worker || st.at[r].home == Home::Chunk;
+          if (passed[r] || last[r] != static_cast<int>(pos) || !in_arena || in_chunk_arena[r] != in_chunk_arena[o] ||
+              g_.value(r).numel() != g_.value(o).numel())
             continue;
           so.home = st.at[r].home;
           so.offset = st.at[r].offset;
@@ -785,6 +791,7 @@ void Executor::copy_grads(float* host) const {
   const size_t bytes = sizeof(float) * bind_.num_params;
 #ifdef PYLENET_HAVE_CUDA
   if (cuda_) {
+    cuda::DeviceGuard guard(cfg_.cuda_device);
     PYL_CUDA_CHECK(cudaMemcpyAsync(host, store_->grads.data(), bytes, cudaMemcpyDeviceToHost, cuda_->ctx.stream()));
     cuda_->synchronize();
     return;
@@ -808,7 +815,7 @@ float* Executor::ptr(int v, int64_t c, int worker) const {
 #ifdef PYLENET_HAVE_CUDA
       if (cuda_) return cuda_->params.floats() + s.offset;
 #endif
-      return bind_.params + s.offset;
+      return bind_.param_ptr[v];
     case Home::Buffer:
 #ifdef PYLENET_HAVE_CUDA
       if (cuda_) return static_cast<float*>(cuda_->buffer(v));
@@ -961,12 +968,13 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
                                reinterpret_cast<double*>(fixed(ins.fixed)) + c * 2 * ins.a);
       return;
     case Instr::BnStatsFinalize: {
+      PYL_CHECK_ARG(n * ins.b > 1, node.scope.empty() ? "" : node.scope + " ",
+                    node.where.empty() ? "" : "(" + node.where + ") ", node.module.empty() ? node.label() : node.module,
+                    ": expected more than 1 value per channel when training, got a batch of ", n,
+                    " with ", ins.b, " value(s) per channel");
       const int64_t chunks = (n + chunk_ - 1) / chunk_;
-      float* rm = node.in[3] >= 0 ? ptr(node.in[3], 0, 0) : nullptr;
-      float* rv = node.in[4] >= 0 ? ptr(node.in[4], 0, 0) : nullptr;
-      int64_t* nbt = node.in[5] >= 0 ? reinterpret_cast<int64_t*>(ptr(node.in[5], 0, 0)) : nullptr;
       batch_norm_stats_finalize(h, ins.a, chunks, reinterpret_cast<const double*>(fixed(ins.r0)), n * ins.b, a.eps,
-                                a.momentum, ptr(ins.out[1], 0, 0), ptr(ins.out[2], 0, 0), rm, rv, nbt);
+                                ptr(ins.out[1], 0, 0), ptr(ins.out[2], 0, 0), fixed(ins.fixed));
       return;
     }
     case Instr::BnApply:
@@ -1024,7 +1032,6 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
 void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
   x_ = x;
   y_ = y;
-  n_ = n;
   level_ = simd::active();  // the Linear stash's packing layout, fixed for the step
   const int64_t chunks = (n + chunk_ - 1) / chunk_;
   std::fill(store_->bad.begin(), store_->bad.begin() + chunks, 0);
@@ -1071,6 +1078,17 @@ RunStats Executor::collect(int64_t n, const char* op) {
   return st;
 }
 
+void Executor::commit_running(const int* skip) {
+  for (const Instr& ins : instrs_) {
+    if (ins.kind != Instr::BnStatsFinalize) continue;
+    const Node& node = g_.nodes()[ins.node];
+    if (node.in[3] < 0) continue;  // no running statistics
+    int64_t* nbt = node.in[5] >= 0 ? reinterpret_cast<int64_t*>(ptr(node.in[5], 0, 0)) : nullptr;
+    batch_norm_update_running(*workers_[0], ins.a, ptr(ins.out[1], 0, 0), store_->fixed.floats() + ins.fixed,
+                              node.attrs.momentum, ptr(node.in[3], 0, 0), ptr(node.in[4], 0, 0), nbt, skip);
+  }
+}
+
 void Executor::update(int64_t n, float lr) {
   ++steps_;
   const int64_t chunks = (n + chunk_ - 1) / chunk_;
@@ -1085,7 +1103,7 @@ void Executor::update(int64_t n, float lr) {
   // Blocks of parameters over the ranges that have gradients; each block sums its share of
   // the per-chunk (and per-use) contributions in a fixed order, then updates.
   struct Range { int64_t lo, hi; size_t grad; };
-  std::vector<Range> ranges;  // per parameter with a gradient (a handful)
+  std::vector<Range> ranges;  // per parameter with a gradient (a handful), in the layout
   for (size_t k = 0; k < param_grads_.size(); ++k) {
     const int64_t lo = bind_.param_offset[param_grads_[k].param];
     ranges.push_back({lo, lo + g_.value(param_grads_[k].param).numel(), k});
@@ -1120,7 +1138,8 @@ void Executor::update(int64_t n, float lr) {
         first = false;
       }
     }
-    optimizer_update(*workers_[w], cfg_.optim, lr, steps_, len, bind_.params + blk.lo, g, s0 ? s0 + blk.lo : nullptr,
+    float* p = bind_.param_ptr[pg.param] + (blk.lo - base);  // the parameter where it lives
+    optimizer_update(*workers_[w], cfg_.optim, lr, steps_, len, p, g, s0 ? s0 + blk.lo : nullptr,
                      s1 ? s1 + blk.lo : nullptr);
   };
   ThreadPool::instance().run(threads(), static_cast<int64_t>(blocks.size()), ItemFn(job));
@@ -1134,17 +1153,20 @@ RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, 
   out_ = nullptr;
 #ifdef PYLENET_HAVE_CUDA
   if (cuda_) {
+    cuda::DeviceGuard guard(cfg_.cuda_device);
     const int64_t before = steps_;
     cuda_reset_totals();
     cuda_stage(x, labels, n);
     run_batch(store_->input.floats(), static_cast<const int64_t*>(store_->labels.data()), n);
     cuda_accumulate();
-    update(n, lr);  // a no-op on the device if the step's output was not finite
+    commit_running(&cuda_->run_totals()->bad);  // both no-ops on the device if the output was not finite
+    update(n, lr);
     return cuda_read_totals(n, "train_step", before);
   }
 #endif
   run_batch(x, labels, n);
-  RunStats st = collect(n, "train_step");
+  RunStats st = collect(n, "train_step");  // raises, changing nothing, if the output is not finite
+  commit_running(nullptr);
   update(n, lr);
   return st;
 }
@@ -1180,6 +1202,7 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
     const float lr = static_cast<float>(schedule_lr(schedule, cfg_.optim.lr, iteration));
     run_batch(xb, yb, n);
     RunStats st = collect(n, "train");
+    commit_running(nullptr);
     update(n, lr);
     ++iteration;
     total.loss_sum += st.loss_sum;
@@ -1194,6 +1217,11 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
 
 RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count, float* out) {
   PYL_CHECK_ARG(count >= 1, "forward: no samples");
+  PYL_CHECK_ARG(labels || g_.loss() < 0, "forward: this network computes a loss and needs the labels");
+#ifdef PYLENET_HAVE_CUDA
+  std::optional<cuda::DeviceGuard> guard;
+  if (cuda_) guard.emplace(cfg_.cuda_device);
+#endif
   if (labels) check_labels(labels, count, "evaluate");
   const int64_t sample = g_.value(g_.input()).numel();
   RunStats total;
@@ -1210,12 +1238,14 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
       cuda_stage(xb, yb, n);
       run_batch(store_->input.floats(), yb ? static_cast<const int64_t*>(store_->labels.data()) : nullptr, n);
       cuda_accumulate();
+      commit_running(&cuda_->run_totals()->bad);
       continue;
     }
 #endif
     std::fill(store_->loss.begin(), store_->loss.end(), 0.0);
     run_batch(xb, yb, n);
     RunStats st = collect(n, labels ? "evaluate" : "predict");
+    commit_running(nullptr);  // a training-mode forward updates the running statistics
     total.loss_sum += st.loss_sum;
     total.correct += st.correct;
     total.samples += n;
@@ -1255,7 +1285,10 @@ void Executor::upload_state() {
   cuda::DeviceGuard guard(cfg_.cuda_device);
   cudaStream_t st = c.ctx.stream();
   const size_t pbytes = sizeof(float) * bind_.num_params;
-  if (pbytes) PYL_CUDA_CHECK(cudaMemcpyAsync(c.params.data(), bind_.params, pbytes, cudaMemcpyHostToDevice, st));
+  for (int v = 0; v < static_cast<int>(g_.values().size()); ++v)
+    if (bind_.param_ptr[v])
+      PYL_CUDA_CHECK(cudaMemcpyAsync(c.params.floats() + bind_.param_offset[v], bind_.param_ptr[v],
+                                     sizeof(float) * g_.value(v).numel(), cudaMemcpyHostToDevice, st));
   for (size_t i = 0; i < c.state.size() && pbytes; ++i)
     PYL_CUDA_CHECK(cudaMemcpyAsync(c.state[i].data(), bind_.state[i], pbytes, cudaMemcpyHostToDevice, st));
   for (auto& [v, mem] : c.buffers)
@@ -1270,7 +1303,10 @@ void Executor::download_state() {
   cuda::DeviceGuard guard(cfg_.cuda_device);
   cudaStream_t st = c.ctx.stream();
   const size_t pbytes = sizeof(float) * bind_.num_params;
-  if (pbytes) PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.params, c.params.data(), pbytes, cudaMemcpyDeviceToHost, st));
+  for (int v = 0; v < static_cast<int>(g_.values().size()); ++v)
+    if (bind_.param_ptr[v])
+      PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.param_ptr[v], c.params.floats() + bind_.param_offset[v],
+                                     sizeof(float) * g_.value(v).numel(), cudaMemcpyDeviceToHost, st));
   for (size_t i = 0; i < c.state.size() && pbytes; ++i)
     PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.state[i], c.state[i].data(), pbytes, cudaMemcpyDeviceToHost, st));
   for (auto& [v, mem] : c.buffers)
@@ -1411,6 +1447,7 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
                        dorder + start, xb, yb, st);
     run_batch(xb, yb, n);
     cuda_accumulate();
+    commit_running(&cuda_->run_totals()->bad);
     update(n, static_cast<float>(schedule_lr(schedule, cfg_.optim.lr, iteration)));
     ++iteration;
     samples += n;

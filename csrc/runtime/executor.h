@@ -58,11 +58,13 @@ struct Config {
   uint64_t seed = 0;               // dropout masks
 };
 
-// Where the flat model state lives (host memory, owned by the caller, who keeps it alive).
+// Where the model state lives (host memory, owned by the caller, who keeps it alive). The
+// parameters are computed on where they are (a model's flat buffer, normally all of them);
+// gradients and optimizer state are flat, laid out by the model's parameter order.
 struct Bindings {
-  float* params = nullptr;         // num_params floats; param value v at param_offset[v]
-  int64_t num_params = 0;
-  std::vector<int64_t> param_offset;   // per graph value (-1: not a parameter)
+  int64_t num_params = 0;              // floats in the model's parameter layout
+  std::vector<float*> param_ptr;       // per graph value: a parameter's memory (null: not one)
+  std::vector<int64_t> param_offset;   // per graph value: its place in the layout (-1: not one)
   std::vector<void*> buffer_ptr;       // per graph value: a buffer's host memory (float or int64)
   std::vector<float*> state;           // the optimizer's state buffers, num_params floats each
 };
@@ -190,6 +192,9 @@ class Executor {
   float* ptr(int v, int64_t c, int worker) const;
   float* grad_ptr(int v, int64_t c) const;
   RunStats collect(int64_t n, const char* op);
+  // Batch norm's running statistics, from the step's batch statistics, once the step is
+  // accepted (on CUDA: unless *skip, the flag a non-finite step sets).
+  void commit_running(const int* skip);
   void update(int64_t n, float lr);
   // Per chunk: its loss sum, correct count and non-finite flag (host memory, or device
   // memory on CUDA).
@@ -221,7 +226,6 @@ class Executor {
   // the output rows (host memory).
   const float* x_ = nullptr;
   const int64_t* y_ = nullptr;
-  int64_t n_ = 0;
   float* out_ = nullptr;
   struct Block { int64_t lo, hi; size_t range; };  // update(): parameter blocks (made once)
   std::vector<Block> blocks_;

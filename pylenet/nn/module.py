@@ -11,7 +11,7 @@ Parameters live in ONE flat native buffer per model: when the outermost module's
 ``Parameter`` attribute becomes a view of its slice. The runtime computes on that buffer, so
 nothing is copied per call, and whatever a training step writes is at once visible in
 ``model.fc1.weight`` and ``state_dict()``. A parameter assigned later (``model.head =
-nn.Linear(...)``) is packed with the rest the next time the model is compiled.
+nn.Linear(...)``) keeps its own memory: the runtime computes on parameters wherever they are.
 """
 import functools
 import itertools

@@ -1,0 +1,190 @@
+"""The runtime around the executor: where parameters live, compiled-model caches, threads,
+batch-dependent layers, rejected steps, and the memory plan's in-place reuse."""
+import threading
+
+import numpy as np
+import pytest
+
+import pylenet
+import pylenet.functional as F
+import pylenet.nn as nn
+from pylenet import models, optim, runtime
+
+
+def batch(rng, n=16):
+    return rng.standard_normal((n, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, n)
+
+
+# ----------------------------------------------------------------------------- parameters
+def test_a_new_head_after_construction_keeps_parameter_identity(rng):
+    """Fine-tuning: replace the last layer, then give the optimizer model.parameters()."""
+    m = models.lenet()
+    m.fc3 = nn.Linear(84, 5)
+    before = [id(p) for p in m.parameters()]
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    step = pylenet.compile(m, optimizer=opt, batch_size=16)
+    x, _ = batch(rng)
+    w = m.fc3.weight.copy()
+    step(x, rng.integers(0, 5, 16))
+    assert [id(p) for p in m.parameters()] == before  # nothing was repacked under the optimizer
+    assert not np.array_equal(w, m.fc3.weight)
+
+
+def test_slices_and_containers_leave_a_trained_model_alone(rng):
+    m = models.lenet5()
+    params = list(m.parameters())  # held, as an optimizer or a user's variable holds them
+    values = [p.copy() for p in params]
+    first = m[:3]  # a Sequential of m's first layers
+    both = nn.Sequential(m, nn.Linear(10, 2))
+    assert all(a is b for a, b in zip(m.parameters(), params))
+    assert first[0].weight is m[0].weight and both[0][0].weight is m[0].weight
+    del params
+    # Parameters nobody else holds may move into the container's buffer; values stay.
+    again = nn.Sequential(m, nn.Linear(10, 2))
+    assert all(np.array_equal(a, b) for a, b in zip(m.parameters(), values))
+    assert again[0][0].weight is m[0].weight
+    ids = [id(p) for p in m.parameters()]
+    opt = optim.SGD(m.parameters(), lr=0.1)
+    x, y = batch(rng)
+    seen = []
+
+    def on_epoch(r):
+        seen.append(m[:1])  # model surgery during training must not detach the model
+
+    before = m[0].weight.copy()
+    pylenet.train(m, (x, y), epochs=2, batch_size=8, optimizer=opt, progress=False, on_epoch=on_epoch)
+    assert [id(p) for p in m.parameters()] == ids
+    after_one = m[0].weight.copy()
+    pylenet.train(m, (x, y), epochs=1, batch_size=8, optimizer=opt, progress=False)
+    assert not np.array_equal(before, after_one) and not np.array_equal(after_one, m[0].weight)
+
+
+def test_packing_at_construction_gives_one_buffer():
+    m = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(2 * 26 * 26, 3))
+    stores = {id(p._store) for p in m.parameters()}
+    assert len(stores) == 1
+    assert next(iter(m.parameters()))._store.size == m.num_parameters()
+
+
+# ----------------------------------------------------------------------------- threads
+def test_one_model_from_several_threads(rng):
+    m = models.lenet5(seed=2).eval()
+    xs = [rng.standard_normal((40, 1, 28, 28)).astype(np.float32) for _ in range(6)]
+    ref = [m(x) for x in xs]
+    out, errors = [None] * 24, []
+
+    def work(i):
+        try:
+            for _ in range(3):
+                out[i] = m(xs[i % 6])
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for i, o in enumerate(out):
+        np.testing.assert_array_equal(o, ref[i % 6])
+
+
+# ----------------------------------------------------------------------------- batch-dependent forwards
+class FunctionalDropout(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return F.dropout(self.fc(x), 0.5, training=self.training)
+
+
+def test_functional_dropout_in_a_training_forward_draws_new_masks():
+    m = FunctionalDropout()
+    x = np.ones((600, 8), np.float32)
+    a, b = m(x) == 0, m(x) == 0
+    assert not np.array_equal(a, b)                 # a new mask every call
+    assert not np.array_equal(a[:256], a[256:512])  # one batch: rows past 256 do not repeat
+    m.eval()
+    np.testing.assert_array_equal(m(x), m.fc(x))
+
+
+# ----------------------------------------------------------------------------- rejected steps
+class BNNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(8, 4)
+        self.bn = nn.BatchNorm1d(4)
+        self.out = nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.out(self.bn(self.fc(x)))
+
+
+def test_a_rejected_step_changes_nothing(rng):
+    m = BNNet()
+    step = pylenet.compile(m, optimizer=optim.SGD(0.1, momentum=0.9), batch_size=8)
+    x, y = rng.standard_normal((8, 8)).astype(np.float32), rng.integers(0, 3, 8)
+    step(x, y)
+    m.out.weight[0, 0] = np.inf  # the next step's output is not finite
+    before = m.state_dict()
+    with pytest.raises(RuntimeError, match="diverged"):
+        step(x, y)
+    for k, v in m.state_dict().items():
+        np.testing.assert_array_equal(v, before[k], err_msg=k)  # running statistics included
+    assert int(m.bn.num_batches_tracked) == 1
+
+
+def test_batch_norm_training_needs_more_than_one_value_per_channel(rng):
+    m = BNNet()
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        m(np.ones((1, 8), np.float32))
+    assert int(m.bn.num_batches_tracked) == 0
+    m.eval()
+    assert m(np.ones((1, 8), np.float32)).shape == (1, 3)
+
+
+def test_an_executor_with_a_loss_needs_labels(rng):
+    m = models.lenet5()
+    ex = runtime.inference_executor(m, (1, 28, 28), 8, loss=F.cross_entropy)
+    with pytest.raises(ValueError, match="labels"):
+        ex.forward(np.zeros((8, 1, 28, 28), np.float32), None, True)
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def test_an_optimizer_over_a_subset_resumes_over_that_subset(tmp_path, rng):
+    m = models.lenet()
+    opt = optim.SGD(m.fc3.parameters(), lr=0.1)
+    x, y = batch(rng)
+    pylenet.train(m, (x, y), epochs=1, batch_size=8, optimizer=opt, progress=False)
+    m.save(tmp_path / "m.npz", optimizer=opt)
+    loaded, lopt = pylenet.load(tmp_path / "m.npz", return_optimizer=True)
+    assert [id(p) for p in lopt.params] == [id(loaded.fc3.weight), id(loaded.fc3.bias)]
+    conv = loaded.conv1.weight.copy()
+    pylenet.train(loaded, (x, y), epochs=1, batch_size=8, optimizer=lopt, progress=False)
+    np.testing.assert_array_equal(loaded.conv1.weight, conv)
+
+
+def test_replacing_the_optimizer_state_is_seen_by_a_step(rng):
+    m = models.lenet()
+    opt = optim.SGD(0.1, momentum=0.9)
+    step = pylenet.compile(m, optimizer=opt, batch_size=8)
+    x, y = batch(rng, 8)
+    step(x, y)
+    opt.state["buffers"] = [np.zeros_like(b) for b in opt.state["buffers"]]
+    step(x, y)
+    assert np.abs(opt.state["buffers"][0]).max() > 0  # the new arrays were used
+
+
+# ----------------------------------------------------------------------------- memory plan
+def test_element_wise_ops_run_in_place():
+    relu = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Dropout(0.5), nn.Linear(256, 8)).eval()
+    plain = nn.Sequential(nn.Linear(64, 256), nn.Linear(256, 8)).eval()
+    a = runtime.inference_executor(relu, (64,), 32).memory_plan()
+    b = runtime.inference_executor(plain, (64,), 32).memory_plan()
+    assert a["activations"] == b["activations"]  # the ReLU writes over the Linear's output
+    relu.train()  # training: dropout runs in place too, and the arenas reuse slots
+    t = runtime.traced(relu, (64,), 32, F.cross_entropy)
+    plan = runtime.build_executor(relu, t, capacity=32, optimizer=optim.SGD(0.1)).memory_plan()
+    assert plan["activations"] < plan["activations_unshared"]
