@@ -305,6 +305,7 @@ class Step:
             seed = draw_seed()
         self.seed = int(seed)
         self._ex, self._key = None, None
+        self._profiling, self._profiled_steps = False, 0
 
     def executor(self, input_shape):
         # Recompiled when the input shape, a module's mode or the model's structure changes, a
@@ -321,6 +322,9 @@ class Step:
             if steps is not None:
                 self._ex.optimizer_steps = steps
             self._key = key
+            if self._profiling:  # a new program: its own instructions and times
+                self._ex.set_profiling(True)
+                self._profiled_steps = 0
         return self._ex
 
     def __call__(self, images, labels):
@@ -340,7 +344,38 @@ class Step:
         if self.device[0] == "cuda":
             ex.download_state()
         self.optimizer.state["steps"] = int(ex.optimizer_steps)
+        if self._profiling:
+            self._profiled_steps += 1
         return st["loss_sum"] / st["samples"]
+
+    def set_profiling(self, on=True):
+        """Times every instruction of the following steps (and resets the times); see
+        profile(). Profiling costs a clock read per instruction and chunk (on CUDA also a
+        synchronisation), so leave it off when measuring speed."""
+        self._profiling = bool(on)
+        self._profiled_steps = 0
+        if self._ex is not None:
+            self._ex.set_profiling(self._profiling)
+
+    def profile(self):
+        """Where the profiled steps spent their time, in execution order: one dict per
+        instruction (``op``, ``scope``: the module path of the layer it belongs to, ``phase``, ``batch``: a batch-level
+        instruction, ``algo``: a convolution's algorithm, ``seconds`` per step, ``share`` of the
+        step), then ``update`` (gradient sums and the optimizer). On the CPU the seconds are
+        summed over the worker threads, so they add up to thread time, not wall time."""
+        if self._ex is None or not self._profiling:
+            raise RuntimeError("profile(): call set_profiling(True), then run some steps")
+        if self._profiled_steps == 0:
+            raise RuntimeError("profile(): no step has run since profiling was turned on")
+        times, nodes = self._ex.profile(), self._ex.graph().nodes()
+        rows = [dict(d, scope=nodes[d["node"]]["scope"] if 0 <= d["node"] < len(nodes) else "",
+                     seconds=times[d["index"]] / self._profiled_steps) for d in self._ex.instructions()]
+        rows.append({"index": len(times) - 1, "op": "update", "node": -1, "scope": "", "phase": -1, "batch": True,
+                     "algo": "", "seconds": times[-1] / self._profiled_steps})
+        total = sum(r["seconds"] for r in rows) or 1.0
+        for r in rows:
+            r["share"] = r["seconds"] / total
+        return rows
 
     def grads(self):
         """{name: gradient} of the last step (views of the executor's gradient buffer on the

@@ -188,3 +188,32 @@ def test_element_wise_ops_run_in_place():
     t = runtime.traced(relu, (64,), 32, F.cross_entropy)
     plan = runtime.build_executor(relu, t, capacity=32, optimizer=optim.SGD(0.1)).memory_plan()
     assert plan["activations"] < plan["activations_unshared"]
+
+
+# ----------------------------------------------------------------------------- profiling
+def test_step_profile_names_every_instruction_and_the_update(rng):
+    m = models.lenet5(seed=0)
+    step = pylenet.compile(m, optim.SGD(m.parameters(), lr=0.01), batch_size=16)
+    x, y = batch(rng)
+    with pytest.raises(RuntimeError, match="set_profiling"):
+        step.profile()
+    step(x, y)
+    step.set_profiling(True)
+    with pytest.raises(RuntimeError, match="no step"):
+        step.profile()
+    for _ in range(3):
+        step(x, y)
+    rows = step.profile()
+    assert rows[-1]["op"] == "update" and rows[-1]["seconds"] > 0
+    ops = [r["op"] for r in rows]
+    for op in ("conv2d", "conv2d_backward_data", "conv2d_backward_filter", "linear", "cross_entropy"):
+        assert op in ops
+    assert {r["scope"] for r in rows if r["op"] == "conv2d"} == {"Sequential.0", "Sequential.3"}
+    assert all(r["seconds"] >= 0 for r in rows) and abs(sum(r["share"] for r in rows) - 1) < 1e-9
+    assert all(r["algo"] for r in rows if r["op"].startswith("conv2d") and "bias" not in r["op"])
+    # the two convolutions (forward and backward) dominate LeNet-5's step
+    conv = sum(r["share"] for r in rows if r["op"].startswith("conv2d"))
+    assert conv > 0.3
+    step.set_profiling(False)
+    with pytest.raises(RuntimeError):
+        step.profile()

@@ -2,7 +2,9 @@
 //   SGD (PyTorch semantics, dampening 0):
 //     g = grad + weight_decay * p;  v = momentum * v + g;  g = nesterov ? g + momentum * v : v;  p -= lr * g
 //   Adam and Adadelta: PyTorch's update rules (see math.h).
-// The gradient is checked for NaN/inf first: a bad step leaves the parameters untouched.
+// The single-tensor steps (sgd_step, adam_step, adadelta_step) check the gradient for NaN/inf
+// first: a bad gradient leaves the parameters untouched. The executor's update does not look at
+// the gradient; it rejects a step earlier, when the step's output is not finite.
 #pragma once
 
 #include "core/handle.h"
@@ -28,7 +30,7 @@ int optimizer_state_buffers(OptimKind kind);    // SGD: 1 (velocity), Adam: 2, A
 void check_optim_spec(const OptimSpec& optim);  // InvalidArgument for bad hyper-parameters
 // One update of `count` parameters with learning rate lr at optimizer step `step` (from 1):
 // state0/state1 are the spec's state buffers (velocity; m, v; square_avg, acc_delta). No
-// checks: the executor checked the spec and the gradient. `skip` (CUDA only, device memory,
+// checks: the executor checked the spec, and the step's output was finite. `skip` (CUDA only, device memory,
 // may be null): when it holds non-zero the update does nothing.
 void optimizer_update(Handle& h, const OptimSpec& o, float lr, int64_t step, int64_t count, float* param,
                       const float* grad, float* state0, float* state1, const int* skip = nullptr);

@@ -1,4 +1,4 @@
-// Marshalling shared by the CPU and CUDA bindings (module.cpp, graph.cpp, cuda_ops.cpp):
+// Marshalling shared by the bindings (module.cpp, runtime.cpp, cuda_ops.cpp):
 // names and Python dicts to the runtime's enums and specs, and back. No logic beyond conversion.
 #pragma once
 

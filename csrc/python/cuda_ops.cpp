@@ -503,12 +503,17 @@ double nll_loss(const DeviceTensor& logp, const DeviceTensor& labels, const py::
   labels.desc().check(op, "labels", 1, "(N,)");
   const int64_t n = logp.desc().dim(0), c = logp.desc().dim(1);
   PYL_CHECK_ARG(labels.desc().dim(0) == n, op, ": ", labels.desc().dim(0), " labels for ", n, " rows");
-  // The labels are checked on the host (a copy of N int64s), then the sum runs on the device.
-  std::vector<int64_t> host(static_cast<size_t>(n));
-  cuda::copy_to_host(labels, host.data());
-  for (int64_t i = 0; i < n; ++i)
-    PYL_CHECK_ARG(host[i] >= 0 && host[i] < c, op, ": label ", host[i], " at index ", i, " is outside [0, ", c, ")");
   return with_handle(dev, stream, [&](Handle& h) {
+    // The labels are checked on the host (a copy of N int64s), read on the op's stream once
+    // it has waited for the caller's, so labels the caller's stream is still writing are seen
+    // as written; then the sum runs on the device.
+    std::vector<int64_t> host(static_cast<size_t>(n));
+    PYL_CUDA_CHECK(cudaMemcpyAsync(host.data(), labels.data_as<const int64_t>(), host.size() * sizeof(int64_t),
+                                   cudaMemcpyDeviceToHost, h.cuda().stream()));
+    h.cuda().synchronize();
+    for (int64_t i = 0; i < n; ++i)
+      PYL_CHECK_ARG(host[i] >= 0 && host[i] < c, op, ": label ", host[i], " at index ", i, " is outside [0, ", c,
+                    ")");
     double* sum = static_cast<double*>(h.cuda().scratch());
     pylenet::nll_loss_forward(h, n, c, fptr(logp), labels.data_as<const int64_t>(), sum);
     double out = 0;

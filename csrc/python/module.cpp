@@ -91,12 +91,6 @@ py::dict build_info() {
   return info;
 }
 
-using LArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
-
-
-
-
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {

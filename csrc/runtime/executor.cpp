@@ -134,8 +134,7 @@ struct Executor::Store {
   std::vector<int64_t> correct;
   std::vector<int> bad;
   Memory input, labels;  // the gathered batch (train_epoch)
-  // The parameters' gradient contributions, aligned with param_grads_ (value ids).
-  int64_t workspace_bytes = 0;
+  int64_t workspace_bytes = 0;  // per worker: the most any instruction's kernels ask for
   int classes = 0;       // the loss's classes (for label checks), 0 without a loss
   int64_t out_floats = 0;
 };
@@ -844,11 +843,17 @@ float* Executor::grad_ptr(int v, int64_t c) const {
 
 void Executor::set_profiling(bool on) {
   profiling_ = on;
-  times_.assign(workers_.size(), std::vector<double>(instrs_.size(), 0.0));
+  times_.assign(workers_.size(), std::vector<double>(instrs_.size() + 1, 0.0));  // + the update
+}
+
+void Executor::profile_sync() {
+#ifdef PYLENET_HAVE_CUDA
+  if (cuda_) cuda_->synchronize();
+#endif
 }
 
 std::vector<double> Executor::profile() const {
-  std::vector<double> out(instrs_.size(), 0.0);
+  std::vector<double> out(instrs_.size() + 1, 0.0);
   for (auto& w : times_)
     for (size_t i = 0; i < out.size(); ++i) out[i] += w[i];
   return out;
@@ -1041,7 +1046,10 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
         const Instr& ins = instrs_[ph.instrs[static_cast<size_t>(k)]];
         const auto t0 = Clock::now();
         exec(ins, *workers_[w], 0, w, 0, n, n);
-        if (profiling_) times_[w][ph.instrs[static_cast<size_t>(k)]] += since(t0);
+        if (profiling_) {
+          profile_sync();
+          times_[w][ph.instrs[static_cast<size_t>(k)]] += since(t0);
+        }
       };
       ThreadPool::instance().run(on_device() ? 1 : threads(), static_cast<int64_t>(ph.instrs.size()), ItemFn(job));
       continue;
@@ -1052,7 +1060,10 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
       for (int k : ph.instrs) {
         const auto t0 = profiling_ ? Clock::now() : Clock::time_point{};
         exec(instrs_[k], h, c, w, start, m, n);
-        if (profiling_) times_[w][k] += since(t0);
+        if (profiling_) {
+          profile_sync();
+          times_[w][k] += since(t0);
+        }
       }
     };
     ThreadPool::instance().run(on_device() ? 1 : threads(), chunks, ItemFn(chunk_job));
@@ -1090,6 +1101,15 @@ void Executor::commit_running(const int* skip) {
 }
 
 void Executor::update(int64_t n, float lr) {
+  const auto t0 = Clock::now();
+  update_now(n, lr);
+  if (profiling_) {
+    profile_sync();
+    times_[0].back() += since(t0);
+  }
+}
+
+void Executor::update_now(int64_t n, float lr) {
   ++steps_;
   const int64_t chunks = (n + chunk_ - 1) / chunk_;
   const Store& st = *store_;

@@ -176,7 +176,10 @@ class Executor {
   RunStats evaluate_device(const DeviceData& data);
 #endif
 
-  // Per-instruction time (seconds summed over workers) while profiling is on.
+  // While profiling is on: seconds per instruction (summed over the workers, so on the CPU it
+  // is thread time), then one more entry for the update (gradient sums and optimizer). On
+  // CUDA each instruction is followed by a stream synchronisation, so the times are the
+  // device's (and the step is slower than without profiling). set_profiling resets them.
   void set_profiling(bool on);
   std::vector<double> profile() const;
 
@@ -195,7 +198,9 @@ class Executor {
   // Batch norm's running statistics, from the step's batch statistics, once the step is
   // accepted (on CUDA: unless *skip, the flag a non-finite step sets).
   void commit_running(const int* skip);
-  void update(int64_t n, float lr);
+  void update(int64_t n, float lr);      // update_now, timed while profiling
+  void update_now(int64_t n, float lr);  // sums the gradients in a fixed order, runs the optimizer
+  void profile_sync();                   // on CUDA: waits for the stream (profiled times are real)
   // Per chunk: its loss sum, correct count and non-finite flag (host memory, or device
   // memory on CUDA).
   double* loss_slot(int64_t c);

@@ -49,8 +49,12 @@ class Parameter(np.ndarray):
     """A trainable float32 array, registered by the module it is assigned to.
 
     ``nn.Parameter(array)`` shares the array's memory when it already is float32 and
-    contiguous. ``requires_grad=False`` freezes it: it gets no gradient and no update.
-    Arithmetic on a parameter gives plain arrays.
+    contiguous, until the model is built: when the outermost module's ``__init__`` returns, a
+    parameter nothing else refers to is copied into the model's flat buffer (the module's
+    attribute then is the new Parameter; ``array`` no longer follows it). Keep a reference
+    to the Parameter, not to the array, to see the trained values. ``requires_grad=False``
+    freezes it: it gets no gradient and no update. Arithmetic on a parameter gives plain
+    arrays.
     """
 
     def __new__(cls, data=None, requires_grad=True):
