@@ -7,8 +7,9 @@
 //   3. mean: one block adds the row losses in a fixed tree order (deterministic, no atomics).
 // Nothing synchronises until the host asks for the number (softmax_cross_entropy), so a
 // training loop can queue the loss and read it back once per epoch.
-// Expected build note: ptxas reports a 16-byte spill in rows_kernel for sm_90; it is the
-// stack frame of double exp()'s out-of-range path, not register pressure in the loop.
+// Expected build note: ptxas reports 16-20 byte spills in the row kernels (rows_kernel,
+// cross_entropy_backward_kernel) for sm_90; it is the stack frame of double exp()'s
+// out-of-range path, not register pressure in the loop.
 #include <cstring>
 
 #include "cuda/check.h"
@@ -20,6 +21,36 @@ namespace {
 
 constexpr int kRowThreads = 256;  // 8 warps, 8 rows per block
 constexpr int kMeanThreads = 256;
+
+// One warp's pass over row z: its max, the sum of exp(z - max) in double, and the part of that
+// sum from the classes other than `label`. Every lane gets the totals.
+struct RowSums {
+  float zmax;
+  double sum, others;
+};
+__device__ RowSums row_sums(const float* z, int64_t c, int64_t label, int lane) {
+  float zmax = -INFINITY;
+  for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
+  zmax = detail::warp_max(zmax);
+  double sum = 0.0, others = 0.0;
+  for (int64_t j = lane; j < c; j += 32) {
+    const double e = exp(static_cast<double>(z[j] - zmax));
+    sum += e;
+    if (j != label) others += e;
+  }
+  return {zmax, detail::warp_sum(sum), detail::warp_sum(others)};
+}
+
+// dz = softmax(z) * grad_scale - onehot(label) * grad_scale, the true class written as
+// -(the others' share) * grad_scale: no cancellation when its probability is near 1.
+__device__ void write_row_grad(const float* z, int64_t c, int64_t label, const RowSums& r, float grad_scale,
+                               float* dz, int lane) {
+  const double inv_sum = 1.0 / r.sum;
+  for (int64_t j = lane; j < c; j += 32) {
+    const double p = j == label ? -r.others * inv_sum : exp(static_cast<double>(z[j] - r.zmax)) * inv_sum;
+    dz[j] = __fmul_rn(static_cast<float>(p), grad_scale);
+  }
+}
 
 __global__ void validate_kernel(int64_t n, int64_t c, const float* logits, const int64_t* labels, LossResult* res) {
   PYL_GRID_STRIDE(i, n * c) {
@@ -37,28 +68,10 @@ __global__ void __launch_bounds__(kRowThreads) rows_kernel(int64_t n, int64_t c,
   const int64_t warps = int64_t(gridDim.x) * (kRowThreads / 32);
   for (int64_t row = int64_t(blockIdx.x) * (kRowThreads / 32) + threadIdx.x / 32; row < n; row += warps) {
     const float* z = logits + row * c;
-    float zmax = -INFINITY;
-    for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
-    zmax = detail::warp_max(zmax);
     const int64_t label = labels[row];
-    double sum = 0.0, others = 0.0;
-    for (int64_t j = lane; j < c; j += 32) {
-      const double e = exp(static_cast<double>(z[j] - zmax));
-      sum += e;
-      if (j != label) others += e;
-    }
-    sum = detail::warp_sum(sum);
-    others = detail::warp_sum(others);
-    if (lane == 0) row_loss[row] = log(sum) + zmax - z[label];
-    if (dlogits) {
-      float* dz = dlogits + row * c;
-      const double inv_sum = 1.0 / sum;
-      for (int64_t j = lane; j < c; j += 32) {
-        // p * grad_scale, the true class as -(the others' share): no cancellation when p -> 1
-        const double p = j == label ? -others * inv_sum : exp(static_cast<double>(z[j] - zmax)) * inv_sum;
-        dz[j] = __fmul_rn(static_cast<float>(p), grad_scale);
-      }
-    }
+    const RowSums r = row_sums(z, c, label, lane);
+    if (lane == 0) row_loss[row] = log(r.sum) + r.zmax - z[label];
+    if (dlogits) write_row_grad(z, c, label, r, grad_scale, dlogits + row * c, lane);
   }
 }
 
@@ -86,13 +99,8 @@ __global__ void __launch_bounds__(kSumThreads) loss_sum_kernel(bool nll, int64_t
       if (lane == 0) acc -= z[labels[row]];
       continue;
     }
-    float zmax = -INFINITY;
-    for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
-    zmax = detail::warp_max(zmax);
-    double sum = 0.0;
-    for (int64_t j = lane; j < c; j += 32) sum += exp(static_cast<double>(z[j] - zmax));
-    sum = detail::warp_sum(sum);
-    if (lane == 0) acc += log(sum) + zmax - z[labels[row]];
+    const RowSums r = row_sums(z, c, labels[row], lane);
+    if (lane == 0) acc += log(r.sum) + r.zmax - z[labels[row]];
   }
   acc = detail::block_sum<kSumThreads>(lane == 0 ? acc : 0.0);
   if (threadIdx.x == 0) *loss_sum = acc;
@@ -107,22 +115,7 @@ __global__ void __launch_bounds__(kRowThreads) cross_entropy_backward_kernel(int
   for (int64_t row = int64_t(blockIdx.x) * (kRowThreads / 32) + threadIdx.x / 32; row < n; row += warps) {
     const float* z = logits + row * c;
     const int64_t label = labels[row];
-    float zmax = -INFINITY;
-    for (int64_t j = lane; j < c; j += 32) zmax = fmaxf(zmax, z[j]);
-    zmax = detail::warp_max(zmax);
-    double sum = 0.0, others = 0.0;
-    for (int64_t j = lane; j < c; j += 32) {
-      const double e = exp(static_cast<double>(z[j] - zmax));
-      sum += e;
-      if (j != label) others += e;
-    }
-    sum = detail::warp_sum(sum);
-    others = detail::warp_sum(others);
-    const double inv_sum = 1.0 / sum;
-    for (int64_t j = lane; j < c; j += 32) {
-      const double p = j == label ? -others * inv_sum : exp(static_cast<double>(z[j] - zmax)) * inv_sum;
-      dlogits[row * c + j] = __fmul_rn(static_cast<float>(p), grad_scale);
-    }
+    write_row_grad(z, c, label, row_sums(z, c, label, lane), grad_scale, dlogits + row * c, lane);
   }
 }
 

@@ -1299,41 +1299,28 @@ void Executor::cuda_allocate() {
   c.totals = Memory(Device::CUDA, dev, 64);
 }
 
-void Executor::upload_state() {
+// Parameters, optimizer state and buffers between their host homes and the device copies,
+// one direction at a time.
+void Executor::copy_state(bool to_device) {
   if (!cuda_) return;
   CudaState& c = *cuda_;
   cuda::DeviceGuard guard(cfg_.cuda_device);
   cudaStream_t st = c.ctx.stream();
+  const cudaMemcpyKind kind = to_device ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  const auto copy = [&](void* device, void* host, size_t bytes) {
+    PYL_CUDA_CHECK(cudaMemcpyAsync(to_device ? device : host, to_device ? host : device, bytes, kind, st));
+  };
   const size_t pbytes = sizeof(float) * bind_.num_params;
   for (int v = 0; v < static_cast<int>(g_.values().size()); ++v)
     if (bind_.param_ptr[v])
-      PYL_CUDA_CHECK(cudaMemcpyAsync(c.params.floats() + bind_.param_offset[v], bind_.param_ptr[v],
-                                     sizeof(float) * g_.value(v).numel(), cudaMemcpyHostToDevice, st));
-  for (size_t i = 0; i < c.state.size() && pbytes; ++i)
-    PYL_CUDA_CHECK(cudaMemcpyAsync(c.state[i].data(), bind_.state[i], pbytes, cudaMemcpyHostToDevice, st));
-  for (auto& [v, mem] : c.buffers)
-    PYL_CUDA_CHECK(cudaMemcpyAsync(mem.data(), bind_.buffer_ptr[v], value_bytes(g_.value(v)), cudaMemcpyHostToDevice,
-                                   st));
+      copy(c.params.floats() + bind_.param_offset[v], bind_.param_ptr[v], sizeof(float) * g_.value(v).numel());
+  for (size_t i = 0; i < c.state.size() && pbytes; ++i) copy(c.state[i].data(), bind_.state[i], pbytes);
+  for (auto& [v, mem] : c.buffers) copy(mem.data(), bind_.buffer_ptr[v], value_bytes(g_.value(v)));
   c.synchronize();
 }
 
-void Executor::download_state() {
-  if (!cuda_) return;
-  CudaState& c = *cuda_;
-  cuda::DeviceGuard guard(cfg_.cuda_device);
-  cudaStream_t st = c.ctx.stream();
-  const size_t pbytes = sizeof(float) * bind_.num_params;
-  for (int v = 0; v < static_cast<int>(g_.values().size()); ++v)
-    if (bind_.param_ptr[v])
-      PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.param_ptr[v], c.params.floats() + bind_.param_offset[v],
-                                     sizeof(float) * g_.value(v).numel(), cudaMemcpyDeviceToHost, st));
-  for (size_t i = 0; i < c.state.size() && pbytes; ++i)
-    PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.state[i], c.state[i].data(), pbytes, cudaMemcpyDeviceToHost, st));
-  for (auto& [v, mem] : c.buffers)
-    PYL_CUDA_CHECK(cudaMemcpyAsync(bind_.buffer_ptr[v], mem.data(), value_bytes(g_.value(v)), cudaMemcpyDeviceToHost,
-                                   st));
-  c.synchronize();
-}
+void Executor::upload_state() { copy_state(true); }
+void Executor::download_state() { copy_state(false); }
 
 void Executor::cuda_reset_totals() {
   PYL_CUDA_CHECK(cudaMemsetAsync(cuda_->totals.data(), 0, cuda_->totals.bytes(), cuda_->ctx.stream()));

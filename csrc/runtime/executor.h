@@ -213,6 +213,7 @@ class Executor {
   void cuda_accumulate();                                          // this step's results -> totals
   RunStats cuda_read_totals(int64_t samples, const char* op, int64_t steps_before);  // synchronises
   void cuda_update(int64_t chunks, float lr);
+  void copy_state(bool to_device);  // upload_state / download_state
   void cuda_reset_totals();
 #endif
 
