@@ -74,7 +74,7 @@ def set_simd(name):
 
 def get_num_threads():
     """Worker threads used by the kernels (default: all cores, or ``$PYLENET_NUM_THREADS``)."""
-    return _C.default_handle().threads
+    return _C.default_threads()
 
 
 def set_num_threads(n):
@@ -86,7 +86,7 @@ def set_num_threads(n):
                 raise TypeError
         except TypeError:
             raise TypeError(f"set_num_threads: expected an int, got {type(n).__name__}") from None
-    _C.default_handle().threads = int(n)
+    _C.set_default_threads(int(n))
 
 
 def host_memory_stats():

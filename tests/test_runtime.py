@@ -90,6 +90,56 @@ def test_one_model_from_several_threads(rng):
         np.testing.assert_array_equal(o, ref[i % 6])
 
 
+def _in_threads(n, fn):
+    errors = []
+
+    def work(i):
+        try:
+            fn(i)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "auto"])
+def test_eager_ops_from_several_threads(rng, algo):
+    """Each thread has its own handle: no shared workspace is resized under another thread."""
+    xs = [rng.standard_normal((8, 3, 14 + 3 * i, 14 + 3 * i)).astype(np.float32) for i in range(4)]
+    w = rng.standard_normal((6, 3, 5, 5)).astype(np.float32)
+    ref = [F.conv2d(x, w, algo=algo) for x in xs]
+    pooled = [F.max_pool2d(r, 2) for r in ref]
+    wrong = []
+
+    def work(i):
+        for _ in range(15):
+            y = F.conv2d(xs[i], w, algo=algo)
+            if not (np.array_equal(y, ref[i]) and np.array_equal(F.max_pool2d(y, 2), pooled[i])):
+                wrong.append(i)
+
+    _in_threads(4, work)
+    assert not wrong
+
+
+def test_thread_count_is_process_wide():
+    before = pylenet.get_num_threads()
+    seen = []
+    try:
+        pylenet.set_num_threads(1)
+        _in_threads(1, lambda i: seen.append(pylenet.get_num_threads()))
+        _in_threads(1, lambda i: pylenet.set_num_threads(2))
+        assert seen == [1] and pylenet.get_num_threads() == 2
+        with pytest.raises(ValueError, match="1 to 4096"):
+            pylenet.set_num_threads(0)
+    finally:
+        pylenet.set_num_threads(before)
+
+
 # ----------------------------------------------------------------------------- batch-dependent forwards
 class FunctionalDropout(nn.Module):
     def __init__(self):

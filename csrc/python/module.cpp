@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
 #include <cmath>
 #include <map>
 #include <vector>
@@ -53,8 +54,19 @@ const float* ptr_or_null(const std::optional<FArray>& a) { return a ? a->data() 
 TensorDesc desc_or_empty(const std::optional<FArray>& a) { return a ? desc_of(*a) : TensorDesc(); }
 
 
+// The thread count of the eager ops (pylenet.set_num_threads), the same for every thread.
+std::atomic<int>& default_threads() {
+  static std::atomic<int> n{Handle().threads()};  // all cores, or $PYLENET_NUM_THREADS
+  return n;
+}
+
+// The eager ops' handle: one per calling thread. The ops release the GIL, and a handle's
+// workspace and algorithm cache are not thread-safe, so threads calling F.conv2d at once
+// must not share one.
 Handle& default_handle() {
-  static Handle handle;
+  thread_local Handle handle;
+  const int n = default_threads().load();
+  if (handle.threads() != n) handle.set_threads(n);
   return handle;
 }
 
@@ -78,7 +90,7 @@ py::dict build_info() {
   simd_info["path"] = simd::path_name();  // with the AVX-512 lanes when forced ("avx512:8")
   simd_info["split_fma512"] = simd::split_fma512();
   info["simd"] = simd_info;
-  info["threads"] = default_handle().threads();
+  info["threads"] = default_threads().load();
   info["hardware_threads"] = hardware_threads();
   info["thread_pool"] = ThreadPool::instance().started();  // worker threads started so far
   // "cuda": the CUDA backend (kernels and bindings, pylenet._C.cuda) is in this build. It
@@ -119,7 +131,13 @@ PYBIND11_MODULE(_C, m) {
         for (auto& [k, v] : h.algo_cache()) d[py::str(k)] = conv_algo_name(static_cast<ConvAlgo>(v));
         return d;
       });
-  m.def("default_handle", &default_handle, py::return_value_policy::reference);
+  m.def("default_handle", &default_handle, py::return_value_policy::reference,
+        "The calling thread's handle for the eager ops (valid while the thread lives).");
+  m.def("default_threads", [] { return default_threads().load(); });
+  m.def("set_default_threads", [](int n) {
+    PYL_CHECK_ARG(n >= 1 && n <= 4096, "set_num_threads: expected 1 to 4096 threads, got ", n);
+    default_threads() = n;
+  });
 
   m.def("build_info", &build_info);
   m.def("simd_available", [] {
