@@ -75,7 +75,6 @@ def _graph_description(model, input_shape):
 
 def save(model, path, optimizer=None, extra=None):
     """Writes model (and, if given, the optimizer's config and state for resuming) to path."""
-    from .nn.module import Module
     if not isinstance(model, Module):
         raise TypeError(f"save: expected a pylenet Module, got {type(model).__name__}")
     input_shape = getattr(model, "input_shape", None) or model.__dict__.get("_last_input_shape")
@@ -190,7 +189,7 @@ def _expected_shapes(meta):
     return shapes
 
 
-def _build_tree(meta, files, path):
+def _build_tree(meta, files):
     """The model from its module tree (every class built in) or its graph (GraphModule)."""
     known = _containers()
     tree = meta["modules"]
@@ -240,7 +239,7 @@ def load(path, return_optimizer=False, model=None):
             if meta["format"] == 1:
                 model = _legacy_model(meta)
             else:
-                model = _build_tree(meta, files, path)
+                model = _build_tree(meta, files)
                 norm = meta.get("normalization")
                 if norm:
                     model.normalization = tuple(float(v) for v in norm)

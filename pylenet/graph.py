@@ -182,17 +182,13 @@ class Tensor:
 class Traced:
     """The result of a trace: the native graph and how its values map to the model."""
 
-    def __init__(self, tracer, output, loss):
+    def __init__(self, tracer, output):
         self.graph = tracer.graph
         self.params = tracer.param_values   # name -> value id
         self.buffers = tracer.buffer_values
         self.output = output
-        self.loss = loss
-        self.input_shape = tracer.input_shape
         self.node_modules = tracer.node_modules  # node index -> (path, class name) for leaf-module calls
-
-    def nodes(self):
-        return self.graph.nodes()
+        self.batch_dependent = None  # runtime.batch_dependent, computed on first use
 
 
 class Tracer:
@@ -266,11 +262,11 @@ class Tracer:
                        "model uses must be registered (nn.Parameter(...) as an attribute, or register_buffer)")
         return vid
 
-    def op(self, name, inputs, attrs=None, what=None):
+    def op(self, name, inputs, attrs=None):
         where = _user_frame()
         ids = [self.value_of(a, f"argument {i} of {name}") for i, a in enumerate(inputs)]
         module = self.leaf_module()
-        first = len(self.graph.nodes())
+        first = self.graph.num_nodes
         try:
             outs = self.graph.add(name, ids, attrs or {}, self.scope(), module, where)
         except ValueError as e:
@@ -308,7 +304,6 @@ def trace(model, input_shape, batch=1, loss=None):
             tracer.graph.set_output(out.id)
         except ValueError as e:
             raise TraceError(f"{tracer.root_name}: {e}") from None
-        loss_value = None
         if loss is not None:
             labels = Tensor(tracer, tracer.graph.add_labels())
             lv = loss(out, labels)
@@ -319,5 +314,4 @@ def trace(model, input_shape, batch=1, loss=None):
                 tracer.graph.set_loss(lv.id)
             except ValueError as e:
                 raise TraceError(f"loss ({getattr(loss, '__name__', 'loss')}): {e}") from None
-            loss_value = lv.id
-    return Traced(tracer, out.id, loss_value)
+    return Traced(tracer, out.id)

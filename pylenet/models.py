@@ -17,29 +17,32 @@ MNIST_NORMALIZATION = (0.1307, 0.3081)
 
 def lenet5(seed=0, num_classes=10):
     """LeNet-5 as in the PyTorch tutorials, for 1x28x28 input: ReLU and max pooling."""
-    return Sequential(
-        Conv2d(1, 6, 5, padding=2), ReLU(), MaxPool2d(2),
-        Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
-        Flatten(), Linear(16 * 5 * 5, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, num_classes),
-        input_shape=(1, 28, 28), name="lenet5", seed=seed, normalization=MNIST_NORMALIZATION)
+    with seeded(seed):  # PyTorch's initialisation rules, from a generator of its own
+        return Sequential(
+            Conv2d(1, 6, 5, padding=2), ReLU(), MaxPool2d(2),
+            Conv2d(6, 16, 5), ReLU(), MaxPool2d(2),
+            Flatten(), Linear(16 * 5 * 5, 120), ReLU(), Linear(120, 84), ReLU(), Linear(84, num_classes),
+            input_shape=(1, 28, 28), name="lenet5", normalization=MNIST_NORMALIZATION)
 
 
 def lenet5_classic(seed=0, num_classes=10):
     """LeCun et al. 1998's layout: tanh activations and average pooling (full C3 connections)."""
-    return Sequential(
-        Conv2d(1, 6, 5, padding=2), Tanh(), AvgPool2d(2),
-        Conv2d(6, 16, 5), Tanh(), AvgPool2d(2),
-        Flatten(), Linear(16 * 5 * 5, 120), Tanh(), Linear(120, 84), Tanh(), Linear(84, num_classes),
-        input_shape=(1, 28, 28), name="lenet5_classic", seed=seed, normalization=MNIST_NORMALIZATION)
+    with seeded(seed):
+        return Sequential(
+            Conv2d(1, 6, 5, padding=2), Tanh(), AvgPool2d(2),
+            Conv2d(6, 16, 5), Tanh(), AvgPool2d(2),
+            Flatten(), Linear(16 * 5 * 5, 120), Tanh(), Linear(120, 84), Tanh(), Linear(84, num_classes),
+            input_shape=(1, 28, 28), name="lenet5_classic", normalization=MNIST_NORMALIZATION)
 
 
 def cudnn_lenet(seed=0, num_classes=10):
     """The network of NVIDIA's cudnn-training sample (lenet.cu): conv 20@5x5, max-pool 2,
     conv 50@5x5, max-pool 2, fc 500, ReLU, fc 10."""
-    return Sequential(
-        Conv2d(1, 20, 5), MaxPool2d(2), Conv2d(20, 50, 5), MaxPool2d(2),
-        Flatten(), Linear(50 * 4 * 4, 500), ReLU(), Linear(500, num_classes),
-        input_shape=(1, 28, 28), name="cudnn_lenet", seed=seed, normalization=MNIST_NORMALIZATION)
+    with seeded(seed):
+        return Sequential(
+            Conv2d(1, 20, 5), MaxPool2d(2), Conv2d(20, 50, 5), MaxPool2d(2),
+            Flatten(), Linear(50 * 4 * 4, 500), ReLU(), Linear(500, num_classes),
+            input_shape=(1, 28, 28), name="cudnn_lenet", normalization=MNIST_NORMALIZATION)
 
 
 class LeNet(Module):

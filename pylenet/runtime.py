@@ -15,7 +15,6 @@ and its buffers (running statistics) in place: nothing is copied per call on the
 GPU the executor keeps device copies, uploaded before a call and copied back after training.
 """
 import math
-import numbers
 import sys
 
 import numpy as np
@@ -23,7 +22,8 @@ import numpy as np
 from . import _C
 from . import cuda as _cuda
 from .graph import trace
-from .nn.module import Module, Parameter, _bump, structure_version
+from .nn.layers import _positive as _positive_int
+from .nn.module import Module, Parameter, structure_version
 
 __all__ = ["compile", "Step", "pack_parameters", "parameter_layout", "run", "predict", "evaluate_arrays",
            "DEFAULT_INFERENCE_BATCH"]
@@ -71,19 +71,48 @@ def pack_parameters(module):
         for k, p in m._parameters.items():
             if p is not None and id(p) in views:
                 m._parameters[k] = views[id(p)]
-    _bump()
+    # No structure change to announce: names and shapes stay, and nothing compiled held the
+    # moved parameters (an executor or a cached walk of the model would have made them
+    # unmovable), so every cache is still right.
     return buf
+
+
+class _Tree:
+    """What the runtime reads of a model's structure on every call, walked once per structure
+    version: its modules, its named parameters and their places in the flat layout."""
+
+    def __init__(self, module):
+        self.modules = tuple(module.modules())
+        self.params = tuple(module.named_parameters())
+        self.offsets, self.total = {}, 0
+        for name, p in self.params:
+            self.offsets[name] = self.total
+            self.total += p.size
+
+    def modes(self):
+        return tuple(m.training for m in self.modules)
+
+    def requires_grad(self):
+        return tuple(bool(getattr(p, "requires_grad", True)) for _, p in self.params)
+
+
+def _tree(module):
+    cache = module.__dict__["_cache"]
+    key = ("tree", structure_version())
+    t = cache.get(key)
+    if t is None:
+        for k in [k for k in cache if k[0] == "tree"]:
+            del cache[k]
+        t = cache[key] = _Tree(module)
+    return t
 
 
 def parameter_layout(module):
     """({name: offset}, total): each parameter's place in the model's flat layout (the order
     of named_parameters()), which the gradients and the optimizer state follow. For a model
     built in one piece it is also where the parameters are in their buffer."""
-    offsets, total = {}, 0
-    for name, p in module.named_parameters():
-        offsets[name] = total
-        total += p.size
-    return offsets, total
+    t = _tree(module)
+    return dict(t.offsets), t.total
 
 
 # ------------------------------------------------------------------------------ compiling
@@ -93,7 +122,7 @@ def _threads():
 
 
 def _modes(module):
-    return tuple(m.training for m in module.modules())
+    return _tree(module).modes()
 
 
 def traced(module, input_shape, batch, loss=None):
@@ -146,13 +175,18 @@ def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, co
 def batch_dependent(t):
     """Whether a traced graph's result depends on the whole call (dropout, or batch norm on
     batch statistics): such a forward runs as one batch, with fresh dropout masks."""
-    return any(n["op"] == "dropout" or (n["op"] == "batch_norm" and n["attrs"].get("training"))
-               for n in t.graph.nodes())
+    if t.batch_dependent is None:
+        t.batch_dependent = any(n["op"] == "dropout" or (n["op"] == "batch_norm" and n["attrs"].get("training"))
+                                for n in t.graph.nodes())
+    return t.batch_dependent
 
 
-def inference_executor(module, input_shape, capacity, device=("cpu", 0), loss=None, conv_algo="heuristic"):
-    """A cached inference executor for the module in its current mode."""
-    t = traced(module, input_shape, capacity, loss)
+def inference_executor(module, input_shape, capacity, device=("cpu", 0), loss=None, conv_algo="heuristic",
+                       trace_batch=None):
+    """A cached inference executor for the module in its current mode, for calls of up to
+    `capacity` samples. trace_batch: the batch size forward() sees if it has to be traced (the
+    caller's, so that trace errors show the user's numbers); default the capacity."""
+    t = traced(module, input_shape, trace_batch or capacity, loss)
     key = ("exec", tuple(input_shape), _modes(module), loss, structure_version(), int(capacity), device,
            _threads(), conv_algo)
     cache = module.__dict__["_cache"]
@@ -213,7 +247,10 @@ def run(module, *args, **kwargs):
         x = cp.asnumpy(x)
     x = as_batch(module, x, name)
     whole = batch_dependent(traced(module, x.shape[1:], min(len(x), DEFAULT_INFERENCE_BATCH)))
-    ex = inference_executor(module, x.shape[1:], len(x) if whole else min(len(x), DEFAULT_INFERENCE_BATCH), device)
+    # One executor serves every call of up to its capacity; a batch-dependent forward needs the
+    # whole call in one batch.
+    ex = inference_executor(module, x.shape[1:], max(len(x), DEFAULT_INFERENCE_BATCH) if whole
+                            else DEFAULT_INFERENCE_BATCH, device)
     if device[0] == "cuda":
         ex.upload_state()
     from .nn.init import draw_seed
@@ -253,32 +290,30 @@ def predict(module, images, return_probs=False, batch_size=DEFAULT_INFERENCE_BAT
     dev = _device(device, "predict")
     x = as_batch(module, images, "predict")
     with _EvalMode(module):
-        ex = inference_executor(module, x.shape[1:], min(batch_size, len(x)), dev)
+        ex = inference_executor(module, x.shape[1:], batch_size, dev, trace_batch=min(batch_size, len(x)))
         if dev[0] == "cuda":
             ex.upload_state()
         out, _ = ex.forward(x, None, True)
     if out.ndim != 2:
         raise ValueError(f"predict: the model's output {out.shape} is not (N, classes) scores")
+    if not return_probs:
+        return out.argmax(axis=1)
     probs = softmax_rows(out)
-    ids = probs.argmax(axis=1)
-    return (ids, probs) if return_probs else ids
+    return probs.argmax(axis=1), probs
 
 
 def evaluate_arrays(module, images, labels, batch_size, device, loss):
     """(loss sum, correct, samples) of the module in evaluation mode."""
     dev = _device(device, "evaluate")
     with _EvalMode(module):
-        ex = inference_executor(module, images.shape[1:], min(batch_size, len(images)), dev, loss=loss)
+        ex = inference_executor(module, images.shape[1:], batch_size, dev, loss=loss,
+                                trace_batch=min(batch_size, len(images)))
         if dev[0] == "cuda":
             ex.upload_state()
         _, st = ex.forward(images, labels, False)
     return st
 
 
-def _positive_int(v, name, op):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{op}: {name} must be a positive int, got {v!r}")
-    return int(v)
 
 
 # ------------------------------------------------------------------------------ compile
@@ -310,9 +345,9 @@ class Step:
     def executor(self, input_shape):
         # Recompiled when the input shape, a module's mode or the model's structure changes, a
         # parameter is frozen or unfrozen, or the optimizer's state arrays were replaced.
-        state = self.optimizer._state_buffers(parameter_layout(self.model)[1])
-        key = (tuple(input_shape), _modes(self.model), structure_version(),
-               tuple(bool(getattr(p, "requires_grad", True)) for p in self.model.parameters()),
+        tree = _tree(self.model)
+        state = self.optimizer._state_buffers(tree.total)
+        key = (tuple(input_shape), tree.modes(), structure_version(), tree.requires_grad(),
                tuple(id(b) for b in state))
         if self._ex is None or key != self._key:
             steps = self._ex.optimizer_steps if self._ex is not None else None

@@ -2,8 +2,9 @@
 
 Python shuffles (a seeded permutation per epoch), then hands the whole epoch to the native
 executor in one call with the GIL released; it is called back only to draw progress. The
-executor updates the model's own parameters step by step; a step whose output is not finite
-raises before it changes anything, so a diverged run keeps the model at its last good step.
+executor updates the model's own parameters step by step. Only finished epochs reach the
+model: when an epoch fails (a step whose output is not finite, an error, Ctrl-C), the model
+and the optimizer are put back as they were at the end of the last finished epoch.
 """
 import sys
 import time
@@ -145,8 +146,9 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     pylenet.manual_seed seeds).
     The input shape comes from the data. The model trains in training mode and the eval set
     is evaluated in evaluation mode; the model's own mode is restored at the end. Parameters
-    are updated in place, step by step (a step whose output is not finite raises before it
-    changes anything). Results are bit-identical for the same seed, whatever the thread count
+    are updated in place, step by step; an epoch that fails (a non-finite output, an error,
+    Ctrl-C) is rolled back to the end of the last finished one before the exception goes on.
+    Results are bit-identical for the same seed, whatever the thread count
     (with a fixed conv_algo, i.e. anything but "auto"), and run after run on the same GPU.
     """
     from . import functional as F
@@ -156,8 +158,7 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         raise TypeError(f"train: expected a pylenet Module, got {type(model).__name__}")
     dev = runtime._device(device, "train")
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"train: {name} must be a positive int, got {v!r}")
+        runtime._positive_int(v, name, "train")
     images, labels = _arrays(train_set, "train")
     eval_arrays = _arrays(eval_set, "train (eval_set)") if eval_set is not None else None
     opt = make_optimizer(optimizer)
@@ -212,10 +213,10 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
                   "samples_per_sec": stats["samples"] / seconds, "lr": lr}
         if eval_arrays is not None:
             if dev[0] == "cpu":
-                ev = runtime.evaluate_arrays(model, *eval_arrays, 256, device, loss=F.cross_entropy)
+                ev = runtime.evaluate_arrays(model, *eval_arrays, runtime.DEFAULT_INFERENCE_BATCH, device, loss=F.cross_entropy)
             else:
                 with runtime._EvalMode(model):
-                    ev_ex = runtime.inference_executor(model, images.shape[1:], 256, dev, loss=F.cross_entropy)
+                    ev_ex = runtime.inference_executor(model, images.shape[1:], runtime.DEFAULT_INFERENCE_BATCH, dev, loss=F.cross_entropy)
                     ev_ex.upload_state()
                     ev = ev_ex.evaluate_device(eval_data)
             record["eval_loss"] = ev["loss_sum"] / ev["samples"]

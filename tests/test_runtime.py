@@ -267,3 +267,76 @@ def test_step_profile_names_every_instruction_and_the_update(rng):
     step.set_profiling(False)
     with pytest.raises(RuntimeError):
         step.profile()
+
+
+# ----------------------------------------------------------------------------- caches
+def test_building_other_layers_keeps_compiled_steps(rng):
+    m = models.lenet5(seed=0)
+    step = pylenet.compile(m, optim.SGD(m.parameters(), lr=0.01), batch_size=16)
+    x, y = batch(rng)
+    step(x, y)
+    ex = step._ex
+    nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU())  # an unrelated model built meanwhile
+    models.lenet(seed=1)
+    step(x, y)
+    assert step._ex is ex
+    m.append(nn.Identity())  # a change to this model does recompile
+    step(x, y)
+    assert step._ex is not ex
+
+
+def test_a_module_changed_inside_its_own_init_is_retraced(rng):
+    class Grows(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4)
+            self(np.zeros((1, 4), np.float32))  # compiled while still being built
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    assert Grows()(np.zeros((3, 4), np.float32)).shape == (3, 2)
+
+
+def test_predict_reuses_one_executor_for_any_count(rng):
+    m = models.lenet5(seed=0)
+    m.predict(rng.standard_normal((5, 1, 28, 28)).astype(np.float32))
+    before = {k for k in m._cache if k[0] == "exec"}
+    for n in (1, 3, 7, 40):
+        m.predict(rng.standard_normal((n, 1, 28, 28)).astype(np.float32))
+    assert {k for k in m._cache if k[0] == "exec"} == before and len(before) == 1
+
+
+def test_sequential_item_assignment_like_torch():
+    m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    m[-1] = nn.Linear(4, 3)
+    assert list(m.state_dict()) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert m(np.zeros((2, 4), np.float32)).shape == (2, 3)
+    with pytest.raises(IndexError):
+        m[3] = nn.ReLU()
+    with pytest.raises(TypeError):
+        m[0] = np.zeros(3)
+
+
+def test_reassigned_layer_keeps_its_place_as_in_torch():
+    torch = pytest.importorskip("torch")
+
+    class Ours(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(2, 3), nn.Linear(3, 3), nn.Linear(3, 1)
+
+        def forward(self, x):
+            return self.c(self.b(self.a(x)))
+
+    class Theirs(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = torch.nn.Linear(2, 3), torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+
+    ours, theirs = Ours(), Theirs()
+    ours.a, theirs.a = nn.Linear(2, 3), torch.nn.Linear(2, 3)
+    ours.b.bias, theirs.b.bias = nn.Parameter(np.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]

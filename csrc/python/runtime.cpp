@@ -155,7 +155,6 @@ void bind_runtime(py::module_& m) {
       .def("shape", [](const Graph& g, int v) { return py::tuple(py::cast(g.value(v).shape)); })
       .def("kind", [](const Graph& g, int v) { return kind_name(g.value(v).kind); })
       .def("describe", &Graph::describe)
-      .def_property_readonly("num_values", [](const Graph& g) { return g.values().size(); })
       .def("value", [](const Graph& g, int v) {
         const graph::Value& x = g.value(v);
         py::dict d;
@@ -167,6 +166,7 @@ void bind_runtime(py::module_& m) {
         d["trainable"] = x.trainable;
         return d;
       })
+      .def_property_readonly("num_nodes", [](const Graph& g) { return g.nodes().size(); })
       .def("nodes", [](const Graph& g) {
         py::list out;
         for (size_t i = 0; i < g.nodes().size(); ++i) {
@@ -241,18 +241,12 @@ void bind_runtime(py::module_& m) {
            }),
            py::arg("graph"), py::arg("config"), py::arg("num_params"), py::arg("params"), py::arg("param_offsets"),
            py::arg("buffers"), py::arg("state"))
-      .def_property_readonly("num_params", [](PyExecutor& p) { return p.ex->num_params(); })
-      .def_property_readonly("batch_size", [](PyExecutor& p) { return p.ex->config().capacity; })
-      .def_property_readonly("chunk", [](PyExecutor& p) { return p.ex->chunk(); })
-      .def_property_readonly("threads", [](PyExecutor& p) { return p.ex->threads(); })
       .def_property_readonly("conv_algorithms", [](PyExecutor& p) { return p.ex->conv_algorithms(); })
       .def_property("optimizer_steps", [](PyExecutor& p) { return p.ex->optimizer_steps(); },
                     [](PyExecutor& p, int64_t n) {
                       PYL_CHECK_ARG(n >= 0, "optimizer_steps must be >= 0, got ", n);
                       p.ex->set_optimizer_steps(n);
                     })
-      .def_property("seed", [](PyExecutor& p) { return p.ex->config().seed; },
-                    [](PyExecutor& p, uint64_t s) { p.ex->set_seed(s); }, "The key of the dropout masks.")
       .def("memory_plan", [](PyExecutor& p) { return memory_plan_dict(p.ex->memory_plan()); })
       .def("graph", [](PyExecutor& p) { return p.ex->graph(); }, "The compiled graph (passes applied, backward added).")
       .def("instructions", [](PyExecutor& p) {
@@ -274,6 +268,7 @@ void bind_runtime(py::module_& m) {
         return out;
       })
       .def("grads", [](PyExecutor& p) -> py::array {
+        PYL_CHECK_ARG(p.ex->config().train, "grads(): an inference executor has no gradients");
         if (!p.ex->on_device())
           return py::array_t<float>({p.ex->num_params()}, {static_cast<int64_t>(sizeof(float))}, p.ex->grads(),
                                     py::cast(&p, py::return_value_policy::reference));
@@ -282,8 +277,8 @@ void bind_runtime(py::module_& m) {
         p.run([&] { p.ex->copy_grads(dst); });
         return out;
       }, "The summed gradient of the last step: a view on the CPU, a host copy from a GPU.")
-      .def("set_profiling", [](PyExecutor& p, bool on) { p.ex->set_profiling(on); })
-      .def("profile", [](PyExecutor& p) { return p.ex->profile(); })
+      .def("set_profiling", [](PyExecutor& p, bool on) { p.run([&] { p.ex->set_profiling(on); }); })
+      .def("profile", [](PyExecutor& p) { return p.run([&] { return p.ex->profile(); }); })
       .def("upload_state", [](PyExecutor& p) { p.run([&] { p.ex->upload_state(); }); })
       .def("download_state", [](PyExecutor& p) { p.run([&] { p.ex->download_state(); }); })
       .def("train_step", [](PyExecutor& p, const FArray& x, const LArray& y, float lr) {
@@ -322,8 +317,6 @@ void bind_runtime(py::module_& m) {
 #ifdef PYLENET_HAVE_CUDA
   using Data = runtime::Executor::DeviceData;
   py::class_<Data, std::shared_ptr<Data>>(m, "DeviceData", "A dataset resident on a device (uploaded once).")
-      .def_property_readonly("count", [](const Data& d) { return d.count; })
-      .def_property_readonly("device", [](const Data& d) { return d.device; })
       .def("__len__", [](const Data& d) { return d.count; });
   exec.def("upload", [](PyExecutor& p, const FArray& images, std::optional<LArray> labels) {
         check_batch(*p.ex, "upload", images, labels ? &*labels : nullptr);

@@ -647,7 +647,7 @@ void Executor::plan_memory() {
   const int64_t sample = g_.value(g_.input()).numel();
   const double planned = static_cast<double>(bytes(st.worker_floats) * threads()) +
                          static_cast<double>(bytes(st.chunk_floats)) * static_cast<double>(max_chunks_) +
-                         static_cast<double>(bytes(st.fixed_floats) + bytes(bind_.num_params)) +
+                         static_cast<double>(bytes(st.fixed_floats) + bytes(cfg_.train ? bind_.num_params : 0)) +
                          static_cast<double>(bytes(st.chunk_grad_floats)) * static_cast<double>(max_chunks_) +
                          static_cast<double>(bytes(st.batch_grad_floats) + bytes(st.stash_x_floats + st.stash_dy_floats)) +
                          static_cast<double>(bytes(cfg_.capacity * sample) + 8 * cfg_.capacity);
@@ -661,7 +661,7 @@ void Executor::plan_memory() {
   st.worker = Memory(dev, cd, bytes(st.worker_floats * threads()));
   st.chunk = Memory(dev, cd, bytes(st.chunk_floats * max_chunks_));
   st.fixed = Memory(dev, cd, bytes(st.fixed_floats));
-  st.grads = Memory(dev, cd, bytes(std::max<int64_t>(bind_.num_params, 1)));
+  st.grads = Memory(dev, cd, bytes(cfg_.train ? std::max<int64_t>(bind_.num_params, 1) : 0));
   st.chunk_grads = Memory(dev, cd, bytes(st.chunk_grad_floats * max_chunks_));
   st.batch_grads = Memory(dev, cd, bytes(st.batch_grad_floats));
   st.stash = Memory(dev, cd, bytes(st.stash_x_floats + st.stash_dy_floats));
@@ -702,7 +702,7 @@ void Executor::choose_algorithms() {
         ConvShape s = ins.conv;
         s.n = chunk_;
         const float* x = pass == ConvPass::BackwardData ? nullptr : ptr(ins.in[0], 0, 0);
-        const float* w = pass == ConvPass::BackwardFilter ? nullptr : ptr(ins.in[pass == ConvPass::Forward ? 1 : 1], 0, 0);
+        const float* w = pass == ConvPass::BackwardFilter ? nullptr : ptr(ins.in[1], 0, 0);
         const float* dy = pass == ConvPass::Forward ? nullptr : ptr(ins.in[pass == ConvPass::BackwardData ? 0 : 1], 0, 0);
         float* out = ins.out[0] >= 0 ? (pass == ConvPass::BackwardFilter ? grad_ptr(ins.out[0], 0) : ptr(ins.out[0], 0, 0))
                                      : nullptr;
@@ -751,7 +751,7 @@ MemoryPlan Executor::memory_plan() const {
   const Store& st = *store_;
   MemoryPlan m;
   m.params = static_cast<int64_t>(sizeof(float) * bind_.num_params);
-  m.grads = m.params;
+  m.grads = cfg_.train ? m.params : 0;
   m.grad_slots = static_cast<int64_t>(st.chunk_grads.bytes() + st.batch_grads.bytes());
   m.optimizer_state = cfg_.train ? m.params * optimizer_state_buffers(cfg_.optim.kind) : 0;
   for (int v = 0; v < static_cast<int>(g_.values().size()); ++v)
@@ -772,7 +772,6 @@ std::vector<std::string> Executor::conv_algorithms() const {
   return v;
 }
 
-int64_t Executor::output_floats() const { return store_->out_floats; }
 
 #ifdef PYLENET_HAVE_CUDA
 double* Executor::loss_slot(int64_t c) { return cuda_ ? cuda_->loss_slot() : &store_->loss[c]; }
@@ -1044,7 +1043,7 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
     if (ph.batch) {
       const auto job = [&](int64_t k, int w) {
         const Instr& ins = instrs_[ph.instrs[static_cast<size_t>(k)]];
-        const auto t0 = Clock::now();
+        const auto t0 = profiling_ ? Clock::now() : Clock::time_point{};
         exec(ins, *workers_[w], 0, w, 0, n, n);
         if (profiling_) {
           profile_sync();
@@ -1100,7 +1099,29 @@ void Executor::commit_running(const int* skip) {
   }
 }
 
+void Executor::plan_update() {
+  update_planned_ = true;
+  for (size_t k = 0; k < param_grads_.size(); ++k) {
+    const int64_t lo = bind_.param_offset[param_grads_[k].param];
+    ranges_.push_back({lo, lo + g_.value(param_grads_[k].param).numel(), k});
+  }
+  constexpr int64_t kBlock = 4096;
+  for (size_t r = 0; r < ranges_.size(); ++r)
+    for (int64_t lo = ranges_[r].lo; lo < ranges_[r].hi; lo += kBlock)
+      blocks_.push_back({lo, std::min(ranges_[r].hi, lo + kBlock), r});
+  // Runs of adjacent parameters in the layout (a LeNet: one), for the device's update launches.
+  std::vector<std::pair<int64_t, int64_t>> sorted;
+  for (const Range& r : ranges_) sorted.emplace_back(r.lo, r.hi);
+  std::sort(sorted.begin(), sorted.end());
+  for (size_t i = 0; i < sorted.size();) {
+    int64_t lo = sorted[i].first, hi = sorted[i].second;
+    for (++i; i < sorted.size() && sorted[i].first == hi; ++i) hi = sorted[i].second;
+    runs_.emplace_back(lo, hi);
+  }
+}
+
 void Executor::update(int64_t n, float lr) {
+  if (!update_planned_) plan_update();  // once: nothing is allocated in later steps
   const auto t0 = Clock::now();
   update_now(n, lr);
   if (profiling_) {
@@ -1122,18 +1143,8 @@ void Executor::update_now(int64_t n, float lr) {
 #endif
   // Blocks of parameters over the ranges that have gradients; each block sums its share of
   // the per-chunk (and per-use) contributions in a fixed order, then updates.
-  struct Range { int64_t lo, hi; size_t grad; };
-  std::vector<Range> ranges;  // per parameter with a gradient (a handful), in the layout
-  for (size_t k = 0; k < param_grads_.size(); ++k) {
-    const int64_t lo = bind_.param_offset[param_grads_[k].param];
-    ranges.push_back({lo, lo + g_.value(param_grads_[k].param).numel(), k});
-  }
-  constexpr int64_t kBlock = 4096;
-  std::vector<Block>& blocks = blocks_;
-  if (blocks.empty())
-    for (size_t r = 0; r < ranges.size(); ++r)
-      for (int64_t lo = ranges[r].lo; lo < ranges[r].hi; lo += kBlock)
-        blocks.push_back({lo, std::min(ranges[r].hi, lo + kBlock), r});
+  const std::vector<Range>& ranges = ranges_;
+  const std::vector<Block>& blocks = blocks_;
   float* s0 = bind_.state.size() > 0 ? bind_.state[0] : nullptr;
   float* s1 = bind_.state.size() > 1 ? bind_.state[1] : nullptr;
   const auto job = [&](int64_t b, int w) {
@@ -1364,10 +1375,8 @@ void Executor::cuda_update(int64_t chunks, float lr) {
   cudaStream_t stream = cuda_->ctx.stream();
   float* grads = st.grads.floats();
   // Parameters used more than once: their contributions summed in a fixed order.
-  std::vector<std::pair<int64_t, int64_t>> ranges;
   for (const auto& pg : param_grads_) {
     const int64_t off = bind_.param_offset[pg.param], count = g_.value(pg.param).numel();
-    ranges.emplace_back(off, off + count);
     bool first = true;
     for (int v : pg.contributions) {
       const auto& s = st.at[v];
@@ -1384,15 +1393,12 @@ void Executor::cuda_update(int64_t chunks, float lr) {
       }
     }
   }
-  // One update launch per run of adjacent parameters (a LeNet: one), skipped on the device
-  // when this step (or an earlier one of the epoch) produced a non-finite output.
-  std::sort(ranges.begin(), ranges.end());
+  // One update launch per run of adjacent parameters (runs_, a LeNet: one), skipped on the
+  // device when this step (or an earlier one of the epoch) produced a non-finite output.
   float* s0 = cuda_->state.size() > 0 ? cuda_->state[0].floats() : nullptr;
   float* s1 = cuda_->state.size() > 1 ? cuda_->state[1].floats() : nullptr;
   const int* skip = &cuda_->run_totals()->bad;
-  for (size_t i = 0; i < ranges.size();) {
-    int64_t lo = ranges[i].first, hi = ranges[i].second;
-    for (++i; i < ranges.size() && ranges[i].first == hi; ++i) hi = ranges[i].second;
+  for (const auto& [lo, hi] : runs_) {
     optimizer_update(h, cfg_.optim, lr, steps_, hi - lo, cuda_->params.floats() + lo, grads + lo, s0 ? s0 + lo : nullptr,
                      s1 ? s1 + lo : nullptr, skip);
   }

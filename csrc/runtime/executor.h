@@ -28,6 +28,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/allocator.h"
@@ -134,7 +135,6 @@ class Executor {
   const Config& config() const { return cfg_; }
   const graph::Graph& graph() const { return g_; }
   int64_t num_params() const { return bind_.num_params; }
-  int64_t chunk() const { return chunk_; }
   int threads() const { return static_cast<int>(workers_.size()); }
   MemoryPlan memory_plan() const;
   const std::vector<Instr>& instrs() const { return instrs_; }
@@ -143,7 +143,6 @@ class Executor {
   int64_t optimizer_steps() const { return steps_; }
   void set_optimizer_steps(int64_t n) { steps_ = n; }
   void set_seed(uint64_t seed) { cfg_.seed = seed; }
-  int64_t output_floats() const;                      // per sample
   float* grads();                                     // the last step's summed gradient (CPU)
   void copy_grads(float* host) const;                 // a host copy of it (any device; synchronises)
 
@@ -198,6 +197,7 @@ class Executor {
   // Batch norm's running statistics, from the step's batch statistics, once the step is
   // accepted (on CUDA: unless *skip, the flag a non-finite step sets).
   void commit_running(const int* skip);
+  void plan_update();
   void update(int64_t n, float lr);      // update_now, timed while profiling
   void update_now(int64_t n, float lr);  // sums the gradients in a fixed order, runs the optimizer
   void profile_sync();                   // on CUDA: waits for the stream (profiled times are real)
@@ -233,8 +233,14 @@ class Executor {
   const float* x_ = nullptr;
   const int64_t* y_ = nullptr;
   float* out_ = nullptr;
-  struct Block { int64_t lo, hi; size_t range; };  // update(): parameter blocks (made once)
+  // The update's layout, made by plan_update() at the first step: per parameter with a
+  // gradient its range, the blocks the workers take, and the runs of adjacent ranges (CUDA).
+  struct Range { int64_t lo, hi; size_t grad; };
+  struct Block { int64_t lo, hi; size_t range; };
+  std::vector<Range> ranges_;
   std::vector<Block> blocks_;
+  std::vector<std::pair<int64_t, int64_t>> runs_;
+  bool update_planned_ = false;
   simd::Level level_ = simd::Level::Scalar;
   bool profiling_ = false;
   std::vector<std::vector<double>> times_;

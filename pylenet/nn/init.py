@@ -15,7 +15,7 @@ import numpy as np
 __all__ = ["manual_seed", "seeded", "generator", "kaiming_uniform_", "uniform_", "ones_", "zeros_"]
 
 _state = threading.local()
-_global = {"rng": np.random.default_rng(0), "seed": 0}
+_global = {"rng": np.random.default_rng(0)}
 
 
 def manual_seed(seed):
@@ -25,11 +25,6 @@ def manual_seed(seed):
     if seed < 0:
         raise ValueError(f"manual_seed: the seed must be >= 0, got {seed}")
     _global["rng"] = np.random.default_rng(int(seed))
-    _global["seed"] = int(seed)
-
-
-def initial_seed():
-    return _global["seed"]
 
 
 def generator():

@@ -400,6 +400,17 @@ class Sequential(Module):
             return Sequential(OrderedDict(list(self._modules.items())[idx]))
         return mods[idx]
 
+    def __setitem__(self, idx, module):
+        """Replaces layer idx (an int, negative from the end), keeping its name."""
+        keys = list(self._modules)
+        if isinstance(idx, bool) or not isinstance(idx, numbers.Integral):
+            raise TypeError(f"Sequential indices must be integers, got {type(idx).__name__}")
+        if not -len(keys) <= idx < len(keys):
+            raise IndexError(f"Sequential index {idx} is out of range for {len(keys)} layers")
+        if not isinstance(module, Module):
+            raise TypeError(f"Sequential: layer {idx} must be a pylenet Module, got {type(module).__name__}")
+        setattr(self, keys[idx], module)
+
     def __len__(self):
         return len(self._modules)
 

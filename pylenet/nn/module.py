@@ -24,8 +24,10 @@ __all__ = ["Module", "Parameter"]
 
 _construction = threading.local()
 _versions = itertools.count(1)
-# Bumped whenever a parameter, buffer or submodule is assigned anywhere (or a model is
-# repacked): compiled graphs and executors are cached under it.
+# Bumped whenever a parameter, buffer or submodule is assigned to a module that is already
+# built (or a model is repacked): compiled graphs and executors are cached under it. A module
+# still inside its own __init__ cannot be part of a compiled model, so building new layers
+# leaves every cache alone.
 _structure = {"version": 0}
 
 
@@ -94,11 +96,16 @@ def _wrap_init(init):
     @functools.wraps(init)
     def __init__(self, *args, **kwargs):
         depth = getattr(_construction, "depth", 0)
+        mine = "_building" not in self.__dict__  # the most derived class's __init__ of this object
+        if mine:
+            self.__dict__["_building"] = True
         _construction.depth = depth + 1
         try:
             init(self, *args, **kwargs)
         finally:
             _construction.depth = depth
+            if mine:
+                del self.__dict__["_building"]
         if depth == 0 and "_parameters" in self.__dict__:
             from ..runtime import pack_parameters
             pack_parameters(self)
@@ -134,36 +141,45 @@ class Module:
         d = self.__dict__
         if isinstance(value, Parameter):
             self._check_init("parameters")
-            self._forget(name)
+            self._forget(name, keep="_parameters")
             d["_parameters"][name] = value
-            _bump()
+            self._changed()
         elif isinstance(value, Module):
             self._check_init("submodules")
-            self._forget(name)
+            self._forget(name, keep="_modules")
             d["_modules"][name] = value
-            _bump()
+            self._changed()
         elif "_parameters" in d and name in d["_parameters"]:
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} as parameter '{name}' "
                                 "(an nn.Parameter or None is expected)")
             d["_parameters"][name] = None
-            _bump()
+            self._changed()
         elif "_buffers" in d and name in d["_buffers"]:
             d["_buffers"][name] = None if value is None else np.asarray(value)
-            _bump()
+            self._changed()
         elif "_modules" in d and name in d["_modules"]:
             if value is not None:
                 raise TypeError(f"cannot assign {type(value).__name__} as submodule '{name}' "
                                 "(a Module or None is expected)")
             d["_modules"][name] = None
-            _bump()
+            self._changed()
         else:
             object.__setattr__(self, name, value)
 
-    def _forget(self, name):
+    def _changed(self):
+        if "_building" in self.__dict__:
+            self.__dict__.get("_cache", {}).clear()  # only its own graphs can know the old structure
+        else:
+            _bump()
+
+    def _forget(self, name, keep=None):
+        """Removes `name` from every registry but `keep` (the one it is about to be set in, so
+        that a re-assigned layer keeps its place in the order, as in PyTorch)."""
         d = self.__dict__
         for key in ("_parameters", "_buffers", "_modules"):
-            d[key].pop(name, None)
+            if key != keep:
+                d[key].pop(name, None)
         d.pop(name, None)
 
     def __getattr__(self, name):
@@ -178,7 +194,7 @@ class Module:
         for key in ("_parameters", "_buffers", "_modules"):
             if key in d and name in d[key]:
                 del d[key][name]
-                _bump()
+                self._changed()
                 return
         object.__delattr__(self, name)
 
@@ -190,26 +206,26 @@ class Module:
         self._check_init("parameters")
         if param is not None and not isinstance(param, Parameter):
             raise TypeError(f"register_parameter: '{name}' must be an nn.Parameter or None")
-        self._forget(name)
+        self._forget(name, keep="_parameters")
         self._parameters[name] = param
-        _bump()
+        self._changed()
 
     def register_buffer(self, name, tensor, persistent=True):
         """State that is not trained but belongs to the model (batch norm's running statistics)."""
         self._check_init("buffers")
-        self._forget(name)
+        self._forget(name, keep="_buffers")
         self._buffers[name] = None if tensor is None else np.asarray(tensor)
         if not persistent:
             self._non_persistent.add(name)
-        _bump()
+        self._changed()
 
     def add_module(self, name, module):
         if module is not None and not isinstance(module, Module):
             raise TypeError(f"add_module: {type(module).__name__} is not a Module")
         self._check_init("submodules")
-        self._forget(name)
+        self._forget(name, keep="_modules")
         self._modules[name] = module
-        _bump()
+        self._changed()
 
     register_module = add_module
 
