@@ -4,16 +4,12 @@
 #   ON   - required: stop with an error when there is none
 #   OFF  - never
 # Results, for the top-level file (this is an include(), so plain variables are visible):
-#   PYLENET_WITH_CUDA    ON / OFF: whether the CUDA kernels are built
-#   PYLENET_CUDA_TARGET  "pylenet_cuda" or empty: link it into _C with
-#                        target_link_libraries(_C PRIVATE ${PYLENET_CUDA_TARGET})
-#   pylenet_link_cuda(<target>): the same as a function (a no-op without CUDA)
+#   PYLENET_WITH_CUDA    ON / OFF: whether the CUDA kernels (target pylenet_cuda) are built
 # pylenet_cuda carries PYLENET_HAVE_CUDA as a PUBLIC compile definition, and pylenet_core (the
 # op layer and executor, whose device branches call the kernels) links it, so everything built
 # on the core sees the macro.
 
 set(PYLENET_WITH_CUDA OFF)
-set(PYLENET_CUDA_TARGET "")
 
 string(TOUPPER "${PYLENET_CUDA}" _pyl_cuda_mode)
 if(_pyl_cuda_mode MATCHES "^(ON|TRUE|YES|Y|1)$")
@@ -132,15 +128,7 @@ if(PYLENET_WITH_CUDA)
     target_link_libraries(pylenet_cuda_host_check PRIVATE pylenet_core CUDA::cudart_static)
   endif()
 
-  set(PYLENET_CUDA_TARGET pylenet_cuda)
   message(STATUS "pylenet: building the CUDA kernels (PYLENET_CUDA=${PYLENET_CUDA}): nvcc "
                  "${CMAKE_CUDA_COMPILER_VERSION} at ${CMAKE_CUDA_COMPILER}, architectures "
                  "${CMAKE_CUDA_ARCHITECTURES}, static CUDA runtime")
 endif()
-
-# Links the CUDA kernels into `target` when they are built; does nothing otherwise.
-function(pylenet_link_cuda target)
-  if(PYLENET_WITH_CUDA)
-    target_link_libraries(${target} PRIVATE pylenet_cuda)
-  endif()
-endfunction()

@@ -56,6 +56,12 @@ def _maxrss_mib():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _torch_loss(name):
+    """PyTorch's side of the loss pylenet trains `name` with (_compiled): the same function."""
+    import torch.nn.functional as TF
+    return TF.nll_loss if name == "mnist_net" else TF.cross_entropy
+
+
 def _compiled(model, batch, images_shape, device=("cpu", 0)):
     """(training executor with SGD momentum 0.9, inference executor, info) for a model."""
     from . import functional as F
@@ -156,11 +162,10 @@ def _torch_class(name):
 def setup_torch(name, batch, steps, images, labels, threads):
     """(train, infer, info) for the torch twin: same weights, batches and optimizer, warmed up."""
     import torch
-    import torch.nn.functional as TF
     torch.set_num_threads(threads)
     tm = torch_twin(models.create(name, seed=0))
     opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
-    lossf = TF.nll_loss if name == "mnist_net" else TF.cross_entropy
+    lossf = _torch_loss(name)
     n = batch * steps
     X, Y = torch.from_numpy(images[:n]), torch.from_numpy(labels[:n])
 
@@ -272,18 +277,18 @@ def setup_torch_cuda(name, batch, steps, images, labels, tf32=False):
     """The torch twin on the GPU with cuDNN: same weights, batches (already on the device) and
     optimizer; TF32 off for a like-for-like float32 comparison unless `tf32`."""
     import torch
-    import torch.nn.functional as TF
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
     tm = torch_twin(models.create(name, seed=0)).cuda()
     opt = torch.optim.SGD(tm.parameters(), lr=0.01, momentum=0.9)
+    lossf = _torch_loss(name)
     n = batch * steps
     X, Y = torch.from_numpy(images[:n]).cuda(), torch.from_numpy(labels[:n]).cuda()
 
     def run_train(count=n):
         for i in range(0, count, batch):
             opt.zero_grad(set_to_none=True)
-            TF.cross_entropy(tm(X[i:i + batch]), Y[i:i + batch]).backward()
+            lossf(tm(X[i:i + batch]), Y[i:i + batch]).backward()
             opt.step()
         _sync_torch()
 

@@ -7,8 +7,10 @@
 ``compile`` (and ``pylenet.train``) traces ``model.forward`` in training mode with the loss
 (``pylenet/graph.py``), and the executor (``csrc/runtime/executor.h``) differentiates it,
 plans its memory and runs each step in one native call with the GIL released. Calling a model
-on an array, ``predict`` and ``evaluate`` use an inference executor of the same graph, cached
-on the model per input shape, mode, device and thread count.
+on an array, ``predict`` and ``evaluate`` trace the model in its current mode (eval: dropout
+off, batch norm on its running statistics) and use an inference executor, cached on the model
+per input shape, mode, loss, structure version, capacity, device, thread count and conv
+algorithm.
 
 Every executor computes on the model's flat parameter buffer (see ``pylenet/nn/module.py``)
 and its buffers (running statistics) in place: nothing is copied per call on the CPU. On a

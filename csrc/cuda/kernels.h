@@ -149,15 +149,15 @@ constexpr unsigned long long kNone = ~0ull;
 // Device workspace bytes softmax_cross_entropy needs: one double per row.
 int64_t softmax_cross_entropy_workspace_bytes(int64_t n);
 
-// Queues the whole loss on `stream` without synchronising (the training loop's form):
-// validates labels and logits, and only if both are good writes
+// The eager op (F.softmax_cross_entropy on a GPU). Queues the whole loss on `stream` without
+// synchronising: validates labels and logits, and only if both are good writes
 // dlogits (N, C) = (softmax - onehot) * grad_scale (OVERWRITES; skipped when null;
 // grad_scale = 1/N for the mean, as in cpu::) and result->loss (the mean over these N rows,
 // reduced in a fixed order, in double).
 // logits (N, C), labels (N,) int64, result: device memory (e.g. CudaContext::scratch()).
 void softmax_cross_entropy_async(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
                                  float grad_scale, LossResult* result, void* ws, cudaStream_t stream);
-// The cpu:: form: queues the above, SYNCHRONISES the stream and returns the mean loss, or
+// The form the op layer calls: queues the above, SYNCHRONISES the stream and returns the mean loss, or
 // throws InvalidArgument naming the bad label or non-finite logit (nothing was written).
 double softmax_cross_entropy(int64_t n, int64_t c, const float* logits, const int64_t* labels, float* dlogits,
                              float grad_scale, LossResult* result, void* ws, cudaStream_t stream);
@@ -181,8 +181,9 @@ void classify(int64_t n, int64_t c, const float* scores, const int64_t* labels, 
 // ---------------------------------------------------------------- optimizers (optim.cu)
 // One launch over a flat buffer of `count` parameters (a network keeps all its parameters
 // in one), calling the update rules of ops/math.h. `skip` (device int, may be null): when
-// it holds non-zero the update does nothing, so a NaN/inf gradient found by check_finite
-// leaves the parameters untouched without the host having to wait for the answer.
+// it holds non-zero the update does nothing, so the executor's step whose output was not
+// finite (RunTotals::bad, set by accumulate_totals) leaves the parameters untouched without
+// the host having to wait for the answer.
 // velocity is null iff momentum == 0. m, v, square_avg, acc_delta: (count,), zero at first.
 void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o,
               cudaStream_t stream, const int* skip = nullptr);
@@ -202,7 +203,7 @@ struct RunTotals {
   double loss_sum;               // summed over samples
   unsigned long long correct;    // rows whose first maximum logit is the label
   unsigned long long steps;      // batches accepted
-  int bad;                       // sticky: a batch was rejected (non-finite logit or bad label)
+  int bad;                       // sticky: a batch was rejected (a non-finite output; labels are checked on the host)
   int pad_;
 };
 // x (n, sample_floats) = images[order[i]], y (n,) = labels[order[i]]; order: device int64

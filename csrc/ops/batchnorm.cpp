@@ -1,8 +1,49 @@
 #include "ops/batchnorm.h"
 
+#include <cmath>
+
+#include "core/error.h"
 #include "ops/dispatch.h"
 
 namespace pylenet {
+
+BatchNormShape check_batch_norm(const TensorDesc& x, const OptDesc& running_mean, const OptDesc& running_var,
+                                const OptDesc& weight, const OptDesc& bias, bool training, double eps) {
+  const char* op = "batch_norm";
+  x.check(op, "input", -1);
+  PYL_CHECK_ARG(x.rank() >= 2 && x.rank() <= 4, op, ": input must be (N, C), (N, C, L) or (N, C, H, W), got ",
+                x.str());
+  const int64_t c = x.dim(1);
+  const BatchNormShape s{x.dim(0), c, x.numel() / (x.dim(0) * c)};
+  const std::pair<const char*, const OptDesc*> stats[] = {
+      {"running_mean", &running_mean}, {"running_var", &running_var}, {"weight", &weight}, {"bias", &bias}};
+  for (const auto& [what, d] : stats)
+    if (*d) PYL_CHECK_ARG(**d == TensorDesc{c}, op, ": ", what, " must have shape (", c, ",), got ", (*d)->str());
+  PYL_CHECK_ARG(std::isfinite(eps) && eps > 0, op, ": eps must be > 0, got ", eps);
+  PYL_CHECK_ARG(bool(running_mean) == bool(running_var), op, ": running_mean and running_var go together");
+  PYL_CHECK_ARG(training || running_mean, op, ": evaluation needs running_mean and running_var");
+  PYL_CHECK_ARG(!training || s.count() > 1, op, ": expected more than 1 value per channel when training, got input ",
+                x.str());
+  return s;
+}
+
+void batch_norm_forward(Handle& h, const BatchNormShape& s, const float* x, float* running_mean, float* running_var,
+                        const float* gamma, const float* beta, bool training, double momentum, double eps, float* y) {
+  if (!training) {
+    batch_norm_inference(h, s, x, running_mean, running_var, eps, gamma, beta, y);
+    return;
+  }
+  // partials (2C doubles), then mean, invstd and the unbiased variance (3C floats)
+  const int64_t c = s.c;
+  double* partial = reinterpret_cast<double*>(h.workspace(sizeof(double) * 2 * c + sizeof(float) * 3 * c));
+  float* mean = reinterpret_cast<float*>(partial + 2 * c);
+  float* invstd = mean + c;
+  float* var = invstd + c;
+  batch_norm_stats_partial(h, s, x, partial);
+  batch_norm_stats_finalize(h, c, 1, partial, s.count(), eps, mean, invstd, var);
+  batch_norm_apply(h, s, x, mean, invstd, gamma, beta, y);
+  if (running_mean) batch_norm_update_running(h, c, mean, var, momentum, running_mean, running_var, nullptr);
+}
 
 void batch_norm_stats_partial(Handle& h, const BatchNormShape& s, const float* x, double* partial) {
   PYL_IF_CUDA(h, cuda::batch_norm_stats_partial(s, x, partial, stream_of(h)));

@@ -20,8 +20,10 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 
 #include "core/handle.h"
+#include "ops/tensor.h"
 
 namespace pylenet {
 
@@ -31,6 +33,17 @@ struct BatchNormShape {
 };
 // Floats of one chunk's partial sums: (2, C) doubles.
 inline int64_t batch_norm_partial_doubles(int64_t c) { return 2 * c; }
+
+// The eager op (F.batch_norm on arrays, CPU or GPU) in two calls. check_batch_norm checks the
+// arguments as descriptors (running_mean, running_var, weight, bias: empty when absent) and
+// returns the shape; batch_norm_forward then runs the whole forward on one chunk: in training
+// the batch statistics, the normalisation and (with running statistics) their update; in
+// evaluation the running statistics. Its scratch comes from the handle's workspace.
+using OptDesc = std::optional<TensorDesc>;
+BatchNormShape check_batch_norm(const TensorDesc& x, const OptDesc& running_mean, const OptDesc& running_var,
+                                const OptDesc& weight, const OptDesc& bias, bool training, double eps);
+void batch_norm_forward(Handle& h, const BatchNormShape& s, const float* x, float* running_mean, float* running_var,
+                        const float* gamma, const float* beta, bool training, double momentum, double eps, float* y);
 
 // Training forward. partial (2, C): sum and sum of squares of x per channel.
 void batch_norm_stats_partial(Handle& h, const BatchNormShape& s, const float* x, double* partial);

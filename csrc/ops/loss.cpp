@@ -8,6 +8,12 @@
 
 namespace pylenet {
 
+void check_labels(const char* op, const int64_t* labels, int64_t n, int64_t c) {
+  for (int64_t i = 0; i < n; ++i)
+    PYL_CHECK_ARG(labels[i] >= 0 && labels[i] < c, op, ": label ", labels[i], " at index ", i, " is outside [0, ", c,
+                  ")");
+}
+
 void cross_entropy_forward(Handle& h, int64_t n, int64_t c, const float* logits, const int64_t* labels,
                            double* loss_sum) {
   PYL_IF_CUDA(h, cuda::cross_entropy_forward(n, c, logits, labels, loss_sum, stream_of(h)));
@@ -56,9 +62,7 @@ double softmax_cross_entropy(Handle& h, const TensorDesc& ld, const float* logit
 #else
   PYL_IF_CUDA(h, );
 #endif
-  for (int64_t i = 0; i < n; ++i)
-    PYL_CHECK_ARG(labels[i] >= 0 && labels[i] < c, op, ": label ", labels[i], " at index ", i,
-                  " is outside [0, ", c, ") for logits ", ld.str());
+  check_labels(op, labels, n, c);
   for (int64_t i = 0; i < n * c; ++i)
     if (!std::isfinite(logits[i]))
       fail(ErrorKind::InvalidArgument, op, ": logits contain a non-finite value (", logits[i], ") at row ", i / c,

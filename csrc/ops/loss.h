@@ -19,6 +19,10 @@
 
 namespace pylenet {
 
+// The check the callers make: every label (host memory) in [0, c), else InvalidArgument
+// naming `op`, the label and its index.
+void check_labels(const char* op, const int64_t* labels, int64_t n, int64_t c);
+
 void cross_entropy_forward(Handle& h, int64_t n, int64_t c, const float* logits, const int64_t* labels,
                            double* loss_sum);
 void cross_entropy_backward(Handle& h, int64_t n, int64_t c, const float* logits, const int64_t* labels,

@@ -511,9 +511,7 @@ double nll_loss(const DeviceTensor& logp, const DeviceTensor& labels, const py::
     PYL_CUDA_CHECK(cudaMemcpyAsync(host.data(), labels.data_as<const int64_t>(), host.size() * sizeof(int64_t),
                                    cudaMemcpyDeviceToHost, h.cuda().stream()));
     h.cuda().synchronize();
-    for (int64_t i = 0; i < n; ++i)
-      PYL_CHECK_ARG(host[i] >= 0 && host[i] < c, op, ": label ", host[i], " at index ", i, " is outside [0, ", c,
-                    ")");
+    check_labels(op, host.data(), n, c);
     double* sum = static_cast<double*>(h.cuda().scratch());
     pylenet::nll_loss_forward(h, n, c, fptr(logp), labels.data_as<const int64_t>(), sum);
     double out = 0;
@@ -535,38 +533,12 @@ DeviceTensor batch_norm(const DeviceTensor& x, const OptTensor& rm, const OptTen
                                      {"running_var", rv ? &*rv : nullptr}, {"weight", w ? &*w : nullptr},
                                      {"bias", b ? &*b : nullptr}});
   const TensorDesc xd = x.desc();
-  xd.check(op, "input", -1);
-  PYL_CHECK_ARG(xd.rank() >= 2 && xd.rank() <= 4, op, ": input must be (N, C), (N, C, L) or (N, C, H, W), got ",
-                xd.str());
-  const int64_t c = xd.dim(1);
-  for (auto* t : {&rm, &rv, &w, &b})
-    if (*t) PYL_CHECK_ARG((*t)->desc() == TensorDesc{c}, op, ": statistics and affine parameters must be (", c,
-                          ",), got ", (*t)->desc().str());
-  PYL_CHECK_ARG(std::isfinite(eps) && eps > 0, op, ": eps must be > 0, got ", eps);
-  PYL_CHECK_ARG(training || (rm && rv), op, ": evaluation needs running_mean and running_var");
-  PYL_CHECK_ARG(bool(rm) == bool(rv), op, ": running_mean and running_var go together");
-  const BatchNormShape s{xd.dim(0), c, xd.numel() / (xd.dim(0) * c)};
-  PYL_CHECK_ARG(!training || s.count() > 1, op, ": expected more than 1 value per channel when training, got input ",
-                xd.str());
+  auto d = [](const OptTensor& t) { return t ? OptDesc(t->desc()) : OptDesc(); };
+  const BatchNormShape s = check_batch_norm(xd, d(rm), d(rv), d(w), d(b), training, eps);
   return with_handle(dev, stream, [&](Handle& h) {
     DeviceTensor y = new_f32(xd, dev);
-    float* rmp = rm ? fptr_mut(*rm) : nullptr;
-    float* rvp = rv ? fptr_mut(*rv) : nullptr;
-    if (!training) {
-      pylenet::batch_norm_inference(h, s, fptr(x), rmp, rvp, eps, fptr_or_null(w), fptr_or_null(b), fptr_mut(y));
-      return y;
-    }
-    // partials (2C doubles), then mean, invstd and the unbiased variance (3C floats)
-    DeviceTensor stats = DeviceTensor::empty({4 * c}, DType::Float64, dev);
-    double* partial = stats.data_as<double>();
-    float* mean = reinterpret_cast<float*>(partial + 2 * c);
-    float* invstd = mean + c;
-    float* var = invstd + c;
-    pylenet::batch_norm_stats_partial(h, s, fptr(x), partial);
-    pylenet::batch_norm_stats_finalize(h, c, 1, partial, s.count(), eps, mean, invstd, var);
-    pylenet::batch_norm_apply(h, s, fptr(x), mean, invstd, fptr_or_null(w), fptr_or_null(b), fptr_mut(y));
-    if (rmp) pylenet::batch_norm_update_running(h, c, mean, var, momentum, rmp, rvp, nullptr);
-    h.cuda().synchronize();  // `stats` is freed on return
+    batch_norm_forward(h, s, fptr(x), rm ? fptr_mut(*rm) : nullptr, rv ? fptr_mut(*rv) : nullptr, fptr_or_null(w),
+                       fptr_or_null(b), training, momentum, eps, fptr_mut(y));
     return y;
   });
 }

@@ -344,9 +344,7 @@ PYBIND11_MODULE(_C, m) {
     desc_of(logp).check(op, "input", 2, "(N, C)");
     desc_of(labels).check(op, "labels", 1, "(N,)");
     PYL_CHECK_ARG(labels.shape(0) == logp.shape(0), op, ": ", labels.shape(0), " labels for ", logp.shape(0), " rows");
-    for (int64_t i = 0; i < labels.shape(0); ++i)
-      PYL_CHECK_ARG(labels.data()[i] >= 0 && labels.data()[i] < logp.shape(1), op, ": label ", labels.data()[i],
-                    " at index ", i, " is outside [0, ", logp.shape(1), ")");
+    check_labels(op, labels.data(), labels.shape(0), logp.shape(1));
     double sum = 0;
     {
       py::gil_scoped_release nogil;
@@ -360,43 +358,18 @@ PYBIND11_MODULE(_C, m) {
                          double momentum, double eps) {
     const char* op = "batch_norm";
     const TensorDesc xd = desc_of(x);
-    xd.check(op, "input", -1);
-    PYL_CHECK_ARG(xd.rank() >= 2 && xd.rank() <= 4, op, ": input must be (N, C), (N, C, L) or (N, C, H, W), got ",
-                  xd.str());
-    const int64_t c = xd.dim(1);
-    BatchNormShape s{xd.dim(0), c, xd.numel() / (xd.dim(0) * c)};
-    auto need = [&](const py::array* a, const char* what) {
-      if (a) PYL_CHECK_ARG(a->ndim() == 1 && a->shape(0) == c, op, ": ", what, " must have shape (", c, ",), got ",
-                           desc_of(*a).str());
-    };
-    need(running_mean ? &*running_mean : nullptr, "running_mean");
-    need(running_var ? &*running_var : nullptr, "running_var");
-    need(weight ? &*weight : nullptr, "weight");
-    need(bias ? &*bias : nullptr, "bias");
-    PYL_CHECK_ARG(std::isfinite(eps) && eps > 0, op, ": eps must be > 0, got ", eps);
-    PYL_CHECK_ARG(training || (running_mean && running_var), op, ": evaluation needs running_mean and running_var");
-    PYL_CHECK_ARG(!training || s.count() > 1, op, ": expected more than 1 value per channel when training, got input ",
-                  xd.str());
-    if (running_mean || running_var)
-      PYL_CHECK_ARG(running_mean && running_var && running_mean->writeable() && running_var->writeable(), op,
-                    ": running_mean and running_var go together and are updated in place (writable float32)");
+    auto d = [](const auto& a) { return a ? OptDesc(desc_of(*a)) : OptDesc(); };
+    const BatchNormShape s =
+        check_batch_norm(xd, d(running_mean), d(running_var), d(weight), d(bias), training, eps);
+    if (running_mean)
+      PYL_CHECK_ARG(running_mean->writeable() && running_var->writeable(), op,
+                    ": running_mean and running_var are updated in place (writable float32 arrays)");
     FArray y = empty_like_desc(xd);
     float* yp = y.mutable_data();
     float* rm = running_mean ? running_mean->mutable_data() : nullptr;
     float* rv = running_var ? running_var->mutable_data() : nullptr;
-    const float* g = ptr_or_null(weight);
-    const float* b = ptr_or_null(bias);
     py::gil_scoped_release nogil;
-    if (!training) {
-      batch_norm_inference(h, s, x.data(), rm, rv, eps, g, b, yp);
-      return y;
-    }
-    std::vector<double> partial(2 * c);
-    std::vector<float> mean(c), invstd(c), var(c);
-    batch_norm_stats_partial(h, s, x.data(), partial.data());
-    batch_norm_stats_finalize(h, c, 1, partial.data(), s.count(), eps, mean.data(), invstd.data(), var.data());
-    batch_norm_apply(h, s, x.data(), mean.data(), invstd.data(), g, b, yp);
-    if (rm) batch_norm_update_running(h, c, mean.data(), var.data(), momentum, rm, rv, nullptr);
+    batch_norm_forward(h, s, x.data(), rm, rv, ptr_or_null(weight), ptr_or_null(bias), training, momentum, eps, yp);
     return y;
   });
   m.def("softmax_cross_entropy", [](Handle& h, const FArray& logits,

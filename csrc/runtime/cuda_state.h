@@ -1,8 +1,9 @@
 // The device side of a CUDA executor (implemented in runtime/executor.cpp, beside the memory
 // plan it mirrors): its context and stream, the device copies of the parameters, buffers and
-// optimizer state (the host ones are the model's, copied in by upload() and back by
-// download()), the per-step results and running totals kept on the device, and the copies of
-// batches in and outputs out. An empty struct in a build without CUDA.
+// optimizer state (the host ones are the model's, copied in by upload_state() and back by
+// download_state()), the per-step results and the running totals kept on the device, and an
+// epoch's sample order. (The batch's input and labels live in the memory plan's Store.) An
+// empty struct in a build without CUDA.
 #pragma once
 
 #ifdef PYLENET_HAVE_CUDA
@@ -14,8 +15,6 @@
 #include "runtime/memory.h"
 
 namespace pylenet::runtime {
-
-class Executor;
 
 struct CudaState {
   explicit CudaState(int device) : ctx(device) {}

@@ -454,7 +454,6 @@ void Executor::lower() {
     cls.label = "classify";
     instrs_.insert(instrs_.begin(), cls);
   }
-  // Batch norm backward finalize instructions keep their partial offset in r0 (see above).
   const auto cost = [&](const Instr& j) { return (j.r1 - j.r0) * store_->stashes[j.linear].in; };
   std::stable_sort(deferred.begin(), deferred.end(), [&](const Instr& x, const Instr& y) {
     return cost(x) > cost(y);  // largest jobs first: claimed first, the small ones fill in
@@ -860,11 +859,7 @@ std::vector<double> Executor::profile() const {
 
 // ---- running
 void Executor::check_labels(const int64_t* labels, int64_t n, const char* op) const {
-  const int64_t c = store_->classes;
-  if (!labels || c <= 0) return;
-  for (int64_t i = 0; i < n; ++i)
-    PYL_CHECK_ARG(labels[i] >= 0 && labels[i] < c, op, ": label ", labels[i], " at index ", i, " is outside [0, ", c,
-                  ")");
+  if (labels && store_->classes > 0) pylenet::check_labels(op, labels, n, store_->classes);
 }
 
 void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start, int64_t m, int64_t n) {

@@ -115,7 +115,8 @@ struct Instr {
   int64_t a = 0, b = 0;            // per-op sizes: rows/cols, count per sample, channels, ...
   ConvAlgo algo = ConvAlgo::Naive;
   int linear = -1;                 // LinearStash / LinearGradJob: the stash group
-  int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW
+  int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW; batch-norm finalize: r0 = the
+                                   // chunks' partials in the fixed arena
   int64_t fixed = -1;              // a scratch area of the fixed arena (BN partials, coefficients)
   std::string label;               // for profiles
 };
