@@ -12,6 +12,7 @@ import numpy as np
 
 from . import init
 from .. import functional as F
+from ..functional import _pair, _unsupported as _refuse
 from .module import Module, Parameter
 
 __all__ = ["Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU", "Tanh", "Sigmoid", "LeakyReLU", "Flatten",
@@ -19,23 +20,10 @@ __all__ = ["Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU", "Tanh", "Sigmoi
            "ModuleList", "LAYERS"]
 
 
-def _pair(v, name, owner):
-    items = tuple(v) if isinstance(v, (tuple, list)) else (v, v)
-    if len(items) != 2 or not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
-        raise TypeError(f"{owner}: {name} must be an int or a pair of ints, got {v!r}")
-    return int(items[0]), int(items[1])
-
-
 def _positive(v, name, owner):
     if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
         raise ValueError(f"{owner}: {name} must be a positive int, got {v!r}")
     return int(v)
-
-
-def _refuse(owner, **given):
-    for name, (value, default) in given.items():
-        if value != default:
-            raise ValueError(f"{owner}: {name}={value!r} is not supported (only {name}={default!r})")
 
 
 class _Layer(Module):
