@@ -82,12 +82,17 @@ def _f32(x, name, op):
     return np.ascontiguousarray(a, dtype=np.float32)
 
 
+_MAX_EXTENT = 2**31 - 1
+
+
 def _pair(v, name, op):
     """An int or a pair of ints -> (h, w)."""
     items = tuple(v) if isinstance(v, (tuple, list, np.ndarray)) else (v, v)
     if len(items) != 2 or not all(
             isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
+    if any(abs(int(i)) > _MAX_EXTENT for i in items):  # the native shape check's bound (kMaxExtent)
+        raise ValueError(f"{op}: {name} {v!r} is out of range (at most {_MAX_EXTENT})")
     return int(items[0]), int(items[1])
 
 

@@ -437,3 +437,56 @@ def test_integer_inputs(F):
     assert_close(F.relu(xi), R.relu(xi), rtol=0, atol=0, what="relu int")
     assert_close(F.linear(xi.reshape(2, -1), np.ones((3, 16), np.int64)),
                  R.linear(xi.reshape(2, -1), np.ones((3, 16))), rtol=0, atol=0, what="linear int")
+
+
+# ---- size arguments near 2^63 (issue 13): one bounded check before any shape arithmetic ------
+HUGE = [2**31, 2**40, 2**61, 2**62, 2**63 - 1]
+
+
+@pytest.mark.parametrize("v", HUGE)
+@pytest.mark.parametrize("call", [
+    lambda F, v: F.max_pool2d(X, v, 1, v // 2),
+    lambda F, v: F.avg_pool2d(X, v, 1, v // 2),
+    lambda F, v: F.max_pool2d(X, 2, v, 0),
+    lambda F, v: F.avg_pool2d(X, (2, 2), (1, v), 0),
+    lambda F, v: F.max_pool2d(X, (v, 2), 1, (v // 2, 0)),
+    lambda F, v: F.conv2d(X, W, None, 1, v),
+    lambda F, v: F.conv2d(X, W, None, v, 0),
+    lambda F, v: F.conv2d(X, W, None, (1, v), (v, 0)),
+], ids=["max-k", "avg-k", "max-s", "avg-s", "max-kh", "conv-p", "conv-s", "conv-sp"])
+def test_huge_size_arguments_are_refused(Fn, call, v):
+    with pytest.raises(ValueError, match="out of range|between"):
+        call(Fn, v)
+
+
+@pytest.mark.parametrize("v", HUGE)
+def test_native_op_layer_bounds_size_arguments(pylenet_module, v):
+    """The C++ check holds without the Python one in front of it (the graph and the executor
+    call it directly)."""
+    C = pylenet_module._C
+    h = C.Handle()
+    with pytest.raises(ValueError, match="between"):
+        C.pool2d_forward(h, "max", X, (v, v), (1, 1), (v // 2, v // 2))
+    with pytest.raises(ValueError, match="between"):
+        C.pool2d_forward(h, "avg", X, (2, 2), (v, 1), (0, 0))
+    with pytest.raises(ValueError, match="between"):
+        C.conv2d_forward(h, X, W, None, (1, 1), (v, v), "auto")
+    with pytest.raises(ValueError, match="between"):
+        C.conv2d_forward(h, X, W, None, (v, 1), (0, 0), "auto")
+
+
+@pytest.mark.parametrize("layer", [
+    lambda nn: nn.MaxPool2d(2**62, 1, 2**61), lambda nn: nn.AvgPool2d(2, 2**63 - 1),
+    lambda nn: nn.Conv2d(1, 1, 3, padding=2**62), lambda nn: nn.Conv2d(1, 1, 2**40)])
+def test_layers_refuse_huge_sizes_when_built(pylenet_module, layer):
+    with pytest.raises(ValueError, match="out of range"):
+        layer(pylenet_module.nn)
+
+
+def test_largest_allowed_arguments_give_exact_results(Fn):
+    x = X[:1, :1]
+    # A window covering the whole (padded) input: max over everything, mean over 2^60 cells.
+    assert np.all(Fn.max_pool2d(x, 2**30, 1, 2**29) == x.max())
+    np.testing.assert_allclose(Fn.avg_pool2d(x, 2**30, 1, 2**29), x.sum() / 2.0**60, rtol=1e-5)
+    # The largest stride keeps only the first window.
+    assert Fn.max_pool2d(x, 2, 2**31 - 1, 0).item() == x[..., :2, :2].max()

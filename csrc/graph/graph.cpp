@@ -237,12 +237,7 @@ std::vector<int> Graph::add(Op op, const Attrs& a, const std::vector<int>& in, c
       PYL_CHECK_ARG(w.shape[1] == x.shape[0], name, " expects ", w.shape[1], " input channels, got ", x.shape[0],
                     " (input ", describe(in[0]), ")");
       if (arg(2) >= 0) inf.need_fixed(arg(2), "a bias", {w.shape[0]});
-      const int64_t hp = x.shape[1] + 2 * a.pad.h, wp = x.shape[2] + 2 * a.pad.w;
-      PYL_CHECK_ARG(a.stride.h >= 1 && a.stride.w >= 1 && a.pad.h >= 0 && a.pad.w >= 0, name,
-                    ": stride must be >= 1 and padding >= 0, got stride (", a.stride.h, ", ", a.stride.w,
-                    "), padding (", a.pad.h, ", ", a.pad.w, ")");
-      PYL_CHECK_ARG(w.shape[2] <= hp && w.shape[3] <= wp, name, ": kernel ", w.shape[2], "x", w.shape[3],
-                    " is larger than its padded input ", hp, "x", wp, " (input ", describe(in[0]), ")");
+      // ConvShape::make is the one check of the arguments and of the shape arithmetic.
       const ConvShape s = ConvShape::make(name.c_str(), TensorDesc{1, x.shape[0], x.shape[1], x.shape[2]},
                                           TensorDesc(w.shape), ConvDesc{a.stride, a.pad});
       outs.push_back(sample({s.k, s.oh, s.ow}));
@@ -261,9 +256,6 @@ std::vector<int> Graph::add(Op op, const Attrs& a, const std::vector<int>& in, c
     }
     case Op::Pool2d: {
       const Value& x = inf.need_sample(arg(0), "an input", 3, "(N, C, H, W)");
-      PYL_CHECK_ARG(a.kernel.h >= 1 && a.kernel.w >= 1 && a.stride.h >= 1 && a.stride.w >= 1, name,
-                    ": kernel_size and stride must be >= 1, got kernel (", a.kernel.h, ", ", a.kernel.w,
-                    "), stride (", a.stride.h, ", ", a.stride.w, ")");
       const PoolShape s = PoolShape::make(name.c_str(), TensorDesc{1, x.shape[0], x.shape[1], x.shape[2]},
                                           PoolDesc{a.pool, a.kernel, a.stride, a.pad});
       outs.push_back(sample({s.c, s.oh, s.ow}));

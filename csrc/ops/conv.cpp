@@ -104,10 +104,8 @@ size_t conv_workspace_size(Handle& h, ConvAlgo algo, ConvPass pass, const ConvSh
 ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc& w, const ConvDesc& conv) {
   x.check(op, "input", 4, "(N, C, H, W)");
   const FilterDesc f = FilterDesc::from(w, op);
-  PYL_CHECK_ARG(conv.stride.h >= 1 && conv.stride.w >= 1, op, ": stride must be >= 1, got (", conv.stride.h,
-                ", ", conv.stride.w, ")");
-  PYL_CHECK_ARG(conv.pad.h >= 0 && conv.pad.w >= 0, op, ": padding must be >= 0, got (", conv.pad.h, ", ",
-                conv.pad.w, ")");
+  check_extent(op, "stride", conv.stride, 1);
+  check_extent(op, "padding", conv.pad, 0);
   PYL_CHECK_ARG(f.c == x.c(), op, ": input has ", x.c(), " channels but weight ", w.str(), " expects ", f.c,
                 " (input shape ", x.str(), ")");
   const int64_t hp = x.h() + 2 * conv.pad.h, wp = x.w() + 2 * conv.pad.w;

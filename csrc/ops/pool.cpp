@@ -12,12 +12,11 @@ const char* pool_op_name(PoolMode mode, bool backward) {
 
 PoolShape PoolShape::make(const char* op, const TensorDesc& x, const PoolDesc& p) {
   x.check(op, "input", 4, "(N, C, H, W)");
-  PYL_CHECK_ARG(p.kernel.h >= 1 && p.kernel.w >= 1, op, ": kernel_size must be >= 1, got (", p.kernel.h, ", ",
-                p.kernel.w, ")");
-  PYL_CHECK_ARG(p.stride.h >= 1 && p.stride.w >= 1, op, ": stride must be >= 1, got (", p.stride.h, ", ",
-                p.stride.w, ")");
-  PYL_CHECK_ARG(p.pad.h >= 0 && p.pad.w >= 0 && 2 * p.pad.h <= p.kernel.h && 2 * p.pad.w <= p.kernel.w, op,
-                ": padding must be between 0 and half the kernel size, got padding (", p.pad.h, ", ", p.pad.w,
+  check_extent(op, "kernel_size", p.kernel, 1);
+  check_extent(op, "stride", p.stride, 1);
+  check_extent(op, "padding", p.pad, 0);
+  PYL_CHECK_ARG(2 * p.pad.h <= p.kernel.h && 2 * p.pad.w <= p.kernel.w, op,
+                ": padding must be at most half the kernel size, got padding (", p.pad.h, ", ", p.pad.w,
                 ") for kernel (", p.kernel.h, ", ", p.kernel.w, ")");
   const int64_t hp = x.h() + 2 * p.pad.h, wp = x.w() + 2 * p.pad.w;
   PYL_CHECK_ARG(p.kernel.h <= hp && p.kernel.w <= wp, op, ": kernel ", p.kernel.h, "x", p.kernel.w,

@@ -30,11 +30,19 @@ void TensorDesc::check(const char* op, const char* what, int rank, const char* l
   for (int64_t d : dims_) {
     if (d <= 0)
       fail(ErrorKind::InvalidArgument, op, ": ", what, " has an empty or negative dimension, shape ", str());
+    if (d > kMaxExtent)
+      fail(ErrorKind::InvalidArgument, op, ": ", what, " shape ", str(), " has a dimension above ", kMaxExtent);
     // 2^40 floats (4 TiB) is far beyond any real tensor: treat it as corrupt input.
     if (n > (int64_t(1) << 40) / d)
       fail(ErrorKind::InvalidArgument, op, ": ", what, " shape ", str(), " is too large");
     n *= d;
   }
+}
+
+void check_extent(const char* op, const char* what, const Pair& p, int64_t lo) {
+  if (p.h < lo || p.w < lo || p.h > kMaxExtent || p.w > kMaxExtent)
+    fail(ErrorKind::InvalidArgument, op, ": ", what, " must be between ", lo, " and ", kMaxExtent, ", got (", p.h,
+         ", ", p.w, ")");
 }
 
 FilterDesc FilterDesc::from(const TensorDesc& t, const char* op) {

@@ -52,4 +52,14 @@ struct Pair {
   int64_t h = 0, w = 0;
 };
 
+// The bound on every size argument (kernel, stride, padding) and tensor dimension that
+// enters shape arithmetic: with all of them below 2^31, sums and products such as
+// h + 2 * pad, oh * stride or kh * kw cannot overflow int64, and CUDA's 32-bit index
+// arithmetic stays exact. Real LeNet shapes are many orders of magnitude smaller.
+constexpr int64_t kMaxExtent = (int64_t(1) << 31) - 1;
+
+// The one check of a size argument pair: throws InvalidArgument
+// "<op>: <what> must be between <lo> and 2147483647, got (h, w)" otherwise.
+void check_extent(const char* op, const char* what, const Pair& p, int64_t lo);
+
 }  // namespace pylenet
