@@ -133,8 +133,10 @@ def _cmd_eval(args):
     name = args.dataset
     if name is None:
         import numpy as np
-        with np.load(args.checkpoint, allow_pickle=False) as z:
-            name = json.loads(str(z["meta"])).get("extra", {}).get("dataset", "mnist")
+        with np.load(args.checkpoint, allow_pickle=False) as z:  # load() has checked that meta is well-formed
+            name = (json.loads(str(z["meta"])).get("extra") or {}).get("dataset", "mnist")
+        if name not in ("mnist", "fashion-mnist"):
+            raise ValueError(f"{args.checkpoint} names no dataset this command knows ({name!r}); pass --dataset")
     test_set = datasets.load(name, root=args.data, train=False)
     res = pylenet.evaluate(model, test_set, device=args.device)
     print(f"{args.checkpoint}: {name} test accuracy {res['accuracy']:.2%}, loss {res['loss']:.4f} "
@@ -149,7 +151,10 @@ def _cmd_predict(args):
     from pylenet.images import load_image
 
     model = pylenet.load(args.checkpoint)
-    h, w = model.input_shape[1:]
+    shape = getattr(model, "input_shape", None)
+    if not shape or len(shape) != 3:
+        raise ValueError(f"{args.checkpoint}: the model's input shape is {shape}, not an image (C, H, W)")
+    h, w = shape[1:]
     imgs = np.stack([load_image(p, (h, w)) for p in args.images])[:, None]
     if model.normalization:
         mean, std = model.normalization

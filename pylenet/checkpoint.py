@@ -11,8 +11,11 @@ replaying the graph. ``load(path, model=MyNet())`` loads into an instance of the
 instead. Checkpoints of format 1 (written before models were Python code) still load.
 """
 import json
+import math
+import numbers
 import os
 import tempfile
+import zipfile
 
 import numpy as np
 
@@ -26,6 +29,9 @@ __all__ = ["save", "load", "CHECKPOINT_FORMAT", "GraphModule"]
 
 CHECKPOINT_FORMAT = 2
 _MAX_PARAMS = 1 << 28  # 1 GiB of float32: beyond any small CNN, so a corrupt file, refused early
+# Parameters, two optimizer buffers as large and the metadata: the most a file may inflate to.
+_MAX_FILE_BYTES = 3 * 4 * _MAX_PARAMS + (64 << 20)
+_MAX_STEPS = 1 << 53  # optimizer steps: exact in a double, and beyond any real run
 
 
 def _containers():
@@ -97,7 +103,15 @@ def save(model, path, optimizer=None, extra=None):
             meta["optimizer_params"] = [names[id(p)] for p in optimizer.params if id(p) in names]
         for i, buf in enumerate(optimizer.state.get("buffers") or []):
             arrays[f"optim/{i}"] = buf
-    arrays["meta"] = np.array(json.dumps(meta))
+    # load() refuses non-finite values; a file it would refuse is never written.
+    bad = [k for k, v in arrays.items() if v.dtype.kind == "f" and not np.isfinite(v).all()]
+    if bad:
+        raise ValueError(f"save: {', '.join(bad[:4])}{' ...' if len(bad) > 4 else ''} contain NaN or inf "
+                         f"(the model diverged?); nothing was written to {os.fspath(path)}")
+    try:
+        arrays["meta"] = np.array(json.dumps(meta, allow_nan=False))
+    except (TypeError, ValueError) as e:  # the user's `extra`
+        raise ValueError(f"save: extra must hold JSON values (finite numbers, strings, lists, dicts): {e}") from None
     _atomic_savez(path, arrays)
     return path
 
@@ -123,6 +137,13 @@ def _atomic_savez(path, arrays):
 def _read(path):
     path = os.fspath(path)
     try:
+        # What the zip's directory declares bounds what is inflated: a small file whose members
+        # claim gigabytes is refused before any of it is read.
+        with zipfile.ZipFile(path) as z:
+            declared = sum(i.file_size for i in z.infolist())
+        if declared > _MAX_FILE_BYTES:
+            raise ValueError(f"its members would take {declared:,} bytes, more than a checkpoint of at most "
+                             f"{_MAX_PARAMS:,} parameters can hold")
         with np.load(path, allow_pickle=False) as z:
             files = {k: z[k] for k in z.files}
     except FileNotFoundError:
@@ -141,6 +162,47 @@ def _read(path):
         raise ValueError(f"load: {path} has checkpoint format {meta.get('format')!r}; this pylenet reads "
                          f"formats 1 and {CHECKPOINT_FORMAT}")
     return path, files, meta
+
+
+def _check_meta(meta):
+    """Refuses, with the field's name, any metadata field of the wrong kind or out of range,
+    before anything is built from it."""
+    from .nn.layers import input_shape_of, normalization_of
+
+    def need(cond, what):
+        if not cond:
+            raise ValueError(what)
+
+    for key in ("name", "class", "pylenet_version"):
+        need(meta.get(key) is None or isinstance(meta[key], str), f"'{key}' must be a string")
+    need(meta.get("extra") is None or isinstance(meta["extra"], dict), "'extra' must be a JSON object")
+    input_shape_of(meta.get("input_shape"), "input_shape")
+    normalization_of(meta.get("normalization"), "normalization")
+    steps = meta.get("optimizer_steps", 0)
+    need(isinstance(steps, int) and not isinstance(steps, bool) and 0 <= steps <= _MAX_STEPS,
+         f"'optimizer_steps' must be a whole number between 0 and 2^53, got {steps!r}")
+    need(meta.get("optimizer") is None or isinstance(meta["optimizer"], dict), "'optimizer' must be a JSON object")
+    names = meta.get("optimizer_params")
+    need(names is None or (isinstance(names, list) and all(isinstance(n, str) for n in names)),
+         "'optimizer_params' must be a list of parameter names")
+    if meta["format"] == 1:
+        need(isinstance(meta.get("architecture"), list), "'architecture' must be a list of layers")
+        return
+    tree = meta.get("modules")
+    need(isinstance(tree, list) and tree and all(
+        isinstance(e, dict) and isinstance(e.get("path"), str) and isinstance(e.get("type"), str)
+        and (e.get("config") is None or isinstance(e["config"], dict)) for e in tree)
+        and tree[0]["path"] == "", "the module tree is malformed")
+    paths = [e["path"] for e in tree]
+    need(len(set(paths)) == len(paths), "the module tree names a module twice")
+    for e in tree[1:]:
+        need(e["path"].rpartition(".")[0] in paths[:paths.index(e["path"])],
+             f"module {e['path']!r} comes before its parent")
+    graph = meta.get("graph")
+    if graph is not None:
+        need(isinstance(graph, dict) and isinstance(graph.get("nodes"), list) and isinstance(graph.get("values"), dict)
+             and all(isinstance(n, dict) for n in graph["nodes"]), "the graph is malformed")
+        input_shape_of(graph.get("input_shape"), "the graph's input_shape")
 
 
 def _legacy_model(meta):
@@ -184,8 +246,12 @@ def _expected_shapes(meta):
             shapes[pre + "weight"] = (int(cfg["out_features"]), int(cfg["in_features"]))
             if cfg.get("bias", True):
                 shapes[pre + "bias"] = (int(cfg["out_features"]),)
-        elif t in ("BatchNorm1d", "BatchNorm2d") and cfg.get("affine", True):
-            shapes[pre + "weight"] = shapes[pre + "bias"] = (int(cfg["num_features"]),)
+        elif t in ("BatchNorm1d", "BatchNorm2d"):
+            c = (int(cfg["num_features"]),)
+            if cfg.get("affine", True):
+                shapes[pre + "weight"] = shapes[pre + "bias"] = c
+            if cfg.get("track_running_stats", True):
+                shapes[pre + "running_mean"] = shapes[pre + "running_var"] = c
     return shapes
 
 
@@ -193,16 +259,14 @@ def _build_tree(meta, files):
     """The model from its module tree (every class built in) or its graph (GraphModule)."""
     known = _containers()
     tree = meta["modules"]
-    if not isinstance(tree, list) or not tree or tree[0].get("path") != "":
-        raise ValueError("the module tree is malformed")
-    arrays = {k[len("param/"):]: v for k, v in files.items() if k.startswith("param/")}
+    arrays = {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(("param/", "buffer/"))}
     # Declared sizes are checked against the stored arrays BEFORE anything is allocated.
     for name, shape in _expected_shapes(meta).items():
         if any(d < 1 for d in shape) or int(np.prod(shape, dtype=np.float64)) > _MAX_PARAMS:
-            raise ValueError(f"parameter {name} of shape {shape} is impossible or too large")
+            raise ValueError(f"{name} of shape {shape} is impossible or too large")
         if name not in arrays or tuple(arrays[name].shape) != shape:
             got = tuple(arrays[name].shape) if name in arrays else "nothing"
-            raise ValueError(f"parameter {name}: the module tree declares shape {shape}, the file holds {got}")
+            raise ValueError(f"{name}: the module tree declares shape {shape}, the file holds {got}")
     if all(e["config"] is not None and e["type"] in known for e in tree):
         with seeded(0):  # initial values are overwritten by the file's: draw from a private generator
             return _instantiate(tree, known)
@@ -234,18 +298,26 @@ def load(path, return_optimizer=False, model=None):
     it into ``model`` (an instance of the class it was saved from)."""
     from .optim import make_optimizer
     path, files, meta = _read(path)
+    from .nn.layers import input_shape_of, normalization_of
+    try:
+        _check_meta(meta)
+    except ValueError as e:
+        raise ValueError(f"load: {path} holds invalid metadata: {e}") from None
     if model is None:
         try:  # any malformed field is a corrupt checkpoint, not a crash
             if meta["format"] == 1:
                 model = _legacy_model(meta)
             else:
                 model = _build_tree(meta, files)
-                norm = meta.get("normalization")
+                norm = normalization_of(meta.get("normalization"), "normalization")
                 if norm:
-                    model.normalization = tuple(float(v) for v in norm)
+                    model.normalization = norm
                 if meta.get("input_shape") and getattr(model, "input_shape", None) is None:
-                    model.input_shape = tuple(int(d) for d in meta["input_shape"])
-        except (KeyError, TypeError, AttributeError, ValueError, IndexError) as e:
+                    model.input_shape = input_shape_of(meta["input_shape"], "input_shape")
+                if isinstance(model, GraphModule):  # a graph that does not trace is refused now, not at use
+                    from . import runtime
+                    runtime.traced(model, model.input_shape, 2)
+        except (KeyError, TypeError, AttributeError, ValueError, IndexError, OverflowError, RuntimeError) as e:
             raise ValueError(f"load: {path} holds an invalid model description ({type(e).__name__}: {e})") from None
     state = {k.split("/", 1)[1]: v for k, v in files.items() if k.startswith(("param/", "buffer/"))}
     try:
@@ -273,6 +345,8 @@ def load(path, return_optimizer=False, model=None):
             n = parameter_layout(model)[1]
             if len(bufs) != opt.n_buffers or any(b.shape != (n,) or b.dtype != np.float32 for b in bufs):
                 raise ValueError(f"load: optimizer state in {path} does not match the model's {n} parameters")
+            if not all(np.isfinite(b).all() for b in bufs):
+                raise ValueError(f"load: optimizer state in {path} contains NaN or inf")
             opt.state = {"buffers": [np.array(b) for b in bufs], "steps": int(meta.get("optimizer_steps", 0))}
     return model, opt
 

@@ -197,7 +197,8 @@ class Tracer:
         self.graph = _C.Graph()
         self.root = root
         self.batch = int(batch)
-        self.input_shape = tuple(int(d) for d in input_shape)
+        from .nn.layers import input_shape_of
+        self.input_shape = input_shape_of(input_shape, "trace")
         self.root_name = type(root).__name__
         self.paths = {id(m): path for path, m in root.named_modules()}
         # The model's parameters and buffers, by identity; each enters the graph when first used.

@@ -216,8 +216,10 @@ class StepLR(Schedule):
     kind = "step"
 
     def __init__(self, step_size=1, gamma=0.7):
-        _check(int(step_size) >= 1, "StepLR: step_size must be >= 1 epoch")
+        if isinstance(step_size, bool) or not isinstance(step_size, numbers.Integral) or step_size < 1:
+            raise ValueError(f"StepLR: step_size must be a whole number of epochs >= 1, got {step_size!r}")
         self.step_size, self.gamma = int(step_size), _num(gamma, "gamma", "StepLR")
+        _check(self.gamma >= 0, f"StepLR: gamma must be >= 0, got {self.gamma}")
 
     def spec(self, steps_per_epoch, epochs):
         return {"kind": "step", "gamma": self.gamma, "step_iters": self.step_size * steps_per_epoch}
@@ -229,6 +231,7 @@ class CosineLR(Schedule):
 
     def __init__(self, min_lr=0.0):
         self.min_lr = _num(min_lr, "min_lr", "CosineLR")
+        _check(self.min_lr >= 0, f"CosineLR: min_lr must be >= 0, got {self.min_lr}")
 
     def spec(self, steps_per_epoch, epochs):
         return {"kind": "cosine", "min_lr": self.min_lr, "total_iters": max(1, steps_per_epoch * epochs)}
@@ -240,6 +243,8 @@ class InvLR(Schedule):
 
     def __init__(self, gamma=1e-4, power=0.75):
         self.gamma, self.power = _num(gamma, "gamma", "InvLR"), _num(power, "power", "InvLR")
+        # 1 + gamma * iter must stay > 0 for every iteration, or the rate is inf or NaN.
+        _check(self.gamma >= 0, f"InvLR: gamma must be >= 0, got {self.gamma}")
 
     def spec(self, steps_per_epoch, epochs):
         return {"kind": "inv", "gamma": self.gamma, "power": self.power}

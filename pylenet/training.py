@@ -100,6 +100,10 @@ class _Snapshot:
         self.saved = [(a, a.copy()) for a in arrays]
         self.opt, self.steps = opt, int(opt.state["steps"])
 
+    def finite(self):
+        """Whether everything the epoch changed is finite now."""
+        return all(a.dtype.kind != "f" or np.isfinite(a).all() for a, _ in self.saved)
+
     def restore(self):
         for a, saved in self.saved:
             a[...] = saved
@@ -207,6 +211,13 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         opt.state["steps"] = int(ex.optimizer_steps)
         if dev[0] == "cuda":
             ex.download_state()
+        if not snapshot.finite():  # the epoch's last update, which no later output could reveal
+            snapshot.restore()
+            ex.optimizer_steps = opt.state["steps"]
+            if dev[0] == "cuda":
+                ex.upload_state()
+            raise RuntimeError(f"training diverged in epoch {epoch}: its last update left parameters that are NaN or "
+                               "inf; the model is back at the end of the previous epoch. Try a smaller learning rate")
         seconds = time.perf_counter() - t0
         record = {"epoch": epoch, "loss": stats["loss_sum"] / stats["samples"],
                   "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,

@@ -1,4 +1,5 @@
 """Checkpoints (Sequential.save / pylenet.load), load_state_dict, and cudnn-training weights."""
+import io
 import json
 import os
 import zipfile
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 
 import pylenet
-from pylenet import cudnn_format, models, optim
+from pylenet import cudnn_format, models, nn, optim
 from pylenet.nn import AvgPool2d, Conv2d, Flatten, Linear, MaxPool2d, ReLU, Sequential, Tanh
 
 
@@ -338,6 +339,26 @@ CORRUPT_META = {  # malformed metadata: once KeyError/AttributeError escaped pyl
     "module-tree-not-a-list": _set("modules", {"a": 1}),
     "unknown-optimizer": _set("optimizer", {"kind": "rmsprop", "lr": 0.1}),
     "meta-is-a-list": lambda f, m: "[1, 2]",
+    # issue 13: odd but well-formed metadata is refused by name, never half-used
+    "negative-optimizer-steps": _set("optimizer_steps", -5),
+    "huge-optimizer-steps": _set("optimizer_steps", 10**30),
+    "float-optimizer-steps": _set("optimizer_steps", 1.5),
+    "normalization-std-zero": _set("normalization", [0.1307, 0.0]),
+    "normalization-nan": lambda f, m: '{"format": 2, "normalization": [NaN, 1.0]}',
+    "normalization-not-a-pair": _set("normalization", "ab"),
+    "float-input-shape": _set("input_shape", [1, 28.5, 28]),
+    "negative-input-shape": _set("input_shape", [1, -28, 28]),
+    "huge-input-shape": _set("input_shape", [1, 10**20, 28]),
+    "name-not-a-string": _set("name", [1]),
+    "class-not-a-string": _set("class", {"a": 1}),
+    "extra-not-a-dict": _set("extra", 5),
+    "optimizer-not-a-dict": _set("optimizer", [1, 2]),
+    "optimizer-params-not-names": _set("optimizer_params", [1, 2]),
+    "nan-optimizer-state": lambda f, m: f["optim/0"].__setitem__(0, np.nan),
+    "module-before-parent": lambda f, m: m["modules"].append({"path": "x.y", "type": "ReLU", "config": {}}),
+    "module-twice": lambda f, m: m["modules"].append(dict(m["modules"][1])),
+    "huge-batch-norm-buffers": lambda f, m: m["modules"].append(
+        {"path": "99", "type": "BatchNorm2d", "config": {"num_features": 10**9, "affine": False}}),
 }
 
 
@@ -426,3 +447,94 @@ def test_cudnn_import_rejects_short_file(tmp_path):
     p.write_bytes(p.read_bytes()[:-4])
     with pytest.raises(ValueError, match="ip1.bin"):
         cudnn_format.import_cudnn_weights(tmp_path)
+
+
+def _user_checkpoint(tmp_path):
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Conv2d(1, 2, 3)
+            self.f = nn.Linear(2 * 26 * 26, 3)
+
+        def forward(self, x):
+            return self.f(self.c(x).flatten(1))
+
+    m = Net()
+    m(np.zeros((1, 1, 28, 28), np.float32))
+    path = tmp_path / "user.npz"
+    pylenet.save(m, path)
+    return path
+
+
+@pytest.mark.parametrize("change", [
+    lambda f, m: m["graph"].__setitem__("nodes", 5),
+    lambda f, m: m["graph"].__setitem__("input_shape", [1, 2.5, 28]),
+    lambda f, m: [n.__setitem__("op", "no_such_op") for n in m["graph"]["nodes"] if n["op"] == "reshape"],
+    lambda f, m: [n["attrs"].__setitem__("shape", "ab") for n in m["graph"]["nodes"] if n["op"] == "reshape"],
+    lambda f, m: [n.__setitem__("inputs", [10**6]) for n in m["graph"]["nodes"] if n["op"] == "linear"],
+], ids=["nodes-not-a-list", "float-input-shape", "unknown-op", "bad-attr", "bad-input"])
+def test_corrupt_graph_is_refused_at_load(tmp_path, change):
+    """A user-class model comes back as a GraphModule: its graph is traced at load, so a
+    malformed one raises ValueError there rather than TypeError at its first use."""
+    bad = _rewrite(_user_checkpoint(tmp_path), tmp_path, change)
+    with pytest.raises(ValueError, match="load"):
+        pylenet.load(bad)
+
+
+def test_declared_sizes_are_checked_before_allocating(good, tmp_path):
+    """A tiny file declaring a huge layer is refused before the layer is built (issue 13: 3 KB
+    and a 3-million-wide Linear once cost 6 GB and 15 s)."""
+    import tracemalloc
+    cases = [lambda f, m: m["modules"][8]["config"].__setitem__("in_features", 3_000_000),
+             CORRUPT_META["huge-batch-norm-buffers"],
+             lambda f, m: m["modules"].append({"path": "99", "type": "Linear",
+                                               "config": {"in_features": 2**31 - 1, "out_features": 50}})]
+    for change in cases:
+        bad = _rewrite(good, tmp_path, change)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ValueError, match="too large|declares"):
+                pylenet.load(bad)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 64 << 20, peak
+
+
+def test_zip_members_declaring_gigabytes_are_refused(tmp_path, monkeypatch):
+    """A deflated member that would inflate past the bound is refused from the zip's directory,
+    before anything is inflated (the bound, 3 GiB, is lowered here to keep the test small)."""
+    from pylenet import checkpoint
+    m = models.lenet5()
+    good = tmp_path / "g.npz"
+    m.save(good)
+    monkeypatch.setattr(checkpoint, "_MAX_FILE_BYTES", good.stat().st_size + (1 << 20))
+    pylenet.load(good)  # under the bound
+    bomb = tmp_path / "bomb.npz"
+    with zipfile.ZipFile(good) as src, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as zf:
+        for info in src.infolist():
+            zf.writestr(info.filename, src.read(info))
+        buf = io.BytesIO()
+        np.save(buf, np.zeros(1 << 20, np.float32))  # 4 MiB of zeros: a few KB deflated
+        zf.writestr("buffer/zeros.npy", buf.getvalue())
+    assert bomb.stat().st_size < good.stat().st_size + (64 << 10)
+    with pytest.raises(ValueError, match="bytes"):
+        pylenet.load(bomb)
+
+
+def test_save_refuses_non_finite_values_and_keeps_the_old_file(tmp_path):
+    m = models.lenet5()
+    path = tmp_path / "m.npz"
+    m.save(path)
+    before = path.read_bytes()
+    m[0].weight[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.save(path)
+    assert path.read_bytes() == before
+    assert os.listdir(tmp_path) == ["m.npz"]
+    m[0].weight[0, 0, 0, 0] = 0
+    with pytest.raises(ValueError, match="extra"):
+        m.save(path, extra={"x": float("nan")})
+    with pytest.raises(ValueError, match="extra"):
+        m.save(path, extra={"x": object()})
+    assert path.read_bytes() == before

@@ -369,6 +369,51 @@ def test_divergence_leaves_model_at_last_finished_epoch(small):
     np.testing.assert_array_equal(weights(m), weights(ref))
 
 
+@pytest.mark.parametrize("make", [
+    lambda: optim.InvLR(gamma=-1), lambda: optim.InvLR(gamma=float("nan")), lambda: optim.StepLR(1, -0.5),
+    lambda: optim.StepLR(1.5), lambda: optim.StepLR(True), lambda: optim.CosineLR(min_lr=-1)])
+def test_schedules_refuse_parameters_that_give_no_rate(make):
+    """InvLR(gamma=-1) reaches (1 - iter)^-power: inf, then NaN (issue 13)."""
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_schedule_overflowing_to_inf_is_refused_before_the_step(small):
+    """StepLR(1, 1e300) gives a finite rate in epoch 1 and 1e298 (inf in float32) in epoch 2:
+    the step is refused before it runs, and the model is as after epoch 1 (issue 13: every
+    weight turned NaN and train returned normally)."""
+    x, y = small[0][:256], small[1][:256]
+    ref = models.lenet5()
+    pylenet.train(ref, (x, y), epochs=1, batch_size=32, seed=5, progress=False)
+    m = models.lenet5()
+    with pytest.raises(ValueError, match="learning rate at iteration 8 is"):
+        pylenet.train(m, (x, y), epochs=2, batch_size=32, seed=5, progress=False, schedule=optim.StepLR(1, 1e300))
+    np.testing.assert_array_equal(weights(m), weights(ref))
+
+
+def test_divergence_in_the_last_update_of_an_epoch_is_caught(small):
+    """The epoch's last update has no later output to reveal a NaN: train checks the parameters
+    at the end of each epoch, raises, and puts the model back."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((32, 1, 28, 28)) * 1e4).astype(np.float32)
+    m = models.lenet5()
+    before = weights(m)
+    with pytest.raises(RuntimeError, match="diverged in epoch 1"):
+        pylenet.train(m, (x, np.arange(32) % 10), epochs=1, batch_size=32, optimizer=optim.SGD(3e38), progress=False)
+    np.testing.assert_array_equal(weights(m), before)
+
+
+def test_step_refuses_a_non_finite_rate(small):
+    m = models.lenet5()
+    opt = optim.SGD(0.1)
+    step = pylenet.compile(m, opt, batch_size=8)
+    opt.lr = float("inf")
+    before = weights(m)
+    with pytest.raises(ValueError, match="lr"):
+        step(small[0][:8], small[1][:8])
+    np.testing.assert_array_equal(weights(m), before)
+
+
 def test_network_train_step_rejects_bad_labels():
     # The directly bound single step must check labels too (the loss indexes logits by label).
     m = models.lenet5()

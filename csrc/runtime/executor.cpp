@@ -104,6 +104,18 @@ double schedule_lr(const ScheduleSpec& s, double lr, int64_t iter) {
   return lr;
 }
 
+namespace {
+// The learning rate of one step, refused before the step runs when it is not a finite
+// number >= 0 (a schedule that overflows, or Caffe's inv with a negative gamma): applied, it
+// would turn every weight into NaN without a non-finite output to notice it by.
+float checked_lr(double lr, int64_t iter, const char* op) {
+  const float f = static_cast<float>(lr);
+  PYL_CHECK_ARG(std::isfinite(f) && f >= 0.0f, op, ": the learning rate at iteration ", iter, " is ", lr,
+                " (it must be a finite number >= 0 in float32; check the schedule and its parameters)");
+  return f;
+}
+}  // namespace
+
 // ------------------------------------------------------------------------------ memory plan
 enum class Home : uint8_t { None, Input, Labels, Worker, Chunk, Fixed, Param, Buffer, GradChunk, GradBatch, GradDirect };
 
@@ -1176,6 +1188,7 @@ RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, 
   PYL_CHECK_ARG(n >= 1 && n <= cfg_.capacity, "train_step: batch of ", n, " exceeds the planned batch size ",
                 cfg_.capacity);
   check_labels(labels, n, "train_step");  // the loss indexes scores by label
+  checked_lr(lr, steps_, "train_step");
   out_ = nullptr;
 #ifdef PYLENET_HAVE_CUDA
   if (cuda_) {
@@ -1224,8 +1237,8 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
         yb[i] = labels[src];
       }
     };
+    const float lr = checked_lr(schedule_lr(schedule, cfg_.optim.lr, iteration), iteration, "train");
     ThreadPool::instance().run(threads(), (n + chunk_ - 1) / chunk_, ItemFn(gather));
-    const float lr = static_cast<float>(schedule_lr(schedule, cfg_.optim.lr, iteration));
     run_batch(xb, yb, n);
     RunStats st = collect(n, "train");
     commit_running(nullptr);
@@ -1451,12 +1464,13 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
   int64_t samples = 0;
   for (int64_t s = 0; s < steps; ++s) {
     const int64_t start = s * batch_size, n = std::min(batch_size, order_len - start);
+    const float lr = checked_lr(schedule_lr(schedule, cfg_.optim.lr, iteration), iteration, "train");
     cuda::gather_batch(n, data.sample_floats, data.images.floats(), static_cast<const int64_t*>(data.labels.data()),
                        dorder + start, xb, yb, st);
     run_batch(xb, yb, n);
     cuda_accumulate();
     commit_running(&cuda_->run_totals()->bad);
-    update(n, static_cast<float>(schedule_lr(schedule, cfg_.optim.lr, iteration)));
+    update(n, lr);
     ++iteration;
     samples += n;
     if ((s + 1) % std::max<int64_t>(every, 1) == 0 || s + 1 == steps) {

@@ -21,9 +21,36 @@ __all__ = ["Conv2d", "Linear", "MaxPool2d", "AvgPool2d", "ReLU", "Tanh", "Sigmoi
 
 
 def _positive(v, name, owner):
-    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1:
-        raise ValueError(f"{owner}: {name} must be a positive int, got {v!r}")
+    if isinstance(v, bool) or not isinstance(v, numbers.Integral) or not 1 <= v <= F._MAX_EXTENT:
+        raise ValueError(f"{owner}: {name} must be a positive int (at most {F._MAX_EXTENT}), got {v!r}")
     return int(v)
+
+
+def input_shape_of(v, owner):
+    """A model's per-sample input shape, checked: 1 to 3 positive ints, e.g. (1, 28, 28)."""
+    if v is None:
+        return None
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        raise ValueError(f"{owner}: input_shape must be a tuple of ints such as (1, 28, 28), got {v!r}")
+    dims = tuple(v)
+    if not 1 <= len(dims) <= 3:
+        raise ValueError(f"{owner}: input_shape must have 1 to 3 dimensions (C, H, W), got {v!r}")
+    return tuple(_positive(d, "input_shape", owner) for d in dims)
+
+
+def normalization_of(v, owner):
+    """(mean, std) of a model's inputs, checked: two finite numbers, std > 0."""
+    if v is None:
+        return None
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__len__") or len(v) != 2:
+        raise ValueError(f"{owner}: normalization must be (mean, std), got {v!r}")
+    mean, std = v
+    for x in (mean, std):
+        if isinstance(x, bool) or not isinstance(x, numbers.Real) or not math.isfinite(x):
+            raise ValueError(f"{owner}: normalization must be two finite numbers (mean, std), got {v!r}")
+    if not std > 0:
+        raise ValueError(f"{owner}: the normalization's std must be > 0, got {std!r}")
+    return float(mean), float(std)
 
 
 class _Layer(Module):
@@ -360,9 +387,11 @@ class Sequential(Module):
             if not isinstance(m, Module):
                 raise TypeError(f"Sequential: layer {key} is {type(m).__name__}, not a pylenet Module")
             self.add_module(key, m)
-        self.input_shape = None if input_shape is None else tuple(int(d) for d in input_shape)
+        self.input_shape = input_shape_of(input_shape, "Sequential")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"Sequential: name must be a string, got {type(name).__name__}")
         self.name = name or "Sequential"
-        self.normalization = None if normalization is None else tuple(float(v) for v in normalization)
+        self.normalization = normalization_of(normalization, "Sequential")
         if seed is not None:
             self.reset_parameters(seed)
         if self.input_shape is not None:  # with its input known, an impossible stack fails here, not later
