@@ -1,4 +1,5 @@
-"""Reading user images for predict: PNG (stdlib zlib only, no PIL) and .npy.
+"""Reading user images for predict: PNG (stdlib zlib, the row filters undone natively; no PIL)
+and .npy.
 
 Any size and colour type becomes a 28x28 (or the model's H x W) grey image in [0, 1], white
 digit on black like MNIST: a picture with a light background is inverted.
@@ -15,85 +16,96 @@ _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
 _DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}  # allowed by the PNG spec
 
 
+_MAX_PIXELS = 25_000_000  # a 5000x5000 photo; decoding it takes up to 400 MB as float32
+
+
+def _chunks(data, path):
+    """(type, payload) of each chunk, CRC-checked, up to IEND."""
+    pos = 8
+    while True:
+        if pos + 12 > len(data):
+            raise ValueError(f"{path}: truncated PNG (no IEND chunk)")
+        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
+        if length > 2**31 - 1 or pos + 12 + length > len(data):
+            raise ValueError(f"{path}: truncated PNG chunk {ctype!r}")
+        payload = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack(">I", data[pos + 8 + length:pos + 12 + length])
+        if zlib.crc32(ctype + payload) != crc:
+            raise ValueError(f"{path}: corrupt PNG (CRC mismatch in chunk {ctype!r})")
+        pos += 12 + length
+        yield ctype, payload
+        if ctype == b"IEND":
+            return
+
+
 def read_png(path):
-    """Decodes a non-interlaced PNG into a float array (H, W, channels) in [0, 1]."""
+    """Decodes a non-interlaced PNG into a float32 array (H, W, channels) in [0, 1].
+
+    Everything the header declares is checked before it sizes anything, and the image data
+    is inflated only up to the size the header allows (a small file cannot expand to
+    gigabytes). Every malformed file raises ValueError naming the problem."""
     with open(path, "rb") as f:
         data = f.read()
     if not data.startswith(_PNG_SIGNATURE):
         raise ValueError(f"{path}: not a PNG file")
-    pos, idat, header, palette = 8, [], None, None
-    while pos + 8 <= len(data):
-        length, ctype = struct.unpack(">I4s", data[pos:pos + 8])
-        chunk = data[pos + 8:pos + 8 + length]
-        if len(chunk) != length:
-            raise ValueError(f"{path}: truncated PNG chunk {ctype!r}")
-        pos += 12 + length
+    header, palette, idat = None, None, []
+    for ctype, chunk in _chunks(data, path):
+        if header is None and ctype != b"IHDR":
+            raise ValueError(f"{path}: PNG does not start with an IHDR chunk")
         if ctype == b"IHDR":
+            if header is not None or len(chunk) != 13:
+                raise ValueError(f"{path}: bad PNG header (IHDR of {len(chunk)} bytes, expected 13)")
             header = struct.unpack(">IIBBBBB", chunk)
         elif ctype == b"PLTE":
+            if not chunk or len(chunk) % 3 or len(chunk) > 768:
+                raise ValueError(f"{path}: bad PNG palette of {len(chunk)} bytes (1 to 256 RGB entries expected)")
             palette = np.frombuffer(chunk, np.uint8).reshape(-1, 3)
         elif ctype == b"IDAT":
             idat.append(chunk)
-        elif ctype == b"IEND":
-            break
-    if header is None or not idat:
+    if not idat:
         raise ValueError(f"{path}: PNG without image data")
-    width, height, depth, colour, _, _, interlace = header
-    if colour not in _CHANNELS or depth not in _DEPTHS[colour] or interlace:
+    width, height, depth, colour, compression, filtering, interlace = header
+    if not (1 <= width <= 2**31 - 1 and 1 <= height <= 2**31 - 1):
+        raise ValueError(f"{path}: PNG of {width}x{height} pixels (both sides must be at least 1)")
+    if colour not in _CHANNELS or depth not in _DEPTHS[colour] or compression or filtering or interlace:
         raise ValueError(f"{path}: unsupported PNG (colour type {colour}, bit depth {depth}, interlace {interlace})")
-    if width * height > 50_000_000:
-        raise ValueError(f"{path}: image of {width}x{height} pixels is too large")
-    try:
-        raw = zlib.decompress(b"".join(idat))
-    except zlib.error as e:
-        raise ValueError(f"{path}: corrupt PNG data ({e})") from None
+    if width * height > _MAX_PIXELS:
+        raise ValueError(f"{path}: image of {width}x{height} pixels is too large (at most {_MAX_PIXELS:,} pixels; "
+                         "resize it first)")
+    if colour == 3 and palette is None:
+        raise ValueError(f"{path}: palette PNG without a palette")
     spp = _CHANNELS[colour]
     bits_pp = spp * depth
     stride = (width * bits_pp + 7) // 8
     bpp = max(1, bits_pp // 8)
-    if len(raw) < height * (stride + 1):
-        raise ValueError(f"{path}: truncated PNG data")
-    rows = np.zeros((height, stride), np.uint8)
-    prev = np.zeros(stride, np.int32)
-    for y in range(height):  # undo the per-row filters (PNG spec, section 9)
-        ftype = raw[y * (stride + 1)]
-        line = np.frombuffer(raw, np.uint8, stride, y * (stride + 1) + 1).astype(np.int32)
-        if ftype == 1:
-            for i in range(bpp, stride):
-                line[i] = (line[i] + line[i - bpp]) & 0xFF
-        elif ftype == 2:
-            line = (line + prev) & 0xFF
-        elif ftype == 3:
-            for i in range(stride):
-                left = line[i - bpp] if i >= bpp else 0
-                line[i] = (line[i] + ((left + prev[i]) >> 1)) & 0xFF
-        elif ftype == 4:
-            for i in range(stride):
-                a = line[i - bpp] if i >= bpp else 0
-                b, c = prev[i], prev[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 0xFF
-        elif ftype != 0:
-            raise ValueError(f"{path}: bad PNG filter type {ftype}")
-        rows[y] = line
-        prev = line
+    expected = height * (stride + 1)
+    inflater = zlib.decompressobj()
+    try:
+        raw = inflater.decompress(b"".join(idat), expected)
+    except zlib.error as e:
+        raise ValueError(f"{path}: corrupt PNG data ({e})") from None
+    if len(raw) < expected:
+        raise ValueError(f"{path}: truncated PNG data ({len(raw):,} of {expected:,} bytes)")
+    if inflater.unconsumed_tail and inflater.decompress(inflater.unconsumed_tail, 1):
+        raise ValueError(f"{path}: PNG holds more image data than its {width}x{height} header allows")
+    from . import _C
+    try:
+        rows = _C.png_unfilter(raw, height, stride, bpp)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
     if depth == 16:
-        px = rows.view(">u2").astype(np.float64).reshape(height, width, spp) / 65535.0
-    elif depth == 8:
-        px = rows.astype(np.float64).reshape(height, width, spp) / 255.0
+        return (rows.view(">u2").astype(np.float32) / 65535.0).reshape(height, width, spp)
+    if depth == 8:
+        vals = rows.reshape(height, width, spp)
     else:
-        bits = np.unpackbits(rows, axis=1).reshape(height, -1)[:, :width * depth]
-        vals = bits.reshape(height, width, depth) @ (1 << np.arange(depth - 1, -1, -1))
-        px = (vals.astype(np.float64) / ((1 << depth) - 1))[..., None]
-        if colour == 3:
-            px = vals[..., None]
+        bits = np.unpackbits(rows, axis=1)[:, :width * depth].reshape(height, width, depth)
+        vals = (bits @ (1 << np.arange(depth - 1, -1, -1)).astype(np.uint8))[..., None]
     if colour == 3:  # palette indices
-        if palette is None:
-            raise ValueError(f"{path}: palette PNG without a palette")
-        idx = px.astype(np.int64)[..., 0] if depth < 8 else (px[..., 0] * 255).round().astype(np.int64)
-        px = palette[np.clip(idx, 0, len(palette) - 1)].astype(np.float64) / 255.0
-    return px
+        idx = vals[..., 0]
+        if idx.max() >= len(palette):
+            raise ValueError(f"{path}: PNG pixel uses palette entry {int(idx.max())} of {len(palette)}")
+        return palette[idx].astype(np.float32) / 255.0
+    return vals.astype(np.float32) / np.float32((1 << depth) - 1)
 
 
 def _to_grey(px):
@@ -125,8 +137,16 @@ def load_image(path, size=(28, 28)):
     """A grey (H, W) float32 image in [0, 1], white on black, from a PNG or .npy file."""
     path = str(path)
     if path.lower().endswith(".npy"):
-        arr = np.load(path, allow_pickle=False).astype(np.float64)
-        arr = np.squeeze(arr)
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:
+            if isinstance(e, FileNotFoundError):
+                raise
+            raise ValueError(f"{path}: not a readable .npy image ({e})") from None
+        if arr.dtype.kind not in "biuf" or arr.size == 0:
+            raise ValueError(f"{path}: expected an image array of real numbers, got dtype {arr.dtype}, "
+                             f"shape {arr.shape}")
+        arr = np.squeeze(arr.astype(np.float64))
         if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
             arr = _to_grey(arr / (255.0 if arr.max() > 1.0 else 1.0))
         elif arr.ndim != 2:
