@@ -65,6 +65,10 @@ MAX_IDX_BYTES = 2 << 30  # 2 GiB
 # Decompress in bounded pieces so a gzip bomb can never make us hold more than
 # the header declares (which is itself capped by MAX_IDX_BYTES).
 _CHUNK = 1 << 20
+# And the header may not declare more than this many times the compressed file:
+# real image sets deflate 2-5x (MNIST's train images 9.9 MB -> 47 MB), while a
+# bomb of zeros reaches 1000x, so a 382 KB file once allocated 2 GB.
+MAX_GZIP_RATIO = 100
 
 _IDX_TYPES = {
     0x08: "unsigned byte",
@@ -105,7 +109,7 @@ def read_idx(path) -> np.ndarray:
             return _read_idx_stream(f, path, raw_size=file_size)
         try:
             with gzip.GzipFile(fileobj=f, mode="rb") as gz:
-                return _read_idx_stream(gz, path, raw_size=None)
+                return _read_idx_stream(gz, path, raw_size=None, gzip_size=file_size)
         except (gzip.BadGzipFile, zlib.error, EOFError) as e:
             # EOFError is what gzip raises for a stream cut off mid-way.
             raise DatasetError(
@@ -113,12 +117,13 @@ def read_idx(path) -> np.ndarray:
             ) from None
 
 
-def _read_idx_stream(stream, path: str, raw_size: int | None) -> np.ndarray:
+def _read_idx_stream(stream, path: str, raw_size: int | None, gzip_size: int | None = None) -> np.ndarray:
     """Parse and validate an IDX stream.
 
     ``raw_size`` is the on-disk size for an uncompressed file (so the payload
     size can be checked before anything is read), or None for a decompressing
-    stream whose length is unknown up front.
+    stream whose length is unknown up front; then ``gzip_size`` is the size of
+    the compressed file, which bounds what the header may declare.
     """
     header = _read_upto(stream, 4)
     if len(header) < 4:
@@ -158,6 +163,12 @@ def _read_idx_stream(stream, path: str, raw_size: int | None) -> np.ndarray:
         raise DatasetError(
             f"{path}: IDX header declares shape {dims} = {size} bytes, over the "
             f"{MAX_IDX_BYTES}-byte limit (corrupt header?)"
+        )
+    if gzip_size is not None and size > MAX_GZIP_RATIO * gzip_size + _CHUNK:
+        raise DatasetError(
+            f"{path}: IDX header declares shape {dims} = {size} bytes from a "
+            f"{gzip_size}-byte gzip file, a ratio above {MAX_GZIP_RATIO}:1 that no "
+            "real image set reaches (corrupt header or a gzip bomb)"
         )
 
     if raw_size is not None:

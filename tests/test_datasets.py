@@ -229,7 +229,8 @@ def test_huge_declared_size_fails_fast_without_allocating(tmp_path, gz, dims):
         tracemalloc.stop()
     assert time.perf_counter() - t0 < 2.0
     assert peak < 16 << 20, f"peak traced allocation {peak} bytes"
-    assert ("limit" in msg) if dims[1] == 10000 else ("truncated" in msg)
+    # Under the cap, a gzip file is refused from its size alone (it cannot hold 1e9 bytes).
+    assert ("limit" in msg) if dims[1] == 10000 else (("ratio above" if gz else "truncated") in msg)
 
 
 def test_gzip_longer_than_declared_stops_early(tmp_path):
@@ -251,6 +252,35 @@ def test_gzip_longer_than_declared_stops_early(tmp_path):
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
     assert peak < 16 << 20, f"peak traced allocation {peak} bytes"
+
+
+def test_gzip_declaring_far_more_than_it_can_hold_is_refused_from_the_header(tmp_path):
+    """issue 13: a 382 KB gzip file declaring 2 GB of zeros allocated 2 GB. The header may not
+    declare more than MAX_GZIP_RATIO times the compressed size: refused before inflating."""
+    dims = (20000, 300, 300)  # 1.8 GB declared
+    header = struct.pack(">BBBB", 0, 0, 8, 3) + struct.pack(">3I", *dims)
+    comp = zlib.compressobj(9, 8, 31)
+    blob = comp.compress(header) + comp.compress(bytes(16 << 20)) + comp.flush()
+    p = tmp_path / "bomb.gz"
+    p.write_bytes(blob)
+    assert p.stat().st_size < 64 << 10
+    tracemalloc.start()
+    try:
+        expect_error(p, "ratio above")
+    finally:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+    assert peak < 4 << 20, f"peak traced allocation {peak} bytes"
+
+
+def test_real_gzip_ratios_are_far_below_the_bound(tmp_path):
+    """Random-ish images (like real ones) deflate a few times at most; even an all-black set
+    of MNIST's size stays readable when it is below the bound."""
+    rng = np.random.default_rng(0)
+    imgs = (rng.random((500, 28, 28)) < 0.2) * rng.integers(0, 256, (500, 28, 28))
+    p = tmp_path / "imgs.gz"
+    p.write_bytes(gzip.compress(idx_bytes(imgs.astype(np.uint8))))
+    np.testing.assert_array_equal(read_idx(p), imgs)
 
 
 def test_corrupt_gzip_stream(tmp_path):
