@@ -120,8 +120,10 @@ def _cmd_train(args):
     print(f"test accuracy {final['eval_accuracy']:.2%} after {args.epochs} epochs, {total:.1f} s "
           f"({total / args.epochs:.2f} s/epoch); saved {save}")
     if args.history:
-        with open(args.history, "w") as f:
-            json.dump({"args": {k: v for k, v in vars(args).items() if k != "func"}, "history": history.to_dict(), "total_seconds": total}, f, indent=2)
+        from pylenet.atomic import write_atomic
+        record = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "history": history.to_dict(),
+                  "total_seconds": total}
+        write_atomic(args.history, lambda f: json.dump(record, f, indent=2), text=True)
     return 0
 
 

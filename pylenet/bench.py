@@ -238,14 +238,8 @@ def _write_result(result, out, device):
     a temporary file and renamed into place: an interrupted run leaves no half-written file."""
     out = out or os.path.join("benchmarks", "results", f"{device}-{datetime.date.today().isoformat()}.json")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(result, f, indent=2)
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    from .atomic import write_atomic
+    write_atomic(out, lambda f: json.dump(result, f, indent=2), text=True)
     print(f"wrote {out}")
 
 

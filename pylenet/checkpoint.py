@@ -14,13 +14,13 @@ import json
 import math
 import numbers
 import os
-import tempfile
 import zipfile
 
 import numpy as np
 
 from . import _C
 from . import functional as F
+from .atomic import write_atomic
 from .nn.init import seeded
 from .nn.layers import LAYERS
 from .nn.module import Module, Parameter
@@ -118,19 +118,8 @@ def save(model, path, optimizer=None, extra=None):
 
 def _atomic_savez(path, arrays):
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".pylenet-", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    write_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 # ------------------------------------------------------------------------------ loading

@@ -88,10 +88,11 @@ pylenet module.
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 
 import numpy as np
+
+from . import atomic
 
 __all__ = [
     "CUDNN_FILES",
@@ -200,19 +201,6 @@ def _validate_state_dict(state_dict):
     return arrays
 
 
-def _fsync_dir(folder):
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def export_cudnn_weights(state_dict, folder):
     """Write a ``cudnn_lenet`` state_dict as cudnn-training's eight ``.bin`` files.
 
@@ -235,32 +223,23 @@ def export_cudnn_weights(state_dict, folder):
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)
 
-    token = f"{os.getpid()}.{secrets.token_hex(4)}"
     pending = []  # (tmp_path, final_path)
     try:
         for name, (key, count) in CUDNN_FILES.items():
             data = arrays[key].astype(_FILE_DTYPE, copy=False).tobytes(order="C")
             assert len(data) == 4 * count
             final = os.path.join(folder, name)
-            tmp = os.path.join(folder, f".{name}.{token}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            atomic.sweep_stale(final)
+            fd, tmp = atomic.open_temp(final)
             pending.append((tmp, final))
             with os.fdopen(fd, "wb") as fh:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-        for tmp, final in pending:
-            os.replace(tmp, final)
+        atomic.commit(pending)
     except BaseException:
-        for tmp, _ in pending:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            except OSError:
-                pass
+        atomic.discard([tmp for tmp, _ in pending])
         raise
-    _fsync_dir(folder)
     return [final for _, final in pending]
 
 

@@ -27,7 +27,6 @@ import operator
 import os
 import struct
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 import zlib
@@ -35,6 +34,8 @@ from http.client import HTTPException
 from pathlib import Path
 
 import numpy as np
+
+from . import atomic
 
 __all__ = [
     "DatasetError",
@@ -420,7 +421,8 @@ def _download_one(url: str, dest: Path, md5s) -> None:
     """Fetch url into dest atomically: temp file in the same folder, md5 check,
     then os.replace.  On any failure the temp file is removed and dest is
     untouched."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    atomic.sweep_stale(dest)
+    fd, tmp = atomic.open_temp(dest)
     try:
         # A fresh opener per call so proxy settings are read from the current
         # environment (urlopen caches its opener on first use).
@@ -443,12 +445,9 @@ def _download_one(url: str, dest: Path, md5s) -> None:
         got = digest.hexdigest()
         if got not in md5s:
             raise _BadDownload(f"md5 mismatch: got {got}, expected {' or '.join(md5s)}")
-        os.replace(tmp, dest)
+        atomic.commit([(tmp, dest)])
     except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        atomic.discard([tmp])
         raise
 
 
