@@ -525,3 +525,43 @@ def test_model_call_refuses_odd_arguments(model):
         model(np.zeros((1, 1, 28, 28), np.float32), np.zeros(1))
     with pytest.raises(ValueError, match="NaN"):
         model(np.full((1, 1, 28, 28), np.nan, np.float32))
+
+
+# ---- issue 13: a parameter's memory cannot be reinterpreted behind a compiled model ----------
+def test_parameter_shape_cannot_change_in_place():
+    p = nn.Parameter(np.zeros((2, 3), np.float32))
+    with pytest.raises(AttributeError, match="assign a new nn.Parameter"):
+        p.shape = (3, 2)
+    assert p.reshape(3, 2).shape == (3, 2) and p.shape == (2, 3)  # views are fine
+
+
+def test_parameter_data_assignment_copies_in_place():
+    p = nn.Parameter(np.zeros((2, 3), np.float32))
+    before = p.__array_interface__["data"][0]
+    p.data = np.ones((2, 3))
+    assert p.sum() == 6 and p.__array_interface__["data"][0] == before
+    with pytest.raises(ValueError, match="shape"):
+        p.data = np.ones((3, 2))
+
+
+def test_replaced_parameters_of_another_shape_train_like_a_fresh_model():
+    """issue 13: a weight replaced by one of another shape once trained with every later
+    parameter shifted. Replacing the last layer's parameters (10 -> 12 classes) after a run
+    must give exactly what a model built with that layer gives."""
+    import pylenet
+    from pylenet import models
+    rng = np.random.default_rng(1)
+    x = rng.random((64, 1, 28, 28)).astype(np.float32)
+    y = np.arange(64) % 10
+    w = (rng.standard_normal((12, 84)) * 0.1).astype(np.float32)
+    a = models.lenet5()
+    pylenet.train(a, (x, y), epochs=1, progress=False)  # compiled with the old shapes
+    a[11].weight = nn.Parameter(w.copy())
+    a[11].bias = nn.Parameter(np.zeros(12, np.float32))
+    b = models.lenet5()
+    b[11] = nn.Linear(84, 12)
+    b.load_state_dict(a.state_dict())
+    pylenet.train(a, (x, y), epochs=2, progress=False)
+    pylenet.train(b, (x, y), epochs=2, progress=False)
+    for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        np.testing.assert_array_equal(va, vb, err_msg=k)

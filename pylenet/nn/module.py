@@ -86,6 +86,22 @@ class Parameter(np.ndarray):
     def data(self):  # PyTorch spelling: the plain array (shares memory)
         return self.view(np.ndarray)
 
+    @data.setter
+    def data(self, value):  # PyTorch's `p.data = t`: new values, in place, of the same shape
+        a = _to_numpy(value)
+        if a.shape != self.shape:
+            raise ValueError(f"Parameter.data: got shape {a.shape}, the parameter has {self.shape}; a compiled "
+                             "model holds its memory, so assign a new nn.Parameter to change its shape")
+        self[...] = a
+
+    @property
+    def shape(self):
+        return np.ndarray.shape.__get__(self)
+
+    @shape.setter
+    def shape(self, value):  # NumPy would reinterpret the memory a compiled model reads in place
+        raise AttributeError("a Parameter's shape cannot change in place; assign a new nn.Parameter")
+
 
 IncompatibleKeys = namedtuple("IncompatibleKeys", ["missing_keys", "unexpected_keys"])
 
