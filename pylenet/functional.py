@@ -79,7 +79,7 @@ def _f32(x, name, op):
     a = np.asarray(x)
     if a.dtype.kind not in "biuf":
         raise TypeError(f"{op}: {name} must hold real numbers, got dtype {a.dtype}")
-    return np.ascontiguousarray(a, dtype=np.float32)
+    return np.asarray(a, dtype=np.float32, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
 
 
 _MAX_EXTENT = 2**31 - 1
@@ -131,7 +131,7 @@ class _OnDevice:
         if self._is_cupy(a):
             if a.dtype.kind not in "biuf":
                 raise TypeError(f"{self.op}: {name} must hold real numbers, got dtype {a.dtype}")
-            a = self.cp.ascontiguousarray(a, dtype=self.cp.float32)
+            a = self.cp.asarray(a, dtype=self.cp.float32, order="C")  # keeps a 0-d array 0-d
         t = self._borrow(a)
         if t.dtype != np.float32:
             raise TypeError(f"{self.op}: {name} must be float32, got {t.dtype} ({_kind(a)}); convert it "

@@ -82,11 +82,12 @@ def read_png(path):
     inflater = zlib.decompressobj()
     try:
         raw = inflater.decompress(b"".join(idat), expected)
+        extra = inflater.decompress(inflater.unconsumed_tail, 1) if inflater.unconsumed_tail else b""
     except zlib.error as e:
         raise ValueError(f"{path}: corrupt PNG data ({e})") from None
     if len(raw) < expected:
         raise ValueError(f"{path}: truncated PNG data ({len(raw):,} of {expected:,} bytes)")
-    if inflater.unconsumed_tail and inflater.decompress(inflater.unconsumed_tail, 1):
+    if extra:
         raise ValueError(f"{path}: PNG holds more image data than its {width}x{height} header allows")
     from . import _C
     try:

@@ -324,7 +324,12 @@ class Step:
     loss, backward and the optimizer update natively and returns the batch's mean loss. The
     model's parameters (and state_dict()) show the update at once. The graph is traced on the
     first call (per-sample input shape from the images) and again if that shape or the model's
-    mode changes. The learning rate is the optimizer's ``lr`` at each call."""
+    mode changes. The learning rate is the optimizer's ``lr`` at each call.
+
+    Divergence raises RuntimeError: a non-finite output before anything changes; an update
+    that overflows a parameter (a huge rate) after it, with those values lost. A step keeps no
+    copy of the model (``train`` keeps one per epoch and rolls back to it); keep a
+    ``state_dict()`` to go back to if your loop needs one."""
 
     def __init__(self, model, optimizer, loss, batch_size, device, conv_algo, seed):
         from .optim import make_optimizer

@@ -126,6 +126,28 @@ def test_eager_ops_from_several_threads(rng, algo):
     assert not wrong
 
 
+def test_predict_and_evaluate_from_several_threads(rng):
+    """issue 13: predict/evaluate shared one cached network and its buffers without a lock, and
+    every result was wrong. Mixed sizes make the threads use and resize the same executors."""
+    m = models.lenet5(seed=4)
+    xs = [rng.standard_normal((n, 1, 28, 28)).astype(np.float32) for n in (1, 7, 64, 300)]
+    ys = [rng.integers(0, 10, len(x)) for x in xs]
+    ref_p = [m.predict(x, return_probs=True)[1] for x in xs]
+    ref_e = [pylenet.evaluate(m, (x, y), batch_size=32) for x, y in zip(xs, ys)]
+    wrong = []
+
+    def work(i):
+        for k in range(6):
+            j = (i + k) % 4
+            if not np.array_equal(m.predict(xs[j], return_probs=True)[1], ref_p[j]):
+                wrong.append(("predict", j))
+            if pylenet.evaluate(m, (xs[j], ys[j]), batch_size=32) != ref_e[j]:
+                wrong.append(("evaluate", j))
+
+    _in_threads(6, work)
+    assert not wrong, wrong[:5]
+
+
 def test_thread_count_is_process_wide():
     before = pylenet.get_num_threads()
     seen = []

@@ -392,13 +392,14 @@ def test_schedule_overflowing_to_inf_is_refused_before_the_step(small):
 
 
 def test_divergence_in_the_last_update_of_an_epoch_is_caught(small):
-    """The epoch's last update has no later output to reveal a NaN: train checks the parameters
-    at the end of each epoch, raises, and puts the model back."""
+    """The epoch's last update has no later output to reveal a NaN: the CPU executor checks
+    each update (the CUDA path relies on train's check of the parameters at each epoch's
+    end); train raises and puts the model back."""
     rng = np.random.default_rng(0)
     x = (rng.random((32, 1, 28, 28)) * 1e4).astype(np.float32)
     m = models.lenet5()
     before = weights(m)
-    with pytest.raises(RuntimeError, match="diverged in epoch 1"):
+    with pytest.raises(RuntimeError, match="diverged"):
         pylenet.train(m, (x, np.arange(32) % 10), epochs=1, batch_size=32, optimizer=optim.SGD(3e38), progress=False)
     np.testing.assert_array_equal(weights(m), before)
 
@@ -473,3 +474,13 @@ def test_relu_before_max_pool_is_run_after_it_exactly():
     ref = np.concatenate([a.ravel() for a in (dw0, db0, dw1, db1)])
     np.testing.assert_allclose(np.concatenate([g.ravel() for g in step.grads().values()]), ref, rtol=1e-5, atol=1e-6)
     assert (r.reshape(20, 4, 4, 2, 4, 2) <= 0).all(axis=(3, 5)).any()  # the data has all-non-positive windows
+
+
+def test_step_whose_update_overflows_raises_at_that_step(small):
+    """The executor checks each updated block while it is in cache: a huge rate that turns a
+    weight into inf raises at the step that did it, not silently (issue 13)."""
+    rng = np.random.default_rng(0)
+    x = (rng.random((8, 1, 28, 28)) * 1e4).astype(np.float32)
+    step = pylenet.compile(models.lenet5(), optim.SGD(3e38), batch_size=8)
+    with pytest.raises(RuntimeError, match="update of optimizer step 1 made parameters NaN or inf"):
+        step(x, np.arange(8) % 10)

@@ -29,14 +29,17 @@ int64_t available_bytes() {
   return kib < 0 ? -1 : kib * 1024;
 }
 
+void check_available(size_t bytes, const char* what) {
+  if (bytes < (size_t(64) << 20)) return;  // only large requests pay for the check
+  const int64_t avail = available_bytes();
+  if (avail >= 0 && bytes > static_cast<size_t>(avail))
+    fail(ErrorKind::OutOfMemory, "out of host memory: ", what, " of ", bytes, " bytes asked for, ", avail,
+         " bytes available (", g_in_use.load(), " bytes already held by pylenet)");
+}
+
 void* allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
-  if (bytes >= (size_t(64) << 20)) {  // only large requests pay for the check
-    const int64_t avail = available_bytes();
-    if (avail >= 0 && static_cast<int64_t>(bytes) > avail)
-      fail(ErrorKind::OutOfMemory, "out of host memory: ", bytes, " bytes asked for, ", avail,
-           " bytes available (", g_in_use.load(), " bytes already held by pylenet)");
-  }
+  check_available(bytes, "an allocation");
   // aligned_alloc wants a size that is a multiple of the alignment.
   const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   if (rounded < bytes) fail(ErrorKind::OutOfMemory, "host allocation of ", bytes, " bytes overflows");

@@ -19,6 +19,10 @@ namespace host {
 constexpr size_t kAlignment = 64;
 // Throws Error(OutOfMemory) naming the size asked for; never returns null for bytes > 0.
 void* allocate(size_t bytes);
+// The check allocate() makes first, for memory that others allocate (NumPy arrays the
+// bindings return): throws Error(OutOfMemory) when a large request exceeds what the system can
+// still give without swapping. Linux overcommits, so the request itself would "succeed".
+void check_available(size_t bytes, const char* what);
 void deallocate(void* p, size_t bytes);
 MemoryStats stats();
 }  // namespace host

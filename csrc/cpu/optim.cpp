@@ -1,5 +1,7 @@
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 
 #include "core/parallel.h"
 #include "ops/optim.h"
@@ -7,10 +9,15 @@
 namespace pylenet::cpu {
 
 bool all_finite(int64_t count, const float* x) {
-  // Summing 0 * x turns any NaN/inf into NaN; one branch per element would not vectorise.
-  float probe = 0.0f;
-  for (int64_t i = 0; i < count; ++i) probe += 0.0f * x[i];
-  return probe == 0.0f;
+  // NaN and inf are the floats whose exponent bits are all set. An OR over integers
+  // vectorises (a float sum would not: its order is fixed), about 16 floats a cycle.
+  uint32_t bad = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, sizeof u);
+    bad |= static_cast<uint32_t>((u & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
 }
 
 namespace {

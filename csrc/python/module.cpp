@@ -50,7 +50,10 @@ using Shape = std::vector<int64_t>;
 TensorDesc desc_of(const py::array& a) {
   return TensorDesc(Shape(a.shape(), a.shape() + a.ndim()));
 }
-FArray empty_like_desc(const TensorDesc& d) { return FArray(d.dims()); }
+FArray empty_like_desc(const TensorDesc& d) {
+  host::check_available(sizeof(float) * static_cast<size_t>(d.numel()), "an output array");
+  return FArray(d.dims());
+}
 const float* ptr_or_null(const std::optional<FArray>& a) { return a ? a->data() : nullptr; }
 TensorDesc desc_or_empty(const std::optional<FArray>& a) { return a ? desc_of(*a) : TensorDesc(); }
 

@@ -1,6 +1,7 @@
 #include "runtime/executor.h"
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <unistd.h>
@@ -1154,6 +1155,7 @@ void Executor::update_now(int64_t n, float lr) {
   const std::vector<Block>& blocks = blocks_;
   float* s0 = bind_.state.size() > 0 ? bind_.state[0] : nullptr;
   float* s1 = bind_.state.size() > 1 ? bind_.state[1] : nullptr;
+  std::atomic<bool> overflowed{false};
   const auto job = [&](int64_t b, int w) {
     const Block& blk = blocks[static_cast<size_t>(b)];
     const auto& pg = param_grads_[ranges[blk.range].grad];
@@ -1179,8 +1181,14 @@ void Executor::update_now(int64_t n, float lr) {
     float* p = bind_.param_ptr[pg.param] + (blk.lo - base);  // the parameter where it lives
     optimizer_update(*workers_[w], cfg_.optim, lr, steps_, len, p, g, s0 ? s0 + blk.lo : nullptr,
                      s1 ? s1 + blk.lo : nullptr);
+    // The block is still in cache: a finite output with a finite rate can still overflow a
+    // weight (a huge rate, a huge gradient), and no later output may come to show it.
+    if (!cpu::all_finite(len, p)) overflowed.store(true, std::memory_order_relaxed);
   };
   ThreadPool::instance().run(threads(), static_cast<int64_t>(blocks.size()), ItemFn(job));
+  if (overflowed.load())
+    fail(ErrorKind::Runtime, "training diverged: the update of optimizer step ", steps_,
+         " made parameters NaN or inf (their values are lost); try a smaller learning rate");
 }
 
 RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, float lr) {
