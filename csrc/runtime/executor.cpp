@@ -755,7 +755,7 @@ void Executor::choose_algorithms() {
     return;
   }
 #endif
-  std::memset(st.grads.data(), 0, st.grads.bytes());
+  if (st.grads.bytes()) std::memset(st.grads.data(), 0, st.grads.bytes());  // (an inference plan has none)
   if (st.chunk_grads.bytes()) std::memset(st.chunk_grads.data(), 0, st.chunk_grads.bytes());
 }
 
