@@ -77,6 +77,8 @@ def _run_target(name, n, args, findings):
         if not running:
             return found
         time.sleep(0.05)
+        while not findings.empty():  # drained as they come: a full pipe would block the workers' exit
+            found.append(findings.get())
         for j, (p, progress, last, last_t) in list(running.items()):
             hi = ranges[j][1]
             if p.is_alive():
@@ -113,7 +115,7 @@ def campaign(args):
         t0 = time.perf_counter()
         n = counts[name]
         got = _run_target(name, n, args, findings)
-        time.sleep(0.2)  # the workers' queue feeders have flushed by now
+        time.sleep(0.2)  # the last workers' queue feeders have flushed by now
         while not findings.empty():
             got.append(findings.get())
         seconds = time.perf_counter() - t0

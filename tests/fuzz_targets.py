@@ -298,6 +298,7 @@ def _json_nodes(obj, path=()):
 
 
 def _json_set(obj, path, value, delete=False):
+    value = json.loads(json.dumps(value))  # a fresh copy: JSON_VALUES' lists and dicts stay as they are
     if not path:
         return value
     parent = obj
@@ -599,6 +600,8 @@ class OpsTarget(Target):
             return
         try:
             want = ref()
+        except MemoryError:  # the reference pads in memory: a stride near 2^31 is exact in pylenet only
+            return
         except Exception as e:  # noqa: BLE001 - pylenet accepted what the reference cannot compute
             raise Finding(f"{op} returned {out.shape} for arguments the reference refuses ({type(e).__name__}: {e})")
         if want is None:

@@ -164,6 +164,18 @@ def test_predict_and_eval_bad_paths(trained):
     assert_clean_failure(cli(cwd, "predict", "m.npz", "adir"))
 
 
+def test_predict_and_eval_refuse_what_would_print_nan(tmp_path):
+    """issue 13: absurd (finite) weights made predict print '0 (p=nan)'; odd metadata made
+    eval fail with AttributeError. Both are clean errors now."""
+    m = pylenet.models.lenet5()
+    m[0].weight[...] = 3e38
+    m.save(tmp_path / "absurd.npz")
+    np.save(tmp_path / "x.npy", np.full((28, 28), 0.7, np.float32))
+    assert_clean_failure(cli(tmp_path, "predict", "absurd.npz", "x.npy"), "non-finite")
+    pylenet.models.lenet5().save(tmp_path / "odd.npz", extra={"dataset": ["not", "a", "name"]})
+    assert_clean_failure(cli(tmp_path, "eval", "odd.npz"), "--dataset")
+
+
 @needs_mnist
 def test_train_bad_arguments(tmp_path):
     assert_clean_failure(cli(tmp_path, "train", "--limit", "100", "--epochs", "0", "--quiet"), "epochs")

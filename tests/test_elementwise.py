@@ -121,6 +121,17 @@ def test_softmax_cross_entropy_extreme_logits(F):
     np.testing.assert_allclose(d.sum(axis=1), 0.0, atol=1e-6)
 
 
+def test_softmax_cross_entropy_true_class_gradient_keeps_its_precision(F):
+    """issue 13: when the true class's probability rounds to 1, p - 1 is 0 in float32; the
+    gradient is -(the other classes' share), which is tiny but exact."""
+    logits = np.array([[30.0, 0.0, 0.0], [0.0, 25.0, -3.0]], np.float32)
+    _, d = F.softmax_cross_entropy(logits, [0, 1])
+    want0 = -2 * np.exp(-30.0) / (1 + 2 * np.exp(-30.0)) / 2
+    want1 = -(np.exp(-25.0) + np.exp(-28.0)) / (1 + np.exp(-25.0) + np.exp(-28.0)) / 2
+    np.testing.assert_allclose([d[0, 0], d[1, 1]], [want0, want1], rtol=1e-5)
+    assert d[0, 0] < 0 and d[1, 1] < 0
+
+
 def test_softmax_cross_entropy_uniform(F):
     loss, d = F.softmax_cross_entropy(np.zeros((2, 4), np.float32), [3, 0])
     np.testing.assert_allclose(loss, np.log(4), rtol=1e-6)

@@ -565,3 +565,26 @@ def test_replaced_parameters_of_another_shape_train_like_a_fresh_model():
     pylenet.train(b, (x, y), epochs=2, progress=False)
     for (k, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
         np.testing.assert_array_equal(va, vb, err_msg=k)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    ({"input_shape": (1, 28.5, 28)}, "input_shape"), ({"input_shape": (1, 28.0, 28)}, "input_shape"),
+    ({"input_shape": (1, -28, 28)}, "input_shape"), ({"input_shape": "1x28x28"}, "input_shape"),
+    ({"normalization": (0.1, 0.0)}, "std"), ({"normalization": (float("nan"), 1.0)}, "finite"),
+    ({"normalization": (0.1,)}, "mean, std"), ({"name": 5}, "name")])
+def test_sequential_refuses_odd_model_attributes(kwargs, match):
+    """issue 13: a float input shape was silently truncated; a std of 0 divided by zero later."""
+    with pytest.raises((ValueError, TypeError), match=match):
+        Sequential(Flatten(), Linear(784, 10), **kwargs)
+
+
+def test_predict_refuses_nan_images_and_non_finite_outputs():
+    """issue 13: predict returned NaN probabilities and class 0."""
+    m = models.lenet5()
+    x = np.zeros((3, 1, 28, 28), np.float32)
+    x[1, 0, 5, 5] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        m.predict(x)
+    m[0].weight[...] = 3e38  # finite, but the output overflows
+    with pytest.raises(RuntimeError, match="non-finite output"):
+        m.predict(np.ones((2, 1, 28, 28), np.float32))
