@@ -103,27 +103,46 @@ def _cmd_train(args):
           f"{args.batch_size}, {opt}, schedule {args.schedule}, seed {args.seed}, "
           f"{pylenet.get_num_threads()} threads", flush=True)
     save = args.save or f"{args.model}-{args.dataset}.npz"
+    # Every finished epoch is written to the checkpoint (by default the --save file), so Ctrl-C
+    # or a crash loses at most the epoch in progress, and --resume continues exactly.
+    ckpt = args.checkpoint or save
+    seen = []
 
     def on_epoch(r):
+        seen.append(r)
         print(f"epoch {r['epoch']:>2}/{args.epochs}: loss {r['loss']:.4f}  train acc {r['train_accuracy']:.2%}  "
               f"test acc {r['eval_accuracy']:.2%}  {r['seconds']:.2f} s  ({r['samples_per_sec']:,.0f} samples/s)",
               flush=True)
 
+    def write_history(records, total):
+        if args.history:
+            from pylenet.atomic import write_atomic
+            record = {"args": {k: v for k, v in vars(args).items() if k != "func"},
+                      "history": {"epochs": records}, "total_seconds": total}
+            write_atomic(args.history, lambda f: json.dump(record, f, indent=2), text=True)
+
     t0 = time.perf_counter()
-    history = pylenet.train(model, train_set, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
-                            device=args.device,
-                            schedule=sched, loss=loss, eval_set=test_set, seed=args.seed, progress=not args.quiet,
-                            on_epoch=on_epoch)
+    try:
+        history = pylenet.train(model, train_set, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
+                                device=args.device, schedule=sched, loss=loss, eval_set=test_set, seed=args.seed,
+                                progress=not args.quiet, on_epoch=on_epoch, checkpoint=ckpt, resume=args.resume,
+                                checkpoint_extra={"dataset": args.dataset})
+    except KeyboardInterrupt:
+        write_history(seen, time.perf_counter() - t0)
+        if seen:
+            print(f"pylenet: interrupted in epoch {seen[-1]['epoch'] + 1}; epoch {seen[-1]['epoch']} is saved in "
+                  f"{ckpt} (continue with --resume {ckpt})", file=sys.stderr)
+        else:
+            print("pylenet: interrupted before the first epoch finished; nothing was saved", file=sys.stderr)
+        return 130
     total = time.perf_counter() - t0
     final = history.epochs[-1]
-    model.save(save, optimizer=opt, extra={"dataset": args.dataset, "history": history.to_dict()})
-    print(f"test accuracy {final['eval_accuracy']:.2%} after {args.epochs} epochs, {total:.1f} s "
-          f"({total / args.epochs:.2f} s/epoch); saved {save}")
-    if args.history:
-        from pylenet.atomic import write_atomic
-        record = {"args": {k: v for k, v in vars(args).items() if k != "func"}, "history": history.to_dict(),
-                  "total_seconds": total}
-        write_atomic(args.history, lambda f: json.dump(record, f, indent=2), text=True)
+    if os.path.abspath(ckpt) != os.path.abspath(save):
+        model.save(save, optimizer=opt, extra={"dataset": args.dataset, "history": history.to_dict()})
+    done = len(seen)
+    print(f"test accuracy {final['eval_accuracy']:.2%} after {final['epoch']} epochs, {total:.1f} s "
+          f"({total / max(done, 1):.2f} s/epoch); saved {save}")
+    write_history(history.to_dict()["epochs"], total)
     return 0
 
 
@@ -223,6 +242,10 @@ def build_parser():
     p.add_argument("--limit", type=int, default=None, help="train on the first N images only")
     p.add_argument("--save", default=None, help="checkpoint path (default: <model>-<dataset>.npz)")
     p.add_argument("--history", default=None, help="also write the per-epoch history as JSON here")
+    p.add_argument("--checkpoint", default=None,
+                   help="write every finished epoch here, to resume from (default: the --save path)")
+    p.add_argument("--resume", default=None, metavar="CHECKPOINT",
+                   help="continue a run from its checkpoint, exactly, to --epochs in total")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_train)

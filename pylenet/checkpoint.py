@@ -282,6 +282,16 @@ def _instantiate(tree, known):
     return made[""]
 
 
+def read_extra(path):
+    """The ``extra`` a checkpoint was saved with (checked like everything load() reads)."""
+    path, _, meta = _read(path)
+    try:
+        _check_meta(meta)
+    except ValueError as e:
+        raise ValueError(f"load: {path} holds invalid metadata: {e}") from None
+    return meta.get("extra") or {}
+
+
 def load(path, return_optimizer=False, model=None):
     """Rebuilds a model (and optionally its optimizer, with state) from a checkpoint, or loads
     it into ``model`` (an instance of the class it was saved from)."""

@@ -21,6 +21,7 @@ class History:
 
     def __init__(self):
         self.epochs = []
+        self.stopped_early = False  # on_epoch returned False
 
     def append(self, record):
         self.epochs.append(record)
@@ -41,7 +42,7 @@ class History:
         return [e.get(key) for e in self.epochs]
 
     def to_dict(self):
-        return {"epochs": list(self.epochs)}
+        return {"epochs": list(self.epochs), "stopped_early": self.stopped_early}
 
     def __repr__(self):
         return f"History({len(self.epochs)} epochs, last={self.epochs[-1] if self.epochs else None})"
@@ -132,8 +133,56 @@ class _ProgressBar:
             self.stream.flush()
 
 
+def _training_state(epoch, epochs, batch_size, n, seed, rng, sched, history):
+    """What a checkpoint holds beyond the model and the optimizer, for an exact resume."""
+    return {"epoch": epoch, "epochs": epochs, "batch_size": batch_size, "samples": n, "seed": seed,
+            "shuffle": rng.bit_generator.state, "schedule": sched.config(), "history": history.to_dict()}
+
+
+def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
+    """(optimizer, schedule, seed, epochs done, shuffle generator, history) from a checkpoint
+    that train(checkpoint=...) wrote, after loading its model and optimizer state into place."""
+    from . import checkpoint
+    from .optim import make_optimizer, make_schedule
+    state = checkpoint.read_extra(path).get("train_state")
+    if not isinstance(state, dict):
+        raise ValueError(f"train: {path} holds no training state to resume from (it was not written by "
+                         "train(checkpoint=...) or pylenet train)")
+    try:
+        done, bs, samples = int(state["epoch"]), int(state["batch_size"]), int(state["samples"])
+        seed = int(state["seed"])
+        rng = np.random.default_rng()
+        rng.bit_generator.state = state["shuffle"]
+        saved_sched = make_schedule(state["schedule"])
+        records = list(state["history"]["epochs"])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"train: {path} holds a malformed training state ({type(e).__name__}: {e})") from None
+    # Exact means the same steps: the same data, batch size and schedule as the saved run.
+    if samples != n or bs != batch_size:
+        raise ValueError(f"train: {path} was trained on {samples} samples in batches of {bs}; resuming it exactly "
+                         f"needs the same (got {n} samples, batch_size {batch_size})")
+    if schedule is not None and make_schedule(schedule).config() != saved_sched.config():
+        raise ValueError(f"train: {path} was trained with schedule {saved_sched}; pass the same or none")
+    if done >= epochs:
+        raise ValueError(f"train: {path} has already trained {done} epochs; pass epochs > {done} to continue")
+    _, opt = checkpoint.load(path, return_optimizer=True, model=model)
+    if opt is None:
+        raise ValueError(f"train: {path} holds no optimizer state to resume from")
+    if optimizer is not None:
+        given = make_optimizer(optimizer)
+        if given.config() != opt.config():
+            raise ValueError(f"train: {path} was trained with {opt}; pass the same optimizer or none")
+        given.state = opt.state
+        opt = given
+    history = History()
+    for r in records:
+        history.append(r)
+    return opt, saved_sched, seed, done, rng, history
+
+
 def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedule=None, loss=None, eval_set=None,
-          device="cpu", seed=0, progress=True, conv_algo="heuristic", on_epoch=None):
+          device="cpu", seed=0, progress=True, conv_algo="heuristic", on_epoch=None, checkpoint=None, resume=None,
+          checkpoint_extra=None):
     """Trains ``model`` (any pylenet Module) in place and returns a History.
 
     optimizer: an Optimizer, a name ("sgd", "adam", "adadelta") or None (SGD lr 0.01);
@@ -141,7 +190,14 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     schedule: a Schedule or a name ("constant", "step", "cosine", "inv").
     loss: F.cross_entropy (default), F.nll_loss, or a function (output, labels) made of them.
     progress: a progress bar on stderr when it is a terminal.
-    on_epoch: called with each epoch's record (e.g. to print or checkpoint).
+    on_epoch: called with each epoch's record (e.g. to print); returning False stops training
+    after that epoch (``history.stopped_early`` says so).
+    checkpoint: a path written (atomically) at the end of every epoch with the model, the
+    optimizer's state, the schedule, the epoch count and the shuffle generator's state (plus
+    ``checkpoint_extra``), so Ctrl-C or a crash loses at most the epoch in progress.
+    resume: such a path: its model and optimizer state are loaded into ``model`` and the
+    optimizer, and training continues to ``epochs`` in total, bit-identical to the run that
+    was not interrupted (same data and batch size; the seed and schedule come from the file).
     device: "cpu", or "cuda" / "cuda:N": the datasets are uploaded once, batches are gathered
     on the GPU, and the host reads only the progress numbers.
     conv_algo: "heuristic" (default: a fixed rule per layer), "naive", "im2col", "direct" (CPU)
@@ -165,13 +221,23 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         runtime._positive_int(v, name, "train")
     images, labels = _arrays(train_set, "train")
     eval_arrays = _arrays(eval_set, "train (eval_set)") if eval_set is not None else None
-    opt = make_optimizer(optimizer)
-    sched = make_schedule(schedule)
     loss = loss or F.cross_entropy
     batch_size = int(min(batch_size, len(images)))
-    if seed is None:
-        from .nn.init import draw_seed
-        seed = draw_seed()
+    done, history = 0, History()
+    if resume is not None:
+        opt, sched, seed, done, rng, history = _resume(resume, model, optimizer, schedule, batch_size, len(images),
+                                                        epochs)
+    else:
+        opt = make_optimizer(optimizer)
+        sched = make_schedule(schedule)
+        if seed is None:
+            from .nn.init import draw_seed
+            seed = draw_seed()
+        rng = np.random.default_rng(seed)
+    if checkpoint is not None:
+        from .checkpoint import save as save_checkpoint
+        if checkpoint_extra is not None and not isinstance(checkpoint_extra, dict):
+            raise TypeError(f"train: checkpoint_extra must be a dict, got {type(checkpoint_extra).__name__}")
 
     with runtime._EvalMode(model, training=True):
         t = runtime.traced(model, images.shape[1:], batch_size, loss)
@@ -181,13 +247,11 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         ex.upload_state()
         train_data = ex.upload(images, labels)
         eval_data = ex.upload(*eval_arrays) if eval_arrays is not None else None
-    rng = np.random.default_rng(seed)
     steps_per_epoch = -(-len(images) // batch_size)
     sched_spec = sched.spec(steps_per_epoch, epochs)
     iteration = ex.optimizer_steps
     show = bool(progress) and sys.stderr.isatty()
-    history = History()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(done + 1, epochs + 1):
         order = rng.permutation(len(images)).astype(np.int64)
         lr = float(sched.lr_at(opt.lr, iteration, steps_per_epoch, epochs))
         bar = _ProgressBar(show, epoch, epochs)
@@ -237,8 +301,15 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
             extra = f", eval acc {record['eval_accuracy']:.2%}" if "eval_accuracy" in record else ""
             sys.stderr.write(f"epoch {epoch}: loss {record['loss']:.4f}, train acc {record['train_accuracy']:.2%}"
                              f"{extra}, {seconds:.1f} s\n")
-        if on_epoch is not None:
-            on_epoch(record)
+        stop = on_epoch is not None and on_epoch(record) is False
+        if stop:
+            history.stopped_early = True
+        if checkpoint is not None:  # after on_epoch: the file holds the epoch as the user saw it
+            state = _training_state(epoch, epochs, batch_size, len(images), seed, rng, sched, history)
+            save_checkpoint(model, checkpoint, optimizer=opt,
+                            extra={**(checkpoint_extra or {}), "history": history.to_dict(), "train_state": state})
+        if stop:
+            break
     return history
 
 

@@ -220,3 +220,38 @@ def test_default_learning_rates():
     assert default_lr("adadelta", "lenet5") == 1.0
     args = build_parser().parse_args(["train", "--model", "cudnn_lenet", "--lr", "0.2"])
     assert args.lr == 0.2
+
+
+@needs_mnist
+def test_ctrl_c_keeps_the_finished_epochs_and_resume_continues_exactly(tmp_path):
+    """issue 15: Ctrl-C threw the finished epochs away and wrote no history; there was no
+    --resume. Now every finished epoch is in the --save file, and --resume continues it."""
+    import signal
+    env = dict(os.environ, PYLENET_DATA=str(data_root()))
+    args = [sys.executable, "-m", "pylenet", "train", "--limit", "1000", "--epochs", "40", "--quiet", "--save", "m.npz",
+            "--history", "h.json", "--schedule", "step"]
+    p = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in p.stdout:
+        lines.append(line)
+        if line.startswith("epoch  2/40"):
+            break
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, (p.returncode, err)
+    assert "is saved in m.npz" in err and "Traceback" not in err, err
+    saved = json.load(open(tmp_path / "h.json"))["history"]["epochs"]
+    done = saved[-1]["epoch"]
+    assert done >= 2 and [r["epoch"] for r in saved] == list(range(1, done + 1))
+    m = pylenet.load(tmp_path / "m.npz")
+    assert m is not None
+    # Resume to done + 1 epochs, and compare with an uninterrupted run of the same length.
+    r = cli(tmp_path, "train", "--limit", "1000", "--epochs", done + 1, "--quiet", "--save", "m.npz", "--resume",
+            "m.npz", "--schedule", "step")
+    assert r.returncode == 0, r.stderr
+    r = cli(tmp_path, "train", "--limit", "1000", "--epochs", done + 1, "--quiet", "--save", "ref.npz",
+            "--schedule", "step")
+    assert r.returncode == 0, r.stderr
+    a, b = pylenet.load(tmp_path / "m.npz").state_dict(), pylenet.load(tmp_path / "ref.npz").state_dict()
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)

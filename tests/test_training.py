@@ -111,7 +111,7 @@ def test_history_fields(small):
     assert h.lr == pytest.approx([0.1, 0.05, 0.025])
     assert h["loss"] == h.loss == [r["loss"] for r in h.epochs]
     assert h[0] is h.epochs[0] and seen == h.epochs
-    assert h.to_dict() == {"epochs": h.epochs}
+    assert h.to_dict() == {"epochs": h.epochs, "stopped_early": False}
     assert "3 epochs" in repr(h)
     assert h.loss[-1] < h.loss[0]
     h2 = pylenet.train(models.lenet5(), (x[:64], y[:64]), epochs=1, progress=False)
@@ -484,3 +484,66 @@ def test_step_whose_update_overflows_raises_at_that_step(small):
     step = pylenet.compile(models.lenet5(), optim.SGD(3e38), batch_size=8)
     with pytest.raises(RuntimeError, match="update of optimizer step 1 made parameters NaN or inf"):
         step(x, np.arange(8) % 10)
+
+
+# ----------------------------------------------------------------------------- exact resume (issue 15)
+def _dropout_bn_net():
+    from pylenet import nn
+    return nn.Sequential(nn.Conv2d(1, 4, 5), nn.BatchNorm2d(4), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+                         nn.Dropout(0.3), nn.Linear(4 * 12 * 12, 10))
+
+
+@pytest.mark.parametrize("opt", ["sgd", "adam"])
+@pytest.mark.parametrize("sched", ["constant", "step", "cosine", "inv"])
+def test_resume_is_bit_identical_to_the_uninterrupted_run(small, tmp_path, opt, sched):
+    x, y = small[0][:300], small[1][:300]
+    make_opt = {"sgd": lambda: optim.SGD(0.05, momentum=0.9, nesterov=True), "adam": lambda: optim.Adam(1e-3)}[opt]
+    make_sched = {"constant": optim.ConstantLR, "step": lambda: optim.StepLR(1, 0.5), "cosine": optim.CosineLR,
+                  "inv": lambda: optim.InvLR(1e-2)}[sched]
+    for make_model in (models.lenet5, _dropout_bn_net):
+        pylenet.manual_seed(4)
+        ref = make_model()
+        pylenet.manual_seed(4)
+        m = make_model()
+        h_ref = pylenet.train(ref, (x, y), epochs=3, batch_size=32, optimizer=make_opt(), schedule=make_sched(),
+                              seed=11, progress=False)
+        ck = tmp_path / "run.npz"
+        h1 = pylenet.train(m, (x, y), epochs=3, batch_size=32, optimizer=make_opt(), schedule=make_sched(), seed=11,
+                           progress=False, checkpoint=ck, on_epoch=lambda r: r["epoch"] < 1)  # stop after epoch 1
+        assert h1.stopped_early and len(h1) == 1
+        pylenet.manual_seed(99)
+        fresh = make_model()  # other weights: all of them come from the file
+        h2 = pylenet.train(fresh, (x, y), epochs=3, batch_size=32, progress=False, resume=ck)
+        assert [r["epoch"] for r in h2.epochs] == [1, 2, 3]
+        np.testing.assert_array_equal(weights(fresh), weights(ref))
+        assert [r["loss"] for r in h2.epochs] == [r["loss"] for r in h_ref.epochs]
+
+
+def test_resume_refuses_what_cannot_be_exact(small, tmp_path):
+    x, y = small[0][:96], small[1][:96]
+    ck = tmp_path / "c.npz"
+    pylenet.train(models.lenet5(), (x, y), epochs=2, batch_size=32, progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match="already trained 2 epochs"):
+        pylenet.train(models.lenet5(), (x, y), epochs=2, batch_size=32, progress=False, resume=ck)
+    with pytest.raises(ValueError, match="batches of 32"):
+        pylenet.train(models.lenet5(), (x, y), epochs=3, batch_size=16, progress=False, resume=ck)
+    with pytest.raises(ValueError, match="96 samples"):
+        pylenet.train(models.lenet5(), (x[:64], y[:64]), epochs=3, batch_size=32, progress=False, resume=ck)
+    with pytest.raises(ValueError, match="optimizer"):
+        pylenet.train(models.lenet5(), (x, y), epochs=3, batch_size=32, progress=False, resume=ck,
+                      optimizer=optim.Adam())
+    with pytest.raises(ValueError, match="schedule"):
+        pylenet.train(models.lenet5(), (x, y), epochs=3, batch_size=32, progress=False, resume=ck,
+                      schedule=optim.CosineLR())
+    models.lenet5().save(tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="no training state"):
+        pylenet.train(models.lenet5(), (x, y), epochs=3, batch_size=32, progress=False, resume=tmp_path / "plain.npz")
+
+
+def test_on_epoch_returning_false_stops_training(small):
+    x, y = small[0][:64], small[1][:64]
+    h = pylenet.train(models.lenet5(), (x, y), epochs=5, batch_size=32, progress=False,
+                      on_epoch=lambda r: r["epoch"] != 2)
+    assert len(h) == 2 and h.stopped_early and h.to_dict()["stopped_early"]
+    h = pylenet.train(models.lenet5(), (x, y), epochs=2, batch_size=32, progress=False, on_epoch=lambda r: None)
+    assert len(h) == 2 and not h.stopped_early
