@@ -72,15 +72,54 @@ def default_lr(optimizer, model):
     return DEFAULT_LR[optimizer]
 
 
+def _check_data_folder(args):
+    if args.data is not None and not os.path.isdir(args.data):
+        raise ValueError(f"--data {args.data}: no such folder")
+
+
+def _load_split(name, args, train):
+    from pylenet import datasets
+    try:
+        return datasets.load(name, root=args.data, train=train)
+    except datasets.DatasetError as e:  # the library's advice names its argument; here it is a flag
+        raise datasets.DatasetError(f"{e}\n(On the command line: --data DIR names that folder.)") from None
+
+
+def _check_train_args(args):
+    """Everything the command line can refuse, refused before any data is read or work done."""
+    for flag, v in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--limit", args.limit),
+                    ("--threads", args.threads)):
+        if v is not None and v < 1:
+            raise ValueError(f"{flag} must be at least 1, got {v}")
+    _check_data_folder(args)
+    save = args.save or f"{args.model}-{args.dataset}.npz"
+    for flag, path in (("--save", save), ("--checkpoint", args.checkpoint), ("--history", args.history)):
+        if path is None:
+            continue
+        folder = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(folder):
+            raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
+        if os.path.isdir(path):
+            raise ValueError(f"{flag} {path} is a folder")
+    if args.resume is not None and not os.path.isfile(args.resume):
+        raise ValueError(f"--resume {args.resume}: no such checkpoint")
+    for flag, path in (("--save", save), ("--checkpoint", args.checkpoint)):
+        continuing = args.resume is not None and path and os.path.abspath(path) == os.path.abspath(args.resume)
+        if path and os.path.exists(path) and not args.force and not continuing:
+            raise ValueError(f"{path} exists; pass --force to overwrite it (or --save another path)")
+    return save
+
+
 def _cmd_train(args):
     import pylenet
-    from pylenet import datasets, models, optim
+    from pylenet import models, optim
     from pylenet import functional as F
 
+    save = _check_train_args(args)
     if args.threads:
         pylenet.set_num_threads(args.threads)
-    train_set = datasets.load(args.dataset, root=args.data, train=True)
-    test_set = datasets.load(args.dataset, root=args.data, train=False)
+    train_set = _load_split(args.dataset, args, True)
+    test_set = _load_split(args.dataset, args, False)
     if args.limit:
         train_set = train_set.subset(args.limit)
     model = models.create(args.model, seed=args.seed)
@@ -102,7 +141,6 @@ def _cmd_train(args):
     print(f"training {args.model} on {args.dataset} ({len(train_set)} images): {args.epochs} epochs, batch "
           f"{args.batch_size}, {opt}, schedule {args.schedule}, seed {args.seed}, "
           f"{pylenet.get_num_threads()} threads", flush=True)
-    save = args.save or f"{args.model}-{args.dataset}.npz"
     # Every finished epoch is written to the checkpoint (by default the --save file), so Ctrl-C
     # or a crash loses at most the epoch in progress, and --resume continues exactly.
     ckpt = args.checkpoint or save
@@ -148,8 +186,8 @@ def _cmd_train(args):
 
 def _cmd_eval(args):
     import pylenet
-    from pylenet import datasets
 
+    _check_data_folder(args)
     model = pylenet.load(args.checkpoint)
     name = args.dataset
     if name is None:
@@ -158,7 +196,7 @@ def _cmd_eval(args):
             name = (json.loads(str(z["meta"])).get("extra") or {}).get("dataset", "mnist")
         if name not in ("mnist", "fashion-mnist"):
             raise ValueError(f"{args.checkpoint} names no dataset this command knows ({name!r}); pass --dataset")
-    test_set = datasets.load(name, root=args.data, train=False)
+    test_set = _load_split(name, args, False)
     res = pylenet.evaluate(model, test_set, device=args.device)
     print(f"{args.checkpoint}: {name} test accuracy {res['accuracy']:.2%}, loss {res['loss']:.4f} "
           f"({len(test_set)} images)")
@@ -213,7 +251,9 @@ def _cmd_bench(args):
 def build_parser():
     from pylenet.models import MODELS
 
+    import pylenet
     parser = argparse.ArgumentParser(prog="pylenet", description="pylenet: small-CNN training runtime")
+    parser.add_argument("--version", action="version", version=f"pylenet {pylenet.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("info", help="show what was built and what is used")
     p.add_argument("--json", action="store_true", help="print as JSON")
@@ -246,6 +286,7 @@ def build_parser():
                    help="write every finished epoch here, to resume from (default: the --save path)")
     p.add_argument("--resume", default=None, metavar="CHECKPOINT",
                    help="continue a run from its checkpoint, exactly, to --epochs in total")
+    p.add_argument("--force", action="store_true", help="overwrite an existing --save / --checkpoint file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_train)

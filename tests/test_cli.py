@@ -255,3 +255,52 @@ def test_ctrl_c_keeps_the_finished_epochs_and_resume_continues_exactly(tmp_path)
     a, b = pylenet.load(tmp_path / "m.npz").state_dict(), pylenet.load(tmp_path / "ref.npz").state_dict()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
+def test_version(tmp_path):
+    r = cli(tmp_path, "--version")
+    assert r.returncode == 0 and r.stdout.strip() == f"pylenet {pylenet.__version__}"
+
+
+@needs_mnist
+def test_train_refuses_before_any_work(tmp_path):
+    """issue 15: each of these was accepted (or failed only after the 'training ...' header)."""
+    base = ["train", "--limit", "100", "--epochs", "1", "--quiet"]
+    cases = [
+        (["--data", tmp_path / "nonexistent"], "no such folder"),
+        (["--save", tmp_path / "no" / "dir" / "x.npz"], "does not exist"),
+        (["--limit", "0"], "--limit must be at least 1"),
+        (["--threads", "0"], "--threads must be at least 1"),
+        (["--batch-size", "0"], "--batch-size must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--resume", "missing.npz"], "no such checkpoint"),
+        (["--history", tmp_path / "no" / "h.json"], "does not exist"),
+    ]
+    for extra, needle in cases:
+        r = cli(tmp_path, *base, *extra)
+        assert_clean_failure(r, needle)
+        assert "training" not in r.stdout, r.stdout
+    assert not (tmp_path / "no").exists() and not list(tmp_path.glob("*.npz"))
+    # The default save path is not overwritten without --force.
+    assert cli(tmp_path, *base).returncode == 0
+    before = (tmp_path / "lenet5-mnist.npz").read_bytes()
+    assert_clean_failure(cli(tmp_path, *base, "--seed", "1"), "--force")
+    assert (tmp_path / "lenet5-mnist.npz").read_bytes() == before
+    assert cli(tmp_path, *base, "--seed", "1", "--force").returncode == 0
+    assert (tmp_path / "lenet5-mnist.npz").read_bytes() != before
+
+
+def test_eval_without_data_names_the_flag(tmp_path):
+    """issue 15: 'pylenet eval' without data said "pass root=<folder>", not --data."""
+    pylenet.models.lenet5().save(tmp_path / "m.npz")
+    (tmp_path / "empty").mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYLENET_DATA"}
+    env["PYLENET_MIRRORS"] = "http://127.0.0.1:9/"  # nothing listens there: the download fails at once
+    env["XDG_CACHE_HOME"] = str(tmp_path / "cache")
+    r = subprocess.run([sys.executable, "-m", "pylenet", "eval", "m.npz", "--data", "empty"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "pylenet: error:" in r.stderr, r.stderr
+    assert "--data DIR" in r.stderr, r.stderr  # (after a line saying it tried to download)
+    r = subprocess.run([sys.executable, "-m", "pylenet", "eval", "m.npz", "--data", "none"], cwd=tmp_path,
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert_clean_failure(r, "no such folder")
