@@ -39,32 +39,71 @@ else()
 endif()
 
 if(PYLENET_WITH_CUDA)
-  # Architectures: Volta through Hopper as real code (SASS) plus PTX of the newest, which
-  # the driver compiles at load time for later GPUs. CUDA 13 dropped offline compilation
-  # for sm_70/sm_72 (Volta), so with CUDA >= 13 the list starts at Turing (sm_75); Volta
-  # users need a CUDA 12 build. Older toolkits stop where their support does (11.1: sm_86,
-  # 11.8: sm_89 and sm_90). One SASS per generation people train on: 8.7 (Orin) and 7.2
-  # (Xavier) are embedded boards; 8.9 needs its own (8.6 code would run, but slower).
-  # The choice goes into CMAKE_CUDA_ARCHITECTURES before enable_language(), and only when
-  # the user set neither it nor CUDAARCHS; it is then cached, so a re-configure keeps it
-  # and -DCMAKE_CUDA_ARCHITECTURES=... still overrides it. The version comes from nvcc
-  # itself because CMAKE_CUDA_COMPILER_VERSION exists only after enable_language().
-  if(NOT DEFINED CMAKE_CUDA_ARCHITECTURES AND NOT DEFINED ENV{CUDAARCHS})
+  # Architectures. The full list (PYLENET_CUDA_ARCHS=all, for wheels): Turing through Hopper as
+  # real code (SASS) plus PTX of the newest, which the driver compiles at load time for later
+  # GPUs. CUDA 13 dropped offline compilation for sm_70/sm_72 (Volta), so with CUDA >= 13 the
+  # list starts at Turing (sm_75); Volta users need a CUDA 12 build. Older toolkits stop where
+  # their support does (11.1: sm_86, 11.8: sm_89 and sm_90).
+  # By default (a local `pip install .`) only what this machine needs: SASS for the GPUs that
+  # nvidia-smi reports, or, with none, one architecture as PTX, so the CUDA code is still
+  # compiled and checked (about a fifth of the full list's build time) and runs, JIT-compiled,
+  # on any GPU that appears later. PYLENET_CUDA_ARCHS (environment or -D) may also be a list
+  # such as "80;90". CMAKE_CUDA_ARCHITECTURES or CUDAARCHS, when set, win over all of this.
+  # (Our choice is cached with a marker, so a later configure of the same build folder, e.g.
+  # a second `pip install .` with another PYLENET_CUDA_ARCHS, chooses again; a value the user
+  # set is never touched.)
+  if((NOT DEFINED CMAKE_CUDA_ARCHITECTURES OR "${CMAKE_CUDA_ARCHITECTURES}" STREQUAL "${_PYLENET_CHOSEN_ARCHS}")
+     AND NOT DEFINED ENV{CUDAARCHS})
+    if(NOT DEFINED PYLENET_CUDA_ARCHS AND DEFINED ENV{PYLENET_CUDA_ARCHS})
+      set(PYLENET_CUDA_ARCHS "$ENV{PYLENET_CUDA_ARCHS}")
+    endif()
     execute_process(COMMAND "${CMAKE_CUDA_COMPILER}" --version OUTPUT_VARIABLE _pyl_nvcc_out ERROR_QUIET)
+    set(_pyl_nvcc_version 0)
     if(_pyl_nvcc_out MATCHES "release ([0-9]+\\.[0-9]+)")
       set(_pyl_nvcc_version "${CMAKE_MATCH_1}")
-      if(_pyl_nvcc_version VERSION_GREATER_EQUAL 13.0)
-        set(_pyl_archs 75-real 80-real 86-real 89-real 90-real 90-virtual)
-      elseif(_pyl_nvcc_version VERSION_GREATER_EQUAL 11.8)
-        set(_pyl_archs 70-real 75-real 80-real 86-real 89-real 90-real 90-virtual)
-      elseif(_pyl_nvcc_version VERSION_GREATER_EQUAL 11.1)
-        set(_pyl_archs 70-real 75-real 80-real 86-real 86-virtual)
-      else()
-        set(_pyl_archs 70-real 75-real 80-real 80-virtual)
+    endif()
+    if(_pyl_nvcc_version VERSION_GREATER_EQUAL 13.0)
+      set(_pyl_all 75-real 80-real 86-real 89-real 90-real 90-virtual)
+      set(_pyl_min 75)
+    elseif(_pyl_nvcc_version VERSION_GREATER_EQUAL 11.8)
+      set(_pyl_all 70-real 75-real 80-real 86-real 89-real 90-real 90-virtual)
+      set(_pyl_min 70)
+    elseif(_pyl_nvcc_version VERSION_GREATER_EQUAL 11.1)
+      set(_pyl_all 70-real 75-real 80-real 86-real 86-virtual)
+      set(_pyl_min 70)
+    else()
+      set(_pyl_all 70-real 75-real 80-real 80-virtual)
+      set(_pyl_min 70)
+    endif()
+    if(DEFINED PYLENET_CUDA_ARCHS AND PYLENET_CUDA_ARCHS STREQUAL "all")
+      set(_pyl_archs ${_pyl_all})
+      set(_pyl_why "PYLENET_CUDA_ARCHS=all")
+    elseif(DEFINED PYLENET_CUDA_ARCHS AND NOT PYLENET_CUDA_ARCHS STREQUAL "")
+      set(_pyl_archs ${PYLENET_CUDA_ARCHS})
+      set(_pyl_why "PYLENET_CUDA_ARCHS")
+    else()
+      set(_pyl_archs "")
+      execute_process(COMMAND nvidia-smi --query-gpu=compute_cap --format=csv,noheader
+                      OUTPUT_VARIABLE _pyl_caps ERROR_QUIET RESULT_VARIABLE _pyl_smi)
+      if(_pyl_smi EQUAL 0)
+        string(REGEX MATCHALL "[0-9]+\\.[0-9]+" _pyl_caps "${_pyl_caps}")
+        foreach(_cap IN LISTS _pyl_caps)
+          string(REPLACE "." "" _cap "${_cap}")
+          if(_cap GREATER_EQUAL _pyl_min)
+            list(APPEND _pyl_archs "${_cap}-real")
+          endif()
+        endforeach()
+        list(REMOVE_DUPLICATES _pyl_archs)
       endif()
-      set(CMAKE_CUDA_ARCHITECTURES "${_pyl_archs}" CACHE STRING
-          "CUDA architectures (pylenet's default for nvcc ${_pyl_nvcc_version})")
-    endif()  # not nvcc: the compiler's own default
+      if(_pyl_archs)
+        set(_pyl_why "the GPUs nvidia-smi reports")
+      else()
+        set(_pyl_archs "${_pyl_min}-virtual")
+        set(_pyl_why "no GPU seen: PTX only; PYLENET_CUDA_ARCHS=all builds the full list")
+      endif()
+    endif()
+    set(CMAKE_CUDA_ARCHITECTURES "${_pyl_archs}" CACHE STRING "CUDA architectures (pylenet: ${_pyl_why})" FORCE)
+    set(_PYLENET_CHOSEN_ARCHS "${_pyl_archs}" CACHE INTERNAL "the architectures pylenet chose")
   endif()
 
   enable_language(CUDA)
