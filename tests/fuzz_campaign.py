@@ -46,18 +46,22 @@ def _worker(name, seed, lo, hi, progress, findings, memory):
     import pylenet
     pylenet.set_num_threads(1)  # the campaign's parallelism is its workers
     target = _targets()[name]()
-    for i in range(lo, hi):
-        progress.value = i
-        inp = target.draw(np.random.default_rng([seed, i]))
-        try:
-            target.run(inp)
-        except T.Finding as f:
-            findings.put((name, i, "contract", str(f)[:500], repr(inp)[:2000]))
-        except MemoryError as e:
-            findings.put((name, i, "memory", f"MemoryError: {e}"[:500], repr(inp)[:2000]))
-        except BaseException as e:  # noqa: BLE001 - a harness error is a finding too
-            findings.put((name, i, "harness", "".join(traceback.format_exception_only(e))[:500], repr(inp)[:2000]))
-    progress.value = hi
+    try:  # (a forked worker ends without atexit handlers: its scratch folder is removed here)
+        for i in range(lo, hi):
+            progress.value = i
+            inp = target.draw(np.random.default_rng([seed, i]))
+            try:
+                target.run(inp)
+            except T.Finding as f:
+                findings.put((name, i, "contract", str(f)[:500], repr(inp)[:2000]))
+            except MemoryError as e:
+                findings.put((name, i, "memory", f"MemoryError: {e}"[:500], repr(inp)[:2000]))
+            except BaseException as e:  # noqa: BLE001 - a harness error is a finding too
+                findings.put((name, i, "harness", "".join(traceback.format_exception_only(e))[:500],
+                              repr(inp)[:2000]))
+        progress.value = hi
+    finally:
+        T.remove_scratch()
 
 
 def _run_target(name, n, args, findings):

@@ -60,6 +60,15 @@ def allowed(exc, *kinds):
 _SCRATCH = tempfile.mkdtemp(prefix="pylenet-fuzz-", dir="/dev/shm" if os.path.isdir("/dev/shm") else None)
 
 
+def remove_scratch():
+    import shutil
+    shutil.rmtree(_SCRATCH, ignore_errors=True)
+
+
+import atexit  # noqa: E402 - beside the folder it cleans up (campaign workers call it themselves)
+atexit.register(remove_scratch)
+
+
 def scratch(name):
     return os.path.join(_SCRATCH, f"{os.getpid()}-{name}")
 
