@@ -233,6 +233,16 @@ def test_huge_declared_size_fails_fast_without_allocating(tmp_path, gz, dims):
     assert ("limit" in msg) if dims[1] == 10000 else (("ratio above" if gz else "truncated") in msg)
 
 
+def _peak_of_refusal(path, *fragments):
+    """The peak traced allocation of read_idx(path) refusing it with a message holding fragments."""
+    tracemalloc.start()
+    try:
+        expect_error(path, *fragments)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def test_gzip_longer_than_declared_stops_early(tmp_path):
     # A small header followed by 64 MiB of zeros (a ~64 KiB gzip "bomb"):
     # reading must stop right after the declared size, not inflate it all.
@@ -245,12 +255,7 @@ def test_gzip_longer_than_declared_stops_early(tmp_path):
     blob += comp.flush()
     p = tmp_path / "bomb.gz"
     p.write_bytes(blob)
-    tracemalloc.start()
-    try:
-        expect_error(p, "trailing garbage")
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+    peak = _peak_of_refusal(p, "trailing garbage")
     assert peak < 16 << 20, f"peak traced allocation {peak} bytes"
 
 
@@ -264,12 +269,7 @@ def test_gzip_declaring_far_more_than_it_can_hold_is_refused_from_the_header(tmp
     p = tmp_path / "bomb.gz"
     p.write_bytes(blob)
     assert p.stat().st_size < 64 << 10
-    tracemalloc.start()
-    try:
-        expect_error(p, "ratio above")
-    finally:
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+    peak = _peak_of_refusal(p, "ratio above")
     assert peak < 4 << 20, f"peak traced allocation {peak} bytes"
 
 
