@@ -11,8 +11,6 @@ replaying the graph. ``load(path, model=MyNet())`` loads into an instance of the
 instead. Checkpoints of format 1 (written before models were Python code) still load.
 """
 import json
-import math
-import numbers
 import os
 import zipfile
 
@@ -282,26 +280,27 @@ def _instantiate(tree, known):
     return made[""]
 
 
-def read_extra(path):
-    """The ``extra`` a checkpoint was saved with (checked like everything load() reads)."""
-    path, _, meta = _read(path)
+def _read_checked(path):
+    """_read, then every metadata field checked (_check_meta)."""
+    path, files, meta = _read(path)
     try:
         _check_meta(meta)
     except ValueError as e:
         raise ValueError(f"load: {path} holds invalid metadata: {e}") from None
-    return meta.get("extra") or {}
+    return path, files, meta
+
+
+def read_extra(path):
+    """The ``extra`` a checkpoint was saved with (checked like everything load() reads)."""
+    return _read_checked(path)[2].get("extra") or {}
 
 
 def load(path, return_optimizer=False, model=None):
     """Rebuilds a model (and optionally its optimizer, with state) from a checkpoint, or loads
     it into ``model`` (an instance of the class it was saved from)."""
-    from .optim import make_optimizer
-    path, files, meta = _read(path)
     from .nn.layers import input_shape_of, normalization_of
-    try:
-        _check_meta(meta)
-    except ValueError as e:
-        raise ValueError(f"load: {path} holds invalid metadata: {e}") from None
+    from .optim import make_optimizer
+    path, files, meta = _read_checked(path)
     if model is None:
         try:  # any malformed field is a corrupt checkpoint, not a crash
             if meta["format"] == 1:

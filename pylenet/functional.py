@@ -82,7 +82,7 @@ def _f32(x, name, op):
     return np.asarray(a, dtype=np.float32, order="C")  # (ascontiguousarray would make a 0-d array 1-d)
 
 
-_MAX_EXTENT = 2**31 - 1
+_MAX_EXTENT = _C.MAX_EXTENT  # sizes are bounded natively (check_extent); refused here first for layers
 
 
 def _pair(v, name, op):
@@ -91,7 +91,7 @@ def _pair(v, name, op):
     if len(items) != 2 or not all(
             isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in items):
         raise TypeError(f"{op}: {name} must be an int or a pair of ints, got {v!r}")
-    if any(abs(int(i)) > _MAX_EXTENT for i in items):  # the native shape check's bound (kMaxExtent)
+    if any(abs(int(i)) > _MAX_EXTENT for i in items):
         raise ValueError(f"{op}: {name} {v!r} is out of range (at most {_MAX_EXTENT})")
     return int(items[0]), int(items[1])
 

@@ -133,10 +133,11 @@ class _ProgressBar:
             self.stream.flush()
 
 
-def _training_state(epoch, epochs, batch_size, n, seed, rng, sched, history):
-    """What a checkpoint holds beyond the model and the optimizer, for an exact resume."""
+def _training_state(epoch, epochs, batch_size, n, seed, rng, sched):
+    """What a checkpoint holds beyond the model, the optimizer and the history (saved beside it
+    in ``extra``), for an exact resume."""
     return {"epoch": epoch, "epochs": epochs, "batch_size": batch_size, "samples": n, "seed": seed,
-            "shuffle": rng.bit_generator.state, "schedule": sched.config(), "history": history.to_dict()}
+            "shuffle": rng.bit_generator.state, "schedule": sched.config()}
 
 
 def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
@@ -144,7 +145,8 @@ def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
     that train(checkpoint=...) wrote, after loading its model and optimizer state into place."""
     from . import checkpoint
     from .optim import make_optimizer, make_schedule
-    state = checkpoint.read_extra(path).get("train_state")
+    extra = checkpoint.read_extra(path)
+    state = extra.get("train_state")
     if not isinstance(state, dict):
         raise ValueError(f"train: {path} holds no training state to resume from (it was not written by "
                          "train(checkpoint=...) or pylenet train)")
@@ -154,7 +156,7 @@ def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
         rng = np.random.default_rng()
         rng.bit_generator.state = state["shuffle"]
         saved_sched = make_schedule(state["schedule"])
-        records = list(state["history"]["epochs"])
+        records = list(extra["history"]["epochs"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"train: {path} holds a malformed training state ({type(e).__name__}: {e})") from None
     # Exact means the same steps: the same data, batch size and schedule as the saved run.
@@ -305,7 +307,7 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         if stop:
             history.stopped_early = True
         if checkpoint is not None:  # after on_epoch: the file holds the epoch as the user saw it
-            state = _training_state(epoch, epochs, batch_size, len(images), seed, rng, sched, history)
+            state = _training_state(epoch, epochs, batch_size, len(images), seed, rng, sched)
             save_checkpoint(model, checkpoint, optimizer=opt,
                             extra={**(checkpoint_extra or {}), "history": history.to_dict(), "train_state": state})
         if stop:

@@ -170,6 +170,7 @@ PYBIND11_MODULE(_C, m) {
 
   bind_runtime(m);
 
+  m.attr("MAX_EXTENT") = kMaxExtent;  // the bound on sizes (ops/tensor.h), for Python's own early check
   m.def("png_unfilter", [](const py::bytes& raw, int64_t height, int64_t stride, int64_t bpp) {
     const std::string_view data(raw);
     PYL_CHECK_ARG(height >= 1 && stride >= 1 && static_cast<int64_t>(data.size()) >= height * (stride + 1),
