@@ -1,5 +1,5 @@
-# CUDA backend build. Included by CMakeLists.txt after the CPU core (pylenet_core) and
-# before the Python module _C. PYLENET_CUDA (cache, set by CMakeLists.txt):
+# CUDA backend build. Included by csrc/CMakeLists.txt (so source paths are relative to csrc/)
+# after the CPU core (pylenet_core) and before the Python module _C. PYLENET_CUDA (cache, set by the top-level CMakeLists.txt):
 #   AUTO - build the CUDA kernels iff a CUDA compiler is found (check_language)
 #   ON   - required: stop with an error when there is none
 #   OFF  - never
@@ -112,20 +112,20 @@ if(PYLENET_WITH_CUDA)
   # Host-only code (allocator, context: runtime API calls, no kernels) is plain C++ for the
   # host compiler: nvcc would compile it once per architecture for nothing.
   add_library(pylenet_cuda STATIC
-    csrc/cuda/allocator.cpp
-    csrc/cuda/context.cpp
-    csrc/cuda/tensor.cpp
-    csrc/cuda/gemm.cu
-    csrc/cuda/conv.cu
-    csrc/cuda/pool.cu
-    csrc/cuda/linear.cu
-    csrc/cuda/activation.cu
-    csrc/cuda/elementwise.cu
-    csrc/cuda/batchnorm.cu
-    csrc/cuda/softmax.cu
-    csrc/cuda/loss.cu
-    csrc/cuda/optim.cu
-    csrc/cuda/train.cu
+    cuda/allocator.cpp
+    cuda/context.cpp
+    cuda/tensor.cpp
+    cuda/gemm.cu
+    cuda/conv.cu
+    cuda/pool.cu
+    cuda/linear.cu
+    cuda/activation.cu
+    cuda/elementwise.cu
+    cuda/batchnorm.cu
+    cuda/softmax.cu
+    cuda/loss.cu
+    cuda/optim.cu
+    cuda/train.cu
   )
   set_target_properties(pylenet_cuda PROPERTIES
     CUDA_ARCHITECTURES "${CMAKE_CUDA_ARCHITECTURES}"
@@ -138,7 +138,7 @@ if(PYLENET_WITH_CUDA)
     CUDA_RUNTIME_LIBRARY Static
     # No relocatable device code: every kernel lives in one .cu, so no device-link step.
     CUDA_SEPARABLE_COMPILATION OFF)
-  target_include_directories(pylenet_cuda PUBLIC ${PROJECT_SOURCE_DIR}/csrc)
+  target_include_directories(pylenet_cuda PUBLIC ${CMAKE_CURRENT_SOURCE_DIR})
   target_link_libraries(pylenet_cuda PUBLIC CUDA::cudart_static)
   target_compile_definitions(pylenet_cuda PUBLIC PYLENET_HAVE_CUDA)
   # The op layer and the executor (in pylenet_core) send calls to these kernels: core links
@@ -153,15 +153,15 @@ if(PYLENET_WITH_CUDA)
     $<$<COMPILE_LANGUAGE:CUDA>:-Xptxas=-warn-spills>)
   # Element-wise files: unfused multiply-add keeps them bit-identical to the CPU kernels
   # (see the comments at the top of each file); they are memory-bound, so it costs nothing.
-  set_source_files_properties(csrc/cuda/optim.cu csrc/cuda/activation.cu PROPERTIES
+  set_source_files_properties(cuda/optim.cu cuda/activation.cu PROPERTIES
     COMPILE_OPTIONS "--fmad=false")
 
   # Opt-in, not built by default: the kernels' index arithmetic checked on the CPU
-  # (csrc/cuda/host_check.cu), for machines without a GPU. One architecture: it never runs
+  # (cuda/host_check.cu), for machines without a GPU. One architecture: it never runs
   # device code, it only has to link.
   option(PYLENET_CUDA_HOST_CHECK "Build pylenet_cuda_host_check (CUDA index math run on the CPU)" OFF)
   if(PYLENET_CUDA_HOST_CHECK)
-    add_executable(pylenet_cuda_host_check csrc/cuda/host_check.cu)
+    add_executable(pylenet_cuda_host_check cuda/host_check.cu)
     set_target_properties(pylenet_cuda_host_check PROPERTIES CUDA_ARCHITECTURES 75-real CUDA_STANDARD 17
                           CUDA_RUNTIME_LIBRARY Static)
     target_link_libraries(pylenet_cuda_host_check PRIVATE pylenet_core CUDA::cudart_static)
