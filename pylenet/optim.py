@@ -12,7 +12,7 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SGD", "Adam", "Adadelta", "ConstantLR", "StepLR", "CosineLR", "InvLR",
+__all__ = ["SGD", "Adam", "Adadelta", "Schedule", "ConstantLR", "StepLR", "CosineLR", "InvLR", "FunctionLR",
            "make_optimizer", "make_schedule"]
 
 
@@ -188,20 +188,40 @@ def make_optimizer(name_or_opt=None, **kwargs):
 
 # ----------------------------------------------------------------------------- schedules
 class Schedule:
-    """Learning rate as a function of the iteration (optimizer step) count; runs natively."""
+    """Learning rate as a function of the iteration (optimizer step) count.
+
+    A subclass defines ``spec(steps_per_epoch, epochs)``: a dict naming one of the native rules
+    (see the subclasses below), which the runtime evaluates at every step. Any other rule is a
+    plain function ``f(epoch, step) -> lr`` passed as the schedule (see FunctionLR)."""
 
     def spec(self, steps_per_epoch, epochs):
-        raise NotImplementedError
+        raise TypeError(f"{type(self).__name__} is a Schedule without spec(steps_per_epoch, epochs); define it "
+                        f"(a dict such as {{'kind': 'cosine', 'min_lr': 0.0, 'total_iters': ...}}, see "
+                        "pylenet.optim.CosineLR), or pass a function f(epoch, step) -> lr as the schedule")
+
+    def epoch_spec(self, epoch, first_iter, steps_per_epoch, epochs):
+        """The native description of the rates of one epoch's steps (epoch counted from 0, its first
+        step being iteration ``first_iter`` of the run). The fixed rules use one for all epochs."""
+        spec = self.spec(steps_per_epoch, epochs)
+        if not isinstance(spec, dict) or spec.get("kind") not in _NATIVE_RULES:
+            raise TypeError(f"{type(self).__name__}.spec() returned {spec!r}: expected a dict whose 'kind' is one "
+                            f"of {', '.join(_NATIVE_RULES)}")
+        return spec
 
     def lr_at(self, base_lr, iteration, steps_per_epoch=1, epochs=1):
         from . import _C
-        return _C.schedule_lr(self.spec(steps_per_epoch, epochs), float(base_lr), int(iteration))
+        return _C.schedule_lr(self.epoch_spec(iteration // max(steps_per_epoch, 1), iteration, steps_per_epoch,
+                                              epochs), float(base_lr), int(iteration))
 
     def config(self):
-        return {"kind": self.kind, **{k: v for k, v in vars(self).items()}}
+        return {"kind": getattr(self, "kind", type(self).__name__), **{k: v for k, v in vars(self).items()}}
 
     def __repr__(self):
         return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in vars(self).items())})"
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_NATIVE_RULES = ("constant", "step", "cosine", "inv", "table")
 
 
 class ConstantLR(Schedule):
@@ -250,17 +270,76 @@ class InvLR(Schedule):
         return {"kind": "inv", "gamma": self.gamma, "power": self.power}
 
 
+class FunctionLR(Schedule):
+    """Any function ``f(epoch, step) -> lr``: ``epoch`` counts finished epochs (from 0) and
+    ``step`` the optimizer steps of the whole run (from 0, the clock of the other schedules).
+    The value is the learning rate itself, not a factor of the optimizer's (unlike PyTorch's
+    LambdaLR). It is called from Python for one epoch's steps at a time, ahead of that epoch,
+    so the steps stay native; a rate that is not a finite number >= 0 stops training before
+    the epoch starts. ``train(schedule=f)`` wraps a function in this class."""
+    kind = "function"
+
+    def __init__(self, fn):
+        if not callable(fn) or isinstance(fn, Schedule):
+            raise TypeError(f"FunctionLR: expected a function f(epoch, step) -> lr, got {type(fn).__name__}")
+        self.fn = fn
+
+    @property
+    def name(self):
+        return getattr(self.fn, "__qualname__", None) or type(self.fn).__name__
+
+    def rate(self, epoch, step):
+        lr = self.fn(epoch, step)
+        if isinstance(lr, (bool, np.bool_)) or not isinstance(lr, (numbers.Real, np.floating, np.integer)) or \
+                not 0 <= float(lr) <= _FLOAT32_MAX:
+            raise ValueError(f"schedule {self.name}: f(epoch={epoch}, step={step}) returned {lr!r}; a learning rate "
+                             "must be a finite number >= 0 (in float32)")
+        return float(lr)
+
+    def spec(self, steps_per_epoch, epochs):
+        raise TypeError("FunctionLR has no single native rule: its rates come one epoch at a time (epoch_spec)")
+
+    def epoch_spec(self, epoch, first_iter, steps_per_epoch, epochs):
+        return {"kind": "table", "first_iter": int(first_iter),
+                "table": [self.rate(epoch, first_iter + i) for i in range(steps_per_epoch)]}
+
+    def lr_at(self, base_lr, iteration, steps_per_epoch=1, epochs=1):
+        return self.rate(iteration // max(steps_per_epoch, 1), iteration)
+
+    def config(self):  # a function cannot be saved; its name lets a resume check it is given again
+        return {"kind": "function", "function": self.name}
+
+    def __repr__(self):
+        return f"FunctionLR({self.name})"
+
+
 SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR, "inv": InvLR}
 
 
 def make_schedule(name_or_sched=None, **kwargs):
+    """A Schedule from an instance, a name, a config dict (of a built-in schedule) or a function
+    f(epoch, step) -> lr."""
     if isinstance(name_or_sched, Schedule):
+        if type(name_or_sched).spec is Schedule.spec and type(name_or_sched).epoch_spec is Schedule.epoch_spec:
+            name_or_sched.spec(1, 1)  # raises the error that says what is missing
         return name_or_sched
     if name_or_sched is None:
         return ConstantLR()
+    if isinstance(name_or_sched, type):
+        raise TypeError(f"schedule: got the class {name_or_sched.__name__}, expected an instance "
+                        f"(e.g. {name_or_sched.__name__}()) or a function f(epoch, step) -> lr")
     if isinstance(name_or_sched, dict):
         cfg = dict(name_or_sched)
-        return SCHEDULES[cfg.pop("kind")](**cfg)
+        kind = cfg.pop("kind", None)
+        if kind not in SCHEDULES:
+            raise ValueError(f"schedule {name_or_sched!r}: only the built-in schedules ({', '.join(SCHEDULES)}) "
+                             "can be made from a config; pass a function or custom Schedule itself")
+        return SCHEDULES[kind](**cfg)
+    if callable(name_or_sched) and not isinstance(name_or_sched, str):
+        return FunctionLR(name_or_sched)
+    if not isinstance(name_or_sched, str):
+        raise TypeError(f"schedule: expected a Schedule, a name, a config dict or a function f(epoch, step) -> lr, "
+                        f"got {type(name_or_sched).__name__}")
     if name_or_sched not in SCHEDULES:
         raise ValueError(f"unknown schedule {name_or_sched!r} (expected one of {sorted(SCHEDULES)})")
     return SCHEDULES[name_or_sched](**kwargs)

@@ -144,7 +144,7 @@ def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
     """(optimizer, schedule, seed, epochs done, shuffle generator, history) from a checkpoint
     that train(checkpoint=...) wrote, after loading its model and optimizer state into place."""
     from . import checkpoint
-    from .optim import make_optimizer, make_schedule
+    from .optim import SCHEDULES
     extra = checkpoint.read_extra(path)
     state = extra.get("train_state")
     if not isinstance(state, dict):
@@ -155,7 +155,7 @@ def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
         seed = int(state["seed"])
         rng = np.random.default_rng()
         rng.bit_generator.state = state["shuffle"]
-        saved_sched = make_schedule(state["schedule"])
+        saved_cfg = dict(state["schedule"])
         records = list(extra["history"]["epochs"])
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise ValueError(f"train: {path} holds a malformed training state ({type(e).__name__}: {e})") from None
@@ -163,8 +163,18 @@ def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
     if samples != n or bs != batch_size:
         raise ValueError(f"train: {path} was trained on {samples} samples in batches of {bs}; resuming it exactly "
                          f"needs the same (got {n} samples, batch_size {batch_size})")
-    if schedule is not None and make_schedule(schedule).config() != saved_sched.config():
-        raise ValueError(f"train: {path} was trained with schedule {saved_sched}; pass the same or none")
+    # A built-in schedule is rebuilt from its config; a function or custom Schedule cannot be
+    # saved, so it must be passed again (checked by its config: the function's name).
+    if schedule is not None:
+        saved_sched = make_schedule(schedule)
+        if saved_sched.config() != saved_cfg:
+            raise ValueError(f"train: {path} was trained with the schedule {saved_cfg}, not {saved_sched.config()}; "
+                             "pass the same or none")
+    elif saved_cfg.get("kind") in SCHEDULES:
+        saved_sched = make_schedule(saved_cfg)
+    else:
+        raise ValueError(f"train: {path} was trained with the schedule {saved_cfg}, which a file cannot hold; pass "
+                         "it again as schedule= to resume")
     if done >= epochs:
         raise ValueError(f"train: {path} has already trained {done} epochs; pass epochs > {done} to continue")
     _, opt = checkpoint.load(path, return_optimizer=True, model=model)
@@ -189,7 +199,8 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
 
     optimizer: an Optimizer, a name ("sgd", "adam", "adadelta") or None (SGD lr 0.01);
     its state is kept on the object, so a second call (or a loaded checkpoint) resumes.
-    schedule: a Schedule or a name ("constant", "step", "cosine", "inv").
+    schedule: a Schedule, a name ("constant", "step", "cosine", "inv") or any function
+    ``f(epoch, step) -> lr`` (epoch and optimizer step counted from 0; see optim.FunctionLR).
     loss: F.cross_entropy (default), F.nll_loss, or a function (output, labels) made of them.
     progress: a progress bar on stderr when it is a terminal.
     on_epoch: called with each epoch's record (e.g. to print); returning False stops training
@@ -250,10 +261,10 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         train_data = ex.upload(images, labels)
         eval_data = ex.upload(*eval_arrays) if eval_arrays is not None else None
     steps_per_epoch = -(-len(images) // batch_size)
-    sched_spec = sched.spec(steps_per_epoch, epochs)
     iteration = ex.optimizer_steps
     show = bool(progress) and sys.stderr.isatty()
     for epoch in range(done + 1, epochs + 1):
+        sched_spec = sched.epoch_spec(epoch - 1, iteration, steps_per_epoch, epochs)  # before the shuffle draw
         order = rng.permutation(len(images)).astype(np.int64)
         lr = float(sched.lr_at(opt.lr, iteration, steps_per_epoch, epochs))
         bar = _ProgressBar(show, epoch, epochs)

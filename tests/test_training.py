@@ -547,3 +547,104 @@ def test_on_epoch_returning_false_stops_training(small):
     assert len(h) == 2 and h.stopped_early and h.to_dict()["stopped_early"]
     h = pylenet.train(models.lenet5(), (x, y), epochs=2, batch_size=32, progress=False, on_epoch=lambda r: None)
     assert len(h) == 2 and not h.stopped_early
+
+
+# ----------------------------------------------------------------------------- schedules as functions (issue 15)
+def test_function_schedule_is_the_same_rule_as_the_built_in(small):
+    """A plain function f(epoch, step) computing StepLR's rule trains bit-identically to StepLR:
+    the table of rates it gives the native step holds exactly the rates the native rule gives."""
+    x, y = small[0][:256], small[1][:256]
+    calls = []
+
+    def halving(epoch, step):
+        calls.append((epoch, step))
+        return 0.05 * 0.5 ** (step // 8)  # 8 steps per epoch: halved every epoch
+
+    runs = []
+    for sched in (optim.StepLR(1, 0.5), halving):
+        pylenet.manual_seed(2)
+        m = models.lenet5()
+        h = pylenet.train(m, (x, y), epochs=3, batch_size=32, optimizer=optim.SGD(0.05, momentum=0.9),
+                          schedule=sched, seed=5, progress=False)
+        runs.append((weights(m), [r["lr"] for r in h.epochs], [r["loss"] for r in h.epochs]))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0])
+    assert runs[0][1] == runs[1][1] == [0.05, 0.025, 0.0125]
+    assert runs[0][2] == runs[1][2]
+    # evaluated ahead, once per step of each epoch (plus once per epoch for the history's lr)
+    assert sorted(set(calls)) == [(s // 8, s) for s in range(24)]
+
+
+def test_function_schedule_epoch_argument_and_a_callable_object(small):
+    x, y = small[0][:96], small[1][:96]
+    seen = []
+
+    class Warmup:  # any callable, not only a function
+        def __call__(self, epoch, step):
+            seen.append((epoch, step))
+            return 0.01 * min(1.0, (step + 1) / 5) * (0.1 if epoch >= 2 else 1.0)
+
+    h = pylenet.train(models.lenet5(), (x, y), epochs=3, batch_size=32, schedule=Warmup(), progress=False)
+    assert {e for e, _ in seen} == {0, 1, 2} and all(s // 3 == e for e, s in seen)
+    assert [r["lr"] for r in h.epochs] == pytest.approx([0.002, 0.008, 0.001])
+    assert repr(optim.make_schedule(Warmup())) == "FunctionLR(Warmup)"
+
+
+@pytest.mark.parametrize("rate,match", [(float("nan"), "returned nan"), (-0.1, "returned -0.1"),
+                                        (1e39, "float32"), ("0.1", "returned '0.1'"), (None, "returned None"),
+                                        (True, "returned True")])
+def test_function_schedule_bad_rate_stops_before_the_epoch(small, rate, match):
+    x, y = small[0][:96], small[1][:96]
+    m = models.lenet5()
+    before = weights(m)
+    epochs = []
+    with pytest.raises(ValueError, match=match):
+        pylenet.train(m, (x, y), epochs=3, batch_size=32, progress=False, on_epoch=epochs.append,
+                      schedule=lambda e, s: 0.01 if e < 1 else rate)
+    assert len(epochs) == 1  # epoch 1 ran; epoch 2 never started
+    assert not np.array_equal(weights(m), before) and np.isfinite(weights(m)).all()
+
+
+def test_function_schedule_resumes_exactly_when_given_again(small, tmp_path):
+    x, y = small[0][:128], small[1][:128]
+
+    def decay(epoch, step):
+        return 0.05 / (1 + step)
+
+    pylenet.manual_seed(1)
+    ref = models.lenet5()
+    pylenet.train(ref, (x, y), epochs=2, batch_size=32, schedule=decay, seed=3, progress=False)
+    pylenet.manual_seed(1)
+    m = models.lenet5()
+    ck = tmp_path / "f.npz"
+    pylenet.train(m, (x, y), epochs=1, batch_size=32, schedule=decay, seed=3, progress=False, checkpoint=ck)
+    with pytest.raises(ValueError, match="pass it again as schedule="):
+        pylenet.train(models.lenet5(), (x, y), epochs=2, batch_size=32, progress=False, resume=ck)
+    with pytest.raises(ValueError, match="schedule"):
+        pylenet.train(models.lenet5(), (x, y), epochs=2, batch_size=32, progress=False, resume=ck,
+                      schedule=lambda e, s: 0.05)
+    fresh = models.lenet5()
+    pylenet.train(fresh, (x, y), epochs=2, batch_size=32, progress=False, resume=ck, schedule=decay)
+    np.testing.assert_array_equal(weights(fresh), weights(ref))
+
+
+class _NoSpec(optim.Schedule):
+    pass
+
+
+class _BadSpec(optim.Schedule):
+    def spec(self, steps_per_epoch, epochs):
+        return {"kind": "warmup"}
+
+
+@pytest.mark.parametrize("sched,err,match", [
+    (_NoSpec(), TypeError, "_NoSpec is a Schedule without spec"),
+    (_BadSpec(), TypeError, r"_BadSpec.spec\(\) returned \{'kind': 'warmup'\}"),
+    (optim.CosineLR, TypeError, "the class CosineLR, expected an instance"),
+    ([0.1, 0.01], TypeError, "got list"),
+    ("warmup", ValueError, "unknown schedule 'warmup'"),
+    ({"kind": "function", "function": "f"}, ValueError, "only the built-in schedules"),
+])
+def test_malformed_schedules_are_clear_errors_before_training(small, sched, err, match):
+    x, y = small[0][:64], small[1][:64]
+    with pytest.raises(err, match=match):
+        pylenet.train(models.lenet5(), (x, y), epochs=1, batch_size=32, progress=False, schedule=sched)

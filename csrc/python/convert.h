@@ -62,12 +62,15 @@ inline runtime::ScheduleSpec schedule_spec_of(const py::dict& d) {
   else if (kind == "step") s.kind = runtime::ScheduleSpec::Step;
   else if (kind == "cosine") s.kind = runtime::ScheduleSpec::Cosine;
   else if (kind == "inv") s.kind = runtime::ScheduleSpec::Inv;
-  else fail(ErrorKind::InvalidArgument, "unknown schedule '", kind, "' (expected constant, step, cosine or inv)");
+  else if (kind == "table") s.kind = runtime::ScheduleSpec::Table;
+  else fail(ErrorKind::InvalidArgument, "unknown schedule '", kind, "' (expected constant, step, cosine, inv or table)");
   if (d.contains("gamma")) s.gamma = d["gamma"].cast<double>();
   if (d.contains("power")) s.power = d["power"].cast<double>();
   if (d.contains("min_lr")) s.min_lr = d["min_lr"].cast<double>();
   if (d.contains("step_iters")) s.step_iters = d["step_iters"].cast<int64_t>();
   if (d.contains("total_iters")) s.total_iters = d["total_iters"].cast<int64_t>();
+  if (d.contains("table")) s.table = d["table"].cast<std::vector<double>>();
+  if (d.contains("first_iter")) s.first_iter = d["first_iter"].cast<int64_t>();
   return s;
 }
 

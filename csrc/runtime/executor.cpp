@@ -101,6 +101,12 @@ double schedule_lr(const ScheduleSpec& s, double lr, int64_t iter) {
       return s.min_lr + (lr - s.min_lr) * 0.5 * (1.0 + std::cos(M_PI * t));
     }
     case ScheduleSpec::Inv: return lr * std::pow(1.0 + s.gamma * static_cast<double>(iter), -s.power);
+    case ScheduleSpec::Table: {
+      const int64_t n = static_cast<int64_t>(s.table.size());
+      PYL_CHECK_ARG(iter >= s.first_iter && iter - s.first_iter < n, "schedule: the table of rates covers iterations ",
+                    s.first_iter, " to ", s.first_iter + n - 1, ", asked for iteration ", iter);
+      return s.table[static_cast<size_t>(iter - s.first_iter)];
+    }
   }
   return lr;
 }

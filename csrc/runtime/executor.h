@@ -78,13 +78,17 @@ struct RunStats {
 using ProgressFn = std::function<bool(int64_t, int64_t, const RunStats&)>;
 
 struct ScheduleSpec {
-  enum Kind { Constant = 0, Step = 1, Cosine = 2, Inv = 3 } kind = Constant;
+  enum Kind { Constant = 0, Step = 1, Cosine = 2, Inv = 3, Table = 4 } kind = Constant;
   double gamma = 0.1, power = 0.75, min_lr = 0.0;
   int64_t step_iters = 1, total_iters = 1;
+  // Table: the rate of each iteration from first_iter on, computed ahead by the caller (a
+  // schedule written as a Python function, evaluated one epoch at a time so the steps stay native).
+  std::vector<double> table;
+  int64_t first_iter = 0;
 };
 // Learning rate at iteration `iter` (counted from 0 over the whole run):
 //   step: lr * gamma^floor(iter / step_iters)       cosine: min + (lr - min)(1 + cos(pi iter/total))/2
-//   inv (Caffe): lr * (1 + gamma * iter)^-power
+//   inv (Caffe): lr * (1 + gamma * iter)^-power     table: table[iter - first_iter] (base lr unused)
 double schedule_lr(const ScheduleSpec& s, double base_lr, int64_t iter);
 
 // Memory the plan holds, in bytes.
