@@ -44,9 +44,22 @@ def _cmd_info(args):
 
 
 def _cmd_summary(args):
+    """A built-in model with the optimizer `pylenet train` would give it, or a saved model with
+    the optimizer saved beside it (the one a --resume continues with)."""
+    import pylenet
     from pylenet import models
-    model = models.create(args.model)
-    model.summary(batch_size=args.batch_size)
+    source = args.source
+    if source is not None and args.model is not None:
+        raise ValueError(f"pass a model name or a checkpoint, not both ({source!r} and --model {args.model})")
+    source = source or args.model or "lenet5"
+    if source in models.MODELS:
+        model, opt = models.create(source), recipe_optimizer(source)
+    elif os.path.exists(source) or source.endswith(".npz"):
+        model, opt = pylenet.load(source, return_optimizer=True)
+        opt = opt or "sgd"
+    else:
+        raise ValueError(f"{source!r} is neither a model ({', '.join(sorted(models.MODELS))}) nor a checkpoint file")
+    model.summary(batch_size=args.batch_size, optimizer=opt)
     return 0
 
 
@@ -70,6 +83,21 @@ def default_lr(optimizer, model):
     if optimizer == "sgd" and model in MODEL_SGD_LR:
         return MODEL_SGD_LR[model]
     return DEFAULT_LR[optimizer]
+
+
+def recipe_optimizer(model, optimizer=None, lr=None, momentum=None, weight_decay=None):
+    """The optimizer `pylenet train --model MODEL` uses, with any of these flags overriding it."""
+    from pylenet import optim
+    recipe = {**DEFAULTS, **MODEL_RECIPES.get(model, {})}
+    optimizer = optimizer or recipe["optimizer"]
+    momentum = recipe["momentum"] if momentum is None else momentum
+    weight_decay = recipe["weight_decay"] if weight_decay is None else weight_decay
+    lr = default_lr(optimizer, model) if lr is None else lr
+    if optimizer == "sgd":
+        return optim.SGD(lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
+    if optimizer == "adam":
+        return optim.Adam(lr, weight_decay=weight_decay)
+    return optim.Adadelta(lr, weight_decay=weight_decay)
 
 
 def _check_data_folder(args):
@@ -114,6 +142,7 @@ def _cmd_train(args):
     import pylenet
     from pylenet import models, optim
     from pylenet import functional as F
+    from pylenet.training import format_epoch
 
     save = _check_train_args(args)
     if args.threads:
@@ -129,13 +158,7 @@ def _cmd_train(args):
         if getattr(args, key) is None:
             setattr(args, key, recipe[key])
     loss = F.nll_loss if recipe["loss"] == "nll" else F.cross_entropy
-    lr = args.lr if args.lr is not None else default_lr(args.optimizer, args.model)
-    if args.optimizer == "sgd":
-        opt = optim.SGD(lr, momentum=args.momentum, weight_decay=args.weight_decay, nesterov=args.momentum > 0)
-    elif args.optimizer == "adam":
-        opt = optim.Adam(lr, weight_decay=args.weight_decay)
-    else:
-        opt = optim.Adadelta(lr, weight_decay=args.weight_decay)
+    opt = recipe_optimizer(args.model, args.optimizer, args.lr, args.momentum, args.weight_decay)
     sched = {"constant": optim.ConstantLR(), "cosine": optim.CosineLR(), "step": optim.StepLR(1, 0.7),
              "inv": optim.InvLR()}[args.schedule]
     print(f"training {args.model} on {args.dataset} ({len(train_set)} images): {args.epochs} epochs, batch "
@@ -145,12 +168,14 @@ def _cmd_train(args):
     # or a crash loses at most the epoch in progress, and --resume continues exactly.
     ckpt = args.checkpoint or save
     seen = []
+    # On a terminal train() turns its progress bar into the epoch's line; printed here as well
+    # only where that line is not seen (no bar, or stdout going to a file), so each epoch is one line.
+    bar_on_screen = not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
 
     def on_epoch(r):
         seen.append(r)
-        print(f"epoch {r['epoch']:>2}/{args.epochs}: loss {r['loss']:.4f}  train acc {r['train_accuracy']:.2%}  "
-              f"test acc {r['eval_accuracy']:.2%}  {r['seconds']:.2f} s  ({r['samples_per_sec']:,.0f} samples/s)",
-              flush=True)
+        if not bar_on_screen:
+            print(format_epoch(r, args.epochs), flush=True)
 
     def write_history(records, total):
         if args.history:
@@ -204,23 +229,44 @@ def _cmd_eval(args):
 
 
 def _cmd_predict(args):
+    """Every input is reported: a class per image on stdout, an error per unreadable file on
+    stderr; the exit status is 1 if any file failed."""
     import numpy as np
 
     import pylenet
-    from pylenet.images import load_image
+    from pylenet.images import load_images
 
     model = pylenet.load(args.checkpoint)
     shape = getattr(model, "input_shape", None)
     if not shape or len(shape) != 3:
         raise ValueError(f"{args.checkpoint}: the model's input shape is {shape}, not an image (C, H, W)")
     h, w = shape[1:]
-    imgs = np.stack([load_image(p, (h, w)) for p in args.images])[:, None]
-    if model.normalization:
-        mean, std = model.normalization
-        imgs = (imgs - mean) / std
-    ids, probs = model.predict(imgs, return_probs=True, device=args.device)
-    for path, i, p in zip(args.images, ids, probs):
-        print(f"{path}: {int(i)} (p={p[i]:.3f})")
+    names, imgs, failed = [], [], 0
+    for path in args.images:
+        try:
+            loaded = load_images(path, (h, w))
+        except (ValueError, OSError) as e:
+            failed += 1
+            if isinstance(e, OSError) and e.strerror:
+                msg = f"{path}: {e.strerror}"
+            else:
+                msg = str(e) if path in str(e) else f"{path}: {e}"
+            print(f"pylenet: error: {msg}", file=sys.stderr, flush=True)
+            continue
+        for name, img in loaded:
+            names.append(name)
+            imgs.append(img)
+    if imgs:
+        x = np.stack(imgs)[:, None]
+        if model.normalization:
+            mean, std = model.normalization
+            x = (x - mean) / std
+        ids, probs = model.predict(x, return_probs=True, device=args.device)
+        for name, i, p in zip(names, ids, probs):
+            print(f"{name}: {int(i)} (p={p[i]:.3f})")
+    if failed:
+        print(f"pylenet: {failed} of {len(args.images)} files could not be read", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -259,8 +305,10 @@ def build_parser():
     p.add_argument("--json", action="store_true", help="print as JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("summary", help="layers, FLOPs and the memory plan of a model")
-    p.add_argument("--model", default="lenet5", choices=sorted(MODELS))
+    p = sub.add_parser("summary", help="layers, FLOPs and the memory plan of a model or a checkpoint")
+    p.add_argument("source", nargs="?", default=None, metavar="MODEL_OR_CHECKPOINT",
+                   help=f"a model ({', '.join(sorted(MODELS))}; default lenet5) or a saved .npz")
+    p.add_argument("--model", default=None, choices=sorted(MODELS))
     p.add_argument("--batch-size", type=int, default=64)
     p.set_defaults(func=_cmd_summary)
 
@@ -332,6 +380,12 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("pylenet: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `pylenet summary | head`: the reader left; nothing to report
+        try:
+            sys.stdout = open(os.devnull, "w")  # so the interpreter's final flush stays quiet
+        except OSError:
+            pass
+        return 141
     except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
         print(f"pylenet: error: {e}", file=sys.stderr)
         return 1

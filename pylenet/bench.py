@@ -10,7 +10,8 @@ the images are in memory and each framework indexes its batches itself.
     pylenet bench ...   (the same harness; it lives in pylenet/bench.py so the installed
                          package carries it)
 
-Prints a table and writes JSON to benchmarks/results/ (or --out).
+Prints a table; --out PATH also writes the run as JSON (benchmarks/bench_cpu.py, run from a
+checkout, writes to benchmarks/results/<device>-<date>.json by default).
 """
 import argparse
 import datetime
@@ -233,11 +234,26 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
     return run
 
 
-def _write_result(result, out, device):
-    """The JSON of a run at `out` (default benchmarks/results/<device>-<date>.json), written to
-    a temporary file and renamed into place: an interrupted run leaves no half-written file."""
-    out = out or os.path.join("benchmarks", "results", f"{device}-{datetime.date.today().isoformat()}.json")
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+def _out_path(out, results_dir, device):
+    """Where the run's JSON goes: --out, else <results_dir>/<device>-<date>.json when the caller
+    names a results folder, else nowhere. Refused before the run if its folder does not exist."""
+    if out is None and results_dir is not None:
+        out = os.path.join(results_dir, f"{device}-{datetime.date.today().isoformat()}.json")
+    if out is not None:
+        folder = os.path.dirname(os.path.abspath(out))
+        if not os.path.isdir(folder):
+            raise ValueError(f"--out {out}: the folder {folder} does not exist")
+        if os.path.isdir(out):
+            raise ValueError(f"--out {out} is a folder")
+    return out
+
+
+def _write_result(result, out):
+    """The JSON of a run at `out` (None: printed only), written to a temporary file and renamed
+    into place: an interrupted run leaves no half-written file."""
+    if out is None:
+        print("(not saved: pass --out PATH to keep this run as JSON)")
+        return
     from .atomic import write_atomic
     write_atomic(out, lambda f: json.dump(result, f, indent=2), text=True)
     print(f"wrote {out}")
@@ -399,7 +415,7 @@ def main_cuda(args, have_torch):
         e = result["full_epoch_seconds_lenet5_b64"]
         print(f"full MNIST epoch, lenet5, batch 64: pylenet.train {e['pylenet']:.3f} s"
               + (f", torch {e['torch']:.3f} s" if "torch" in e else ""))
-    _write_result(result, args.out, "cuda")
+    _write_result(result, args.out)
     return 0
 
 
@@ -460,7 +476,8 @@ def neighbour(name, batch, steps, repeats, images, labels, threads):
             "ratio_all_to_one": statistics.median(a / b for a, b in zip(times[1], times[threads]))}
 
 
-def main(argv=None):
+def main(argv=None, results_dir=None):
+    """`pylenet bench`. results_dir: where a run goes without --out (None: printed only)."""
     ap = argparse.ArgumentParser(prog="pylenet bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=os.cpu_count())
     ap.add_argument("--steps", type=int, default=100, help="training steps per measurement")
@@ -469,12 +486,16 @@ def main(argv=None):
     ap.add_argument("--batches", default="64,256")
     ap.add_argument("--epoch", action="store_true", help="also time a full MNIST epoch through pylenet.train")
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<device>-<date>.json)")
+    ap.add_argument("--out", default=None, help="also write the run as JSON here (default: print only)")
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
                     help="cuda: pylenet on the GPU vs PyTorch + cuDNN on the same GPU")
     ap.add_argument("--neighbour", action="store_true",
                     help="also train each model on 1 and on all threads beside a process busy on one core")
     args = ap.parse_args(argv)
+    try:
+        args.out = _out_path(args.out, results_dir, args.device)
+    except ValueError as e:
+        ap.error(str(e))
 
     try:
         if args.no_torch:
@@ -533,7 +554,7 @@ def main(argv=None):
         print(f"beside a busy process on one core: {r['model']} batch {r['batch']}: 1 thread "
               f"{r['one_thread_samples_per_s']:,.0f} samples/s, {r['threads']} threads "
               f"{r['all_threads_samples_per_s']:,.0f} ({r['ratio_all_to_one']:.2f}x)")
-    _write_result(result, args.out, "cpu")
+    _write_result(result, args.out)
     return 0
 
 

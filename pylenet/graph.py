@@ -36,10 +36,17 @@ def current_tracer():
     return getattr(_state, "tracer", None)
 
 
+# The files of the framework itself. A model defined inside the package (pylenet/models.py)
+# is user code like any other: its forward's lines are the ones errors and summaries name.
+_FRAMEWORK_FILES = frozenset(os.path.join(_PACKAGE_DIR, *f.split("/")) for f in (
+    "graph.py", "functional.py", "runtime.py", "training.py", "summary.py", "checkpoint.py", "nn/module.py",
+    "nn/layers.py", "nn/init.py"))
+
+
 def _user_frame():
-    """The innermost frame outside the pylenet package: the user's line that made the call."""
+    """The innermost frame outside the framework's own files: the line that made the call."""
     f = sys._getframe(1)
-    while f is not None and os.path.abspath(f.f_code.co_filename).startswith(_PACKAGE_DIR + os.sep):
+    while f is not None and os.path.abspath(f.f_code.co_filename) in _FRAMEWORK_FILES:
         f = f.f_back
     if f is None:
         return ""

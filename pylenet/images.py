@@ -9,7 +9,7 @@ import zlib
 
 import numpy as np
 
-__all__ = ["read_png", "load_image"]
+__all__ = ["read_png", "load_image", "load_images"]
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # colour type -> samples per pixel
@@ -134,32 +134,68 @@ def _resize(img, h, w):
     return out
 
 
-def load_image(path, size=(28, 28)):
-    """A grey (H, W) float32 image in [0, 1], white on black, from a PNG or .npy file."""
-    path = str(path)
-    if path.lower().endswith(".npy"):
-        try:
-            arr = np.load(path, allow_pickle=False)
-        except (ValueError, OSError, EOFError) as e:
-            if isinstance(e, FileNotFoundError):
-                raise
-            raise ValueError(f"{path}: not a readable .npy image ({e})") from None
-        if arr.dtype.kind not in "biuf" or arr.size == 0:
-            raise ValueError(f"{path}: expected an image array of real numbers, got dtype {arr.dtype}, "
-                             f"shape {arr.shape}")
-        arr = np.squeeze(arr.astype(np.float64))
-        if arr.ndim == 3 and arr.shape[-1] in (1, 2, 3, 4):
-            arr = _to_grey(arr / (255.0 if arr.max() > 1.0 else 1.0))
-        elif arr.ndim != 2:
-            raise ValueError(f"{path}: expected a 2-D image array, got shape {arr.shape}")
-        elif arr.max() > 1.0:
-            arr = arr / 255.0
-    else:
-        arr = _to_grey(read_png(path))
+def _read_npy(path):
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        if isinstance(e, FileNotFoundError):
+            raise
+        raise ValueError(f"{path}: not a readable .npy image ({e})") from None
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or arr.size == 0:
+        raise ValueError(f"{path}: expected an image array of real numbers, got dtype {arr.dtype}, "
+                         f"shape {arr.shape}")
+    return arr.astype(np.float64)
+
+
+_NPY_SHAPES = ("(H, W), (H, W, C), (1, H, W) for one image; (N, H, W), (N, C, H, W), (N, H, W, C) for N images; "
+               "C = 1, 3 or 4")
+
+
+def _npy_images(arr, path):
+    """The grey (H, W) images in [0, 1] an .npy array holds, by its shape (see _NPY_SHAPES)."""
+    shape = arr.shape
+    scale = 255.0 if arr.max() > 1.0 else 1.0  # one rule for the whole array: uint8-like or [0, 1]
+    arr = arr / scale
+    if arr.ndim == 2:
+        return [arr]
+    if arr.ndim == 3 and shape[-1] in (1, 2, 3, 4):  # one (H, W, C) picture
+        return [_to_grey(arr)]
+    if arr.ndim == 3:
+        return list(arr)
+    if arr.ndim == 4 and shape[1] in (1, 3, 4):  # (N, C, H, W), as the model takes them
+        return [_to_grey(np.moveaxis(a, 0, -1)) for a in arr]
+    if arr.ndim == 4 and shape[-1] in (1, 3, 4):
+        return [_to_grey(a) for a in arr]
+    raise ValueError(f"{path}: an .npy of shape {shape} is not an image or a batch of images; expected "
+                     + _NPY_SHAPES)
+
+
+def _prepare(arr, name, size):
     if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: image contains NaN or inf")
+        raise ValueError(f"{name}: image contains NaN or inf")
     if arr.shape != tuple(size):
         arr = _resize(arr, *size)
     if arr.mean() > 0.5:  # dark digit on a light background: MNIST is the other way round
         arr = 1.0 - arr
     return np.clip(arr, 0.0, 1.0).astype(np.float32)
+
+
+def load_images(path, size=(28, 28)):
+    """[(name, image)] of a file: one image for a PNG or a single-image .npy (named `path`), N
+    for an .npy batch (named `path[i]`); each a grey (H, W) float32 image in [0, 1], white on black."""
+    path = str(path)
+    if path.lower().endswith(".npy"):
+        imgs = _npy_images(_read_npy(path), path)
+    else:
+        imgs = [_to_grey(read_png(path))]
+    if len(imgs) == 1:
+        return [(path, _prepare(imgs[0], path, size))]
+    return [(f"{path}[{i}]", _prepare(a, f"{path}[{i}]", size)) for i, a in enumerate(imgs)]
+
+
+def load_image(path, size=(28, 28)):
+    """A grey (H, W) float32 image in [0, 1], white on black, from a PNG or a one-image .npy file."""
+    imgs = load_images(path, size)
+    if len(imgs) != 1:
+        raise ValueError(f"{path}: holds {len(imgs)} images; load_images reads a batch")
+    return imgs[0][1]

@@ -1,4 +1,6 @@
 """summary(): what a model is and costs, read from its traced graph and its executor's plan."""
+import textwrap
+
 from . import functional as F
 from . import runtime
 from .optim import make_optimizer
@@ -9,18 +11,17 @@ _PLAN_ROWS = ("params", "grads", "grad_slots", "optimizer_state", "buffers", "in
               "total")
 
 
-def summary(model, input_shape=None, batch_size=64, optimizer="sgd", print_fn=print):
+def summary(model, input_shape=None, batch_size=64, optimizer=None, print_fn=print):
     """Per node of the forward graph: the module (or function) it comes from, its output shape,
     parameters, FLOPs and activation bytes at this batch size; then the memory plan the runtime
-    allocates to train at this batch size. Returned as a dict, and printed with print_fn."""
+    allocates to train at this batch size with this optimizer (an Optimizer, a name, or None:
+    what train() uses by default). Returned as a dict, and printed with print_fn."""
     shape = input_shape or getattr(model, "input_shape", None) or model.__dict__.get("_last_input_shape")
     if shape is None:
         raise ValueError(f"summary: {type(model).__name__} has no input_shape; pass input_shape=(C, H, W)")
     shape = tuple(int(d) for d in shape)
     runtime._positive_int(batch_size, "batch_size", "summary")
-    if optimizer == "sgd":
-        opt = make_optimizer("sgd", momentum=0.9)
-    elif isinstance(optimizer, str):
+    if optimizer is None or isinstance(optimizer, str):
         opt = make_optimizer(optimizer)
     else:  # a copy: planning must not touch the caller's optimizer state
         opt = make_optimizer(make_optimizer(optimizer).config())
@@ -71,14 +72,18 @@ def _human(n):
         n /= 1024
 
 
+_LAYER_WIDTH = 56  # a longer layer description wraps onto more lines, at its commas and spaces
+
+
 def format_summary(s):
-    width = max([40] + [min(len(r["layer"]), 72) for r in s["layers"]])
+    width = max([24] + [min(len(r["layer"]), _LAYER_WIDTH) for r in s["layers"]])
     lines = [f"{s['model']}: input {s['input_shape']}, optimizer {s['optimizer']}",
              f"{'#':>2}  {'layer':<{width}} {'output':<18} {'params':>9} {'MFLOPs':>9} {'activations':>12}"]
     for r in s["layers"]:
-        layer = r["layer"] if len(r["layer"]) <= width else r["layer"][:width - 1] + "…"
-        lines.append(f"{r['index']:>2}  {layer:<{width}} {str(r['out_shape']):<18} {r['params']:>9,} "
+        layer = textwrap.wrap(r["layer"], width, subsequent_indent="  ", break_on_hyphens=False) or [""]
+        lines.append(f"{r['index']:>2}  {layer[0]:<{width}} {str(r['out_shape']):<18} {r['params']:>9,} "
                      f"{r['flops'] / 1e6:>9.2f} {_human(r['activation_bytes']):>12}")
+        lines.extend(f"    {part}" for part in layer[1:])
     p = s["memory_plan"]
     lines.append(f"total parameters {s['total_params']:,}; forward {s['forward_flops_per_sample'] / 1e6:.2f} "
                  f"MFLOP/sample, training ~{s['training_flops_per_sample'] / 1e6:.2f} MFLOP/sample")

@@ -114,6 +114,7 @@ class _Snapshot:
 class _ProgressBar:
     def __init__(self, enabled, epoch, epochs, stream=sys.stderr):
         self.enabled, self.epoch, self.epochs, self.stream = enabled, epoch, epochs, stream
+        self.closed = False
         self.t0 = time.perf_counter()
 
     def __call__(self, done, total, stats):
@@ -127,10 +128,19 @@ class _ProgressBar:
             self.stream.flush()
         return True
 
-    def close(self):
-        if self.enabled:
-            self.stream.write("\n")
+    def close(self, line=None):
+        """Ends the bar: replaced by `line` (the epoch's summary), or kept as it stopped."""
+        if self.enabled and not self.closed:
+            self.closed = True
+            self.stream.write(f"\r{line}\x1b[K\n" if line else "\n")
             self.stream.flush()
+
+
+def format_epoch(record, epochs):
+    """The one-line summary of an epoch's record, as train's progress output and the CLI print it."""
+    ev = f"  eval acc {record['eval_accuracy']:.2%}" if "eval_accuracy" in record else ""
+    return (f"epoch {record['epoch']:>2}/{epochs}: loss {record['loss']:.4f}  train acc {record['train_accuracy']:.2%}"
+            f"{ev}  {record['seconds']:.2f} s  ({record['samples_per_sec']:,.0f} samples/s)")
 
 
 def _training_state(epoch, epochs, batch_size, n, seed, rng, sched):
@@ -190,6 +200,19 @@ def _resume(path, model, optimizer, schedule, batch_size, n, epochs):
     for r in records:
         history.append(r)
     return opt, saved_sched, seed, done, rng, history
+
+
+def _evaluate_epoch(model, arrays, device_data, shape, device, dev):
+    """Totals of the eval set after an epoch: on the CPU from the arrays, on a GPU from the copy
+    uploaded there once."""
+    from . import functional as F
+    from . import runtime
+    if device_data is None:
+        return runtime.evaluate_arrays(model, *arrays, runtime.DEFAULT_INFERENCE_BATCH, device, loss=F.cross_entropy)
+    with runtime._EvalMode(model):
+        ev_ex = runtime.inference_executor(model, shape, runtime.DEFAULT_INFERENCE_BATCH, dev, loss=F.cross_entropy)
+        ev_ex.upload_state()
+        return ev_ex.evaluate_device(device_data)
 
 
 def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedule=None, loss=None, eval_set=None,
@@ -256,6 +279,7 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         t = runtime.traced(model, images.shape[1:], batch_size, loss)
         ex = runtime.build_executor(model, t, capacity=batch_size, device=dev, optimizer=opt, conv_algo=conv_algo,
                                     seed=seed)
+    train_data = eval_data = None
     if dev[0] == "cuda":  # the datasets go to the device once; epochs gather batches there
         ex.upload_state()
         train_data = ex.upload(images, labels)
@@ -284,7 +308,6 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
             snapshot.restore()
             ex.optimizer_steps = opt.state["steps"]
             raise
-        bar.close()
         opt.state["steps"] = int(ex.optimizer_steps)
         if dev[0] == "cuda":
             ex.download_state()
@@ -293,6 +316,7 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
             ex.optimizer_steps = opt.state["steps"]
             if dev[0] == "cuda":
                 ex.upload_state()
+            bar.close()
             raise RuntimeError(f"training diverged in epoch {epoch}: its last update left parameters that are NaN or "
                                "inf; the model is back at the end of the previous epoch. Try a smaller learning rate")
         seconds = time.perf_counter() - t0
@@ -300,20 +324,15 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
                   "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,
                   "samples_per_sec": stats["samples"] / seconds, "lr": lr}
         if eval_arrays is not None:
-            if dev[0] == "cpu":
-                ev = runtime.evaluate_arrays(model, *eval_arrays, runtime.DEFAULT_INFERENCE_BATCH, device, loss=F.cross_entropy)
-            else:
-                with runtime._EvalMode(model):
-                    ev_ex = runtime.inference_executor(model, images.shape[1:], runtime.DEFAULT_INFERENCE_BATCH, dev, loss=F.cross_entropy)
-                    ev_ex.upload_state()
-                    ev = ev_ex.evaluate_device(eval_data)
+            try:
+                ev = _evaluate_epoch(model, eval_arrays, eval_data, images.shape[1:], device, dev)
+            except BaseException:
+                bar.close()
+                raise
             record["eval_loss"] = ev["loss_sum"] / ev["samples"]
             record["eval_accuracy"] = ev["correct"] / ev["samples"]
         history.append(record)
-        if show:
-            extra = f", eval acc {record['eval_accuracy']:.2%}" if "eval_accuracy" in record else ""
-            sys.stderr.write(f"epoch {epoch}: loss {record['loss']:.4f}, train acc {record['train_accuracy']:.2%}"
-                             f"{extra}, {seconds:.1f} s\n")
+        bar.close(format_epoch(record, epochs))  # on a terminal, the bar becomes the epoch's one line
         stop = on_epoch is not None and on_epoch(record) is False
         if stop:
             history.stopped_early = True

@@ -304,3 +304,112 @@ def test_eval_without_data_names_the_flag(tmp_path):
     r = subprocess.run([sys.executable, "-m", "pylenet", "eval", "m.npz", "--data", "none"], cwd=tmp_path,
                        env=env, capture_output=True, text=True, timeout=120)
     assert_clean_failure(r, "no such folder")
+
+
+# ----------------------------------------------------------------------------- issue 15: the small CLI gaps
+def test_summary_reads_checkpoints_shows_the_training_optimizer_and_cuts_no_word(tmp_path):
+    from pylenet.__main__ import recipe_optimizer
+    r = cli(tmp_path, "summary", "--model", "lenet5")
+    assert r.returncode == 0, r.stderr
+    # the optimizer `pylenet train --model lenet5` uses, not another one
+    assert f"optimizer {recipe_optimizer('lenet5')!r}" in r.stdout.splitlines()[0]
+    assert "nesterov=True" in r.stdout and "weight_decay=0.0005" in r.stdout
+    assert "…" not in r.stdout
+    lines = r.stdout.splitlines()
+    first = next(i for i, line in enumerate(lines) if "MaxPool2d(" in line)  # wrapped at a comma, whole
+    assert "2: MaxPool2d(kernel_size=2, stride=2, padding=0," in lines[first]
+    assert lines[first + 1].strip() == "dilation=1, ceil_mode=False)"
+    r = cli(tmp_path, "summary", "mnist_net")  # the model as a positional argument
+    assert r.returncode == 0 and "Adadelta(lr=1.0" in r.stdout
+    assert "models.py:" in r.stdout and "runpy" not in r.stdout  # functional ops name the model's own line
+    m = pylenet.models.cudnn_lenet(seed=1)
+    m.save(tmp_path / "c.npz", optimizer=pylenet.optim.Adam(2e-3))
+    r = cli(tmp_path, "summary", "c.npz", "--batch-size", "4")
+    assert r.returncode == 0, r.stderr
+    assert "431,080" in r.stdout and "(4, 20, 24, 24)" in r.stdout and "Adam(lr=0.002" in r.stdout
+    assert_clean_failure(cli(tmp_path, "summary", "missing.npz"), "missing.npz")
+    assert_clean_failure(cli(tmp_path, "summary", "alexnet"), "neither a model")
+    assert_clean_failure(cli(tmp_path, "summary", "lenet5", "--model", "lenet5"), "not both")
+
+
+def test_bench_prints_only_unless_out_is_given(tmp_path):
+    r = cli(tmp_path, "bench", "--no-torch", "--steps", "1", "--repeats", "1", "--models", "lenet5", "--batches", "8",
+            "--threads", "1")
+    assert r.returncode == 0, r.stderr
+    assert "lenet5" in r.stdout and "not saved" in r.stdout
+    assert os.listdir(tmp_path) == []  # no benchmarks/results/ made in whatever folder it ran in
+    r = cli(tmp_path, "bench", "--no-torch", "--out", tmp_path / "no" / "r.json")
+    assert r.returncode == 2 and "does not exist" in r.stderr and "GEMM" not in r.stdout  # refused before the run
+    assert not (tmp_path / "no").exists()
+
+
+def test_predict_reports_every_file_and_reads_npy_batches(tmp_path):
+    model = pylenet.models.lenet5(seed=3)
+    model.normalization = (0.1307, 0.3081)
+    model.save(tmp_path / "m.npz")
+    rng = np.random.default_rng(0)
+    batch = rng.random((5, 1, 28, 28)).astype(np.float32) * 0.4  # dark background, as MNIST
+    np.save(tmp_path / "batch.npy", batch)
+    np.save(tmp_path / "hw.npy", (batch[:3, 0] * 255).astype(np.uint8))  # (N, H, W) uint8
+    np.save(tmp_path / "one.npy", batch[0, 0])
+    np.save(tmp_path / "odd.npy", np.zeros((2, 5, 28, 28)))
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 10)
+    r = cli(tmp_path, "predict", "m.npz", "batch.npy", "missing.png", "one.npy", "broken.png", "hw.npy", "odd.npy")
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    names = [line.split(":")[0] for line in r.stdout.splitlines()]
+    assert names == [f"batch.npy[{i}]" for i in range(5)] + ["one.npy"] + [f"hw.npy[{i}]" for i in range(3)]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("pylenet: error:")]
+    assert len(errors) == 3, r.stderr
+    assert "missing.png: No such file" in errors[0] and "broken.png" in errors[1]
+    assert "odd.npy" in errors[2] and "(2, 5, 28, 28)" in errors[2] and "(N, C, H, W)" in errors[2]
+    assert "3 of 6 files could not be read" in r.stderr
+    # the classes are the model's on the same pixels
+    got = [int(line.split(": ")[1].split()[0]) for line in r.stdout.splitlines()]
+    x = (batch - 0.1307) / 0.3081
+    assert got[:5] == model.predict(x).tolist() and got[5] == got[0]
+    r = cli(tmp_path, "predict", "m.npz", "batch.npy", "one.npy")
+    assert r.returncode == 0 and r.stderr == "" and len(r.stdout.splitlines()) == 6
+
+
+@needs_mnist
+def test_one_line_per_epoch_on_a_terminal(tmp_path):
+    """issue 15: on a terminal each epoch printed two different summary lines (train's on stderr
+    and the CLI's on stdout). Now the progress bar becomes the epoch's one line; with output
+    going to a file, that file gets the line instead."""
+    import pty
+    env = dict(os.environ, PYLENET_DATA=str(data_root()))
+    args = [sys.executable, "-m", "pylenet", "train", "--limit", "300", "--epochs", "2", "--save", "m.npz"]
+    leader, follower = pty.openpty()
+    p = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    assert p.wait(timeout=120) == 0
+    screen = b"".join(chunks).decode()
+    assert "[####" in screen  # the bar was drawn
+    for e in (1, 2):
+        assert len(re.findall(rf"epoch  {e}/2: loss", screen)) == 1, screen
+    # stdout to a file (stderr still a terminal): the file has each epoch's line once
+    leader, follower = pty.openpty()
+    with open(tmp_path / "log.txt", "w") as log:
+        p = subprocess.Popen(args + ["--force"], cwd=tmp_path, env=env, stdout=log, stderr=follower,
+                             stdin=subprocess.DEVNULL)
+        os.close(follower)
+        while True:
+            try:
+                if not os.read(leader, 4096):
+                    break
+            except OSError:
+                break
+        os.close(leader)
+        assert p.wait(timeout=120) == 0
+    log = (tmp_path / "log.txt").read_text()
+    assert [line.split(":")[0] for line in log.splitlines() if line.startswith("epoch")] == ["epoch  1/2", "epoch  2/2"]
