@@ -30,7 +30,7 @@ except ImportError as _e:
             "extension (a source folder?): install it with `pip install .`.") from _e
     __path__[:] = [_where]
     from . import _C
-from . import cuda, functional, nn, models, optim, datasets, bench
+from . import cuda, functional, nn, models, optim, datasets, bench, onnx  # onnx: imports the onnx package only when exporting
 from .checkpoint import GraphModule, load, save
 from .functional import cat, flatten
 from .graph import Tensor, TraceError, trace
