@@ -111,29 +111,66 @@ class _Snapshot:
         self.opt.state["steps"] = self.steps
 
 
-class _ProgressBar:
-    def __init__(self, enabled, epoch, epochs, stream=sys.stderr):
-        self.enabled, self.epoch, self.epochs, self.stream = enabled, epoch, epochs, stream
-        self.closed = False
-        self.t0 = time.perf_counter()
+def _interactive(stream):
+    """A terminal, or a Jupyter kernel (whose output cells draw tqdm's widgets)."""
+    try:
+        if stream.isatty():
+            return True
+    except (AttributeError, ValueError):  # a closed or unusual stream
+        return False
+    return "ipykernel" in sys.modules
 
-    def __call__(self, done, total, stats):
-        if self.enabled:
-            frac = done / total
-            bar = "#" * int(frac * 30)
-            rate = stats["samples"] / max(time.perf_counter() - self.t0, 1e-9)
-            self.stream.write(f"\repoch {self.epoch}/{self.epochs} [{bar:<30}] {frac:6.1%} "
-                              f"loss {stats['loss_sum'] / stats['samples']:.4f} "
-                              f"acc {stats['correct'] / stats['samples']:.2%} {rate:,.0f} samples/s")
-            self.stream.flush()
+
+class _Progress:
+    """train's progress output. On a terminal or in a notebook: tqdm bars, one over the epochs
+    and one over the current epoch's images (rate, ETA, running loss and accuracy), with each
+    finished epoch's line written above them. Anywhere else (a log file, a pipe): that one
+    plain line per epoch only, so logs stay readable. Nothing when disabled."""
+
+    def __init__(self, enabled, epochs, done, samples, stream=None):
+        self.stream = stream or sys.stderr
+        self.mode = ("bars" if _interactive(self.stream) else "lines") if enabled else None
+        self.epochs, self.samples = epochs, samples
+        self.outer = self.inner = None
+        if self.mode == "bars":
+            from tqdm.auto import tqdm
+            self.tqdm = tqdm
+            self.outer = tqdm(total=epochs, initial=done, desc="training", unit="epoch", position=0,
+                              file=self.stream, dynamic_ncols=True)
+
+    def start(self, epoch):
+        """The callback the native epoch calls every few steps."""
+        if self.mode == "bars":
+            self.inner = self.tqdm(total=self.samples, desc=f"epoch {epoch}/{self.epochs}", unit="img",
+                                   unit_scale=True, leave=False, position=1, file=self.stream, dynamic_ncols=True)
+        return self._step
+
+    def _step(self, done, total, stats):
+        if self.inner is not None and stats["samples"]:
+            self.inner.set_postfix(loss=f"{stats['loss_sum'] / stats['samples']:.4f}",
+                                   acc=f"{stats['correct'] / stats['samples']:.2%}", refresh=False)
+            self.inner.update(stats["samples"] - self.inner.n)
         return True
 
-    def close(self, line=None):
-        """Ends the bar: replaced by `line` (the epoch's summary), or kept as it stopped."""
-        if self.enabled and not self.closed:
-            self.closed = True
-            self.stream.write(f"\r{line}\x1b[K\n" if line else "\n")
-            self.stream.flush()
+    def end(self, record=None):
+        """Ends the current epoch's bar; with its record, writes the epoch's line."""
+        if self.inner is not None:
+            self.inner.close()
+            self.inner = None
+        if record is None or self.mode is None:
+            return
+        line = format_epoch(record, self.epochs)
+        if self.mode == "bars":
+            self.outer.write(line, file=self.stream)
+            self.outer.update(1)
+        else:
+            print(line, file=self.stream, flush=True)
+
+    def close(self):
+        self.end()
+        if self.outer is not None:
+            self.outer.close()
+            self.outer = None
 
 
 def format_epoch(record, epochs):
@@ -225,7 +262,7 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     schedule: a Schedule, a name ("constant", "step", "cosine", "inv") or any function
     ``f(epoch, step) -> lr`` (epoch and optimizer step counted from 0; see optim.FunctionLR).
     loss: F.cross_entropy (default), F.nll_loss, or a function (output, labels) made of them.
-    progress: a progress bar on stderr when it is a terminal.
+    progress: on stderr, tqdm bars on a terminal or in a notebook, else one line per epoch.
     on_epoch: called with each epoch's record (e.g. to print); returning False stops training
     after that epoch (``history.stopped_early`` says so).
     checkpoint: a path written (atomically) at the end of every epoch with the model, the
@@ -286,62 +323,60 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
         eval_data = ex.upload(*eval_arrays) if eval_arrays is not None else None
     steps_per_epoch = -(-len(images) // batch_size)
     iteration = ex.optimizer_steps
-    show = bool(progress) and sys.stderr.isatty()
-    for epoch in range(done + 1, epochs + 1):
-        sched_spec = sched.epoch_spec(epoch - 1, iteration, steps_per_epoch, epochs)  # before the shuffle draw
-        order = rng.permutation(len(images)).astype(np.int64)
-        lr = float(sched.lr_at(opt.lr, iteration, steps_per_epoch, epochs))
-        bar = _ProgressBar(show, epoch, epochs)
-        t0 = time.perf_counter()
-        snapshot = _Snapshot(model, opt)
-        try:
-            if dev[0] == "cpu":
-                stats, iteration = ex.train_epoch(images, labels, order, batch_size, sched_spec, iteration, bar,
-                                                  max(1, steps_per_epoch // 100))
-            else:
-                stats, iteration = ex.train_epoch_device(train_data, order, batch_size, sched_spec, iteration, bar,
-                                                         max(1, steps_per_epoch // 100))
-        except BaseException:
-            # Only a finished epoch reaches the model: after a divergence, an error or Ctrl-C
-            # inside an epoch, the model and the optimizer are back at the end of the last one.
-            bar.close()
-            snapshot.restore()
-            ex.optimizer_steps = opt.state["steps"]
-            raise
-        opt.state["steps"] = int(ex.optimizer_steps)
-        if dev[0] == "cuda":
-            ex.download_state()
-        if not snapshot.finite():  # the epoch's last update, which no later output could reveal
-            snapshot.restore()
-            ex.optimizer_steps = opt.state["steps"]
-            if dev[0] == "cuda":
-                ex.upload_state()
-            bar.close()
-            raise RuntimeError(f"training diverged in epoch {epoch}: its last update left parameters that are NaN or "
-                               "inf; the model is back at the end of the previous epoch. Try a smaller learning rate")
-        seconds = time.perf_counter() - t0
-        record = {"epoch": epoch, "loss": stats["loss_sum"] / stats["samples"],
-                  "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,
-                  "samples_per_sec": stats["samples"] / seconds, "lr": lr}
-        if eval_arrays is not None:
+    shown = _Progress(bool(progress), epochs, done, len(images))  # bars or lines; closed however the run ends
+    try:
+        for epoch in range(done + 1, epochs + 1):
+            sched_spec = sched.epoch_spec(epoch - 1, iteration, steps_per_epoch, epochs)  # before the shuffle draw
+            order = rng.permutation(len(images)).astype(np.int64)
+            lr = float(sched.lr_at(opt.lr, iteration, steps_per_epoch, epochs))
+            on_steps = shown.start(epoch)
+            t0 = time.perf_counter()
+            snapshot = _Snapshot(model, opt)
             try:
-                ev = _evaluate_epoch(model, eval_arrays, eval_data, images.shape[1:], device, dev)
+                if dev[0] == "cpu":
+                    stats, iteration = ex.train_epoch(images, labels, order, batch_size, sched_spec, iteration,
+                                                      on_steps, max(1, steps_per_epoch // 100))
+                else:
+                    stats, iteration = ex.train_epoch_device(train_data, order, batch_size, sched_spec, iteration,
+                                                             on_steps, max(1, steps_per_epoch // 100))
             except BaseException:
-                bar.close()
+                # Only a finished epoch reaches the model: after a divergence, an error or Ctrl-C
+                # inside an epoch, the model and the optimizer are back at the end of the last one.
+                snapshot.restore()
+                ex.optimizer_steps = opt.state["steps"]
                 raise
-            record["eval_loss"] = ev["loss_sum"] / ev["samples"]
-            record["eval_accuracy"] = ev["correct"] / ev["samples"]
-        history.append(record)
-        bar.close(format_epoch(record, epochs))  # on a terminal, the bar becomes the epoch's one line
-        stop = on_epoch is not None and on_epoch(record) is False
-        if stop:
-            history.stopped_early = True
-        if checkpoint is not None:  # after on_epoch: the file holds the epoch as the user saw it
-            state = _training_state(epoch, epochs, batch_size, len(images), seed, rng, sched)
-            save_checkpoint(model, checkpoint, optimizer=opt,
-                            extra={**(checkpoint_extra or {}), "history": history.to_dict(), "train_state": state})
-        if stop:
-            break
+            opt.state["steps"] = int(ex.optimizer_steps)
+            if dev[0] == "cuda":
+                ex.download_state()
+            if not snapshot.finite():  # the epoch's last update, which no later output could reveal
+                snapshot.restore()
+                ex.optimizer_steps = opt.state["steps"]
+                if dev[0] == "cuda":
+                    ex.upload_state()
+                raise RuntimeError(f"training diverged in epoch {epoch}: its last update left parameters that are NaN "
+                                   "or inf; the model is back at the end of the previous epoch. Try a smaller "
+                                   "learning rate")
+            seconds = time.perf_counter() - t0
+            record = {"epoch": epoch, "loss": stats["loss_sum"] / stats["samples"],
+                      "train_accuracy": stats["correct"] / stats["samples"], "seconds": seconds,
+                      "samples_per_sec": stats["samples"] / seconds, "lr": lr}
+            if eval_arrays is not None:
+                ev = _evaluate_epoch(model, eval_arrays, eval_data, images.shape[1:], device, dev)
+                record["eval_loss"] = ev["loss_sum"] / ev["samples"]
+                record["eval_accuracy"] = ev["correct"] / ev["samples"]
+            history.append(record)
+            shown.end(record)
+            stop = on_epoch is not None and on_epoch(record) is False
+            if stop:
+                history.stopped_early = True
+            if checkpoint is not None:  # after on_epoch: the file holds the epoch as the user saw it
+                state = _training_state(epoch, epochs, batch_size, len(images), seed, rng, sched)
+                save_checkpoint(model, checkpoint, optimizer=opt,
+                                extra={**(checkpoint_extra or {}), "history": history.to_dict(), "train_state": state})
+            if stop:
+                break
+    finally:
+        shown.close()
     return history
 
 

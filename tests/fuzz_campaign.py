@@ -26,7 +26,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-WEIGHTS = {"idx": 30, "png": 25, "ops": 25, "cudnn": 7, "checkpoint": 8, "train": 5}
+WEIGHTS = {"idx": 30, "image": 25, "ops": 25, "cudnn": 7, "checkpoint": 8, "train": 5}
 
 
 def _targets():

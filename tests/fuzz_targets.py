@@ -36,7 +36,7 @@ import pylenet.nn as nn  # noqa: E402
 import reference as R  # noqa: E402
 from pylenet import cudnn_format, models, optim  # noqa: E402
 from pylenet.datasets import DatasetError, read_idx  # noqa: E402
-from pylenet.images import load_image, read_png  # noqa: E402
+from pylenet.images import load_image, read_picture  # noqa: E402
 
 
 class Finding(AssertionError):
@@ -200,7 +200,7 @@ class IdxTarget(Target):
         expect(len(body) == out.size and out.tobytes() == body, "read_idx returned other bytes than the file's")
 
 
-# ----------------------------------------------------------------------------- PNG
+# ----------------------------------------------------------------------------- pictures
 def _chunk(tag, data):
     return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
 
@@ -215,7 +215,21 @@ def _png_seeds():
         seeds.append(encode_png(rng.integers(0, 2 ** depth, (h, w, spp)), depth, colour))
     seeds.append(encode_png(rng.integers(0, 4, (3, 6, 1)), 2, 3, palette=rng.integers(0, 256, (4, 3))))
     seeds.append(encode_png(rng.integers(0, 7, (4, 4, 1)), 8, 3, palette=rng.integers(0, 256, (7, 3))))
+    seeds.append(encode_png(rng.integers(0, 256, (9, 11, 1)), 8, 0, interlace=1))
     return seeds
+
+
+def _other_seeds():
+    """Small JPEG, BMP, GIF and TIFF files, written by Pillow."""
+    import io
+    from PIL import Image
+    rng = np.random.default_rng(2)
+    out = []
+    for fmt in ("JPEG", "BMP", "GIF", "TIFF"):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(buf, fmt)
+        out.append(buf.getvalue())
+    return out
 
 
 def _fix_crcs(data):
@@ -249,13 +263,16 @@ def _reinflate(data, ops):
     return data
 
 
-class PngTarget(Target):
-    """read_png and load_image on mutated PNGs: bytes, bytes with CRCs fixed, or the image data."""
-    name = "png"
+class ImageTarget(Target):
+    """read_picture and load_image (Pillow, then MNIST's preprocessing) on mutated pictures:
+    PNG bytes, PNG bytes with CRCs fixed, PNG image data, PNG headers; JPEG/BMP/GIF/TIFF bytes."""
+    name = "image"
 
     def __init__(self):
         self._seeds = _png_seeds()
-        self.space = {"seed": len(self._seeds), "how": ["bytes", "bytes+crc", "pixels", "ihdr"], "ops": MUTATIONS,
+        self._others = _other_seeds()
+        self.space = {"seed": len(self._seeds), "other": len(self._others),
+                      "how": ["bytes", "bytes+crc", "pixels", "ihdr", "other"], "ops": MUTATIONS,
                       "load_image": [False, True]}
 
     def run(self, inp):
@@ -266,10 +283,12 @@ class PngTarget(Target):
             data = _fix_crcs(mutate(data, inp["ops"]))
         elif inp["how"] == "pixels":
             data = _reinflate(data, inp["ops"])
-        else:  # the 13 header bytes only, CRC fixed
+        elif inp["how"] == "ihdr":  # the 13 header bytes only, CRC fixed
             ihdr = mutate(data[16:29], inp["ops"])[:13].ljust(13, b"\0")
             data = _fix_crcs(data[:16] + ihdr + data[29:])
-        path = scratch("x.png")
+        else:
+            data = mutate(self._others[inp["other"]], inp["ops"])
+        path = scratch("x.img")
         with open(path, "wb") as f:
             f.write(data)
         try:
@@ -277,11 +296,8 @@ class PngTarget(Target):
                 out = load_image(path)
                 expect(out.shape == (28, 28) and out.dtype == np.float32, f"load_image gave {out.shape} {out.dtype}")
             else:
-                out = read_png(path)
-                expect(out.dtype == np.float32 and out.ndim == 3 and out.shape[2] in (1, 2, 3, 4),
-                       f"read_png gave {out.dtype} {out.shape}")
-                (w, h) = struct.unpack(">II", data[16:24])
-                expect(out.shape[:2] == (h, w), f"read_png gave {out.shape} for a {w}x{h} header")
+                out = read_picture(path)
+                expect(out.ndim == 2 and out.dtype == np.float64, f"read_picture gave {out.dtype} {out.shape}")
         except Exception as e:  # noqa: BLE001
             allowed(e, ValueError)
             return
@@ -716,4 +732,4 @@ class TrainTarget(Target):
             expect(np.isfinite(p).all(), f"{name} is not finite after {inp}")
 
 
-TARGETS = [IdxTarget, PngTarget, CheckpointTarget, CudnnTarget, OpsTarget, TrainTarget]
+TARGETS = [IdxTarget, ImageTarget, CheckpointTarget, CudnnTarget, OpsTarget, TrainTarget]

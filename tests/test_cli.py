@@ -142,11 +142,12 @@ def test_predict_png_and_npy(trained):
         assert m, line
         assert 0.0 < float(m.group(2)) <= 1.0
         got.append(int(m.group(1)))
-    # The same model in this process, on the same pixels, gives the same classes.
+    # The same model in this process, on the same images, gives the same classes.
     model = pylenet.load(cwd / "m.npz")
     mean, std = model.normalization
-    x = (np.stack([p / 255.0 for p in pix[:2]] + [load_image(cwd / "c.png")]).astype(np.float32) - mean) / std
+    x = (np.stack([load_image(cwd / n) for n in ("a.png", "b.npy", "c.png")]) - mean) / std
     assert got == model.predict(x).tolist()
+    np.testing.assert_allclose(load_image(cwd / "b.npy"), pix[1] / 255.0, atol=1e-6)  # an array: as it is
 
 
 @needs_mnist
@@ -374,12 +375,16 @@ def test_predict_reports_every_file_and_reads_npy_batches(tmp_path):
 @needs_mnist
 def test_one_line_per_epoch_on_a_terminal(tmp_path):
     """issue 15: on a terminal each epoch printed two different summary lines (train's on stderr
-    and the CLI's on stdout). Now the progress bar becomes the epoch's one line; with output
-    going to a file, that file gets the line instead."""
+    and the CLI's on stdout). Now the bars (tqdm) have the epoch's one line written above them;
+    with output going to a file, that file gets the line instead."""
     import pty
     env = dict(os.environ, PYLENET_DATA=str(data_root()))
     args = [sys.executable, "-m", "pylenet", "train", "--limit", "300", "--epochs", "2", "--save", "m.npz"]
+    import fcntl
+    import struct
+    import termios
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # a terminal's size
     p = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=follower, stderr=follower, stdin=subprocess.DEVNULL)
     os.close(follower)
     chunks = []
@@ -394,7 +399,7 @@ def test_one_line_per_epoch_on_a_terminal(tmp_path):
     os.close(leader)
     assert p.wait(timeout=120) == 0
     screen = b"".join(chunks).decode()
-    assert "[####" in screen  # the bar was drawn
+    assert "img/s" in screen and "training: 100%" in screen  # tqdm's bars were drawn
     for e in (1, 2):
         assert len(re.findall(rf"epoch  {e}/2: loss", screen)) == 1, screen
     # stdout to a file (stderr still a terminal): the file has each epoch's line once

@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 
 import fuzz_targets as T  # noqa: E402
 
-EXAMPLES = {"idx": 1500, "png": 1500, "checkpoint": 400, "cudnn": 300, "ops": 2000, "train": 600}
+EXAMPLES = {"idx": 1500, "image": 1500, "checkpoint": 400, "cudnn": 300, "ops": 2000, "train": 600}
 # Hostile inputs make NumPy warn (overflow in a cast, complex to real) in the harness itself.
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::numpy.exceptions.ComplexWarning")
 SCALE = float(os.environ.get("PYLENET_FUZZ_EXAMPLES", "1"))

@@ -19,7 +19,6 @@
 #include "core/parallel.h"
 #include "core/thread_pool.h"
 #include "core/simd.h"
-#include "io/png.h"
 #include "ops/activation.h"
 #include "ops/batchnorm.h"
 #include "ops/dropout.h"
@@ -171,18 +170,6 @@ PYBIND11_MODULE(_C, m) {
   bind_runtime(m);
 
   m.attr("MAX_EXTENT") = kMaxExtent;  // the bound on sizes (ops/tensor.h), for Python's own early check
-  m.def("png_unfilter", [](const py::bytes& raw, int64_t height, int64_t stride, int64_t bpp) {
-    const std::string_view data(raw);
-    PYL_CHECK_ARG(height >= 1 && stride >= 1 && static_cast<int64_t>(data.size()) >= height * (stride + 1),
-                  "png: truncated image data");
-    py::array_t<uint8_t> out({height, stride});
-    uint8_t* o = out.mutable_data();
-    {
-      py::gil_scoped_release release;
-      io::png_unfilter(reinterpret_cast<const uint8_t*>(data.data()), height, stride, bpp, o);
-    }
-    return out;
-  }, "PNG rows (a filter byte + stride bytes each) with their filters undone: uint8 (height, stride).");
 
   // ---- convolution
   m.def("conv2d_output_shape", [](const Shape& x, const Shape& w, const PairT& stride, const PairT& pad) {
