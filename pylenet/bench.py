@@ -189,6 +189,68 @@ def setup_torch(name, batch, steps, images, labels, threads):
     return run_train, run_infer, {"torch_version": torch.__version__}
 
 
+def _ort_session(name, threads):
+    """An onnxruntime session (CPU execution provider, `threads` intra-op threads, sequential)
+    running the ONNX export of the same model with the same weights; None without onnx and
+    onnxruntime installed."""
+    try:
+        import onnxruntime as ort
+        from . import onnx as plonnx
+        plonnx._require_onnx()
+    except ImportError:
+        return None
+    model = models.create(name, seed=0)
+    model.eval()
+    blob = plonnx.export(model, None).SerializeToString()
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(blob, opts, providers=["CPUExecutionProvider"])
+
+
+def setup_onnxruntime(name, batch, steps, images, threads):
+    """(infer, info) for onnxruntime on the same images in batches of `batch`, or (None, None)."""
+    sess = _ort_session(name, threads)
+    if sess is None:
+        return None, None
+    import onnxruntime as ort
+    x = np.ascontiguousarray(images[:batch * steps])
+
+    def run_infer(count=len(x)):
+        for i in range(0, count, batch):
+            sess.run(["output"], {"input": x[i:i + batch]})
+
+    run_infer(batch * 3)
+    return run_infer, {"onnxruntime_version": ort.__version__}
+
+
+def latency(name, threads, calls=1000, repeats=5):
+    """Microseconds per single-image call, median of `repeats` blocks of `calls`: pylenet's
+    model(x) and model.predict(x) (the user's paths, Python included) and onnxruntime's run."""
+    model = models.create(name, seed=0)
+    model.eval()
+    pylenet.set_num_threads(threads)
+    x = np.random.default_rng(0).standard_normal((1, *model.input_shape)).astype(np.float32)
+    paths = {"pylenet_model_call": lambda: model(x), "pylenet_predict": lambda: model.predict(x)}
+    sess = _ort_session(name, threads)
+    if sess is not None:
+        paths["onnxruntime"] = lambda: sess.run(["output"], {"input": x})
+    times = {k: [] for k in paths}
+    for fn in paths.values():
+        for _ in range(50):
+            fn()
+    for _ in range(repeats):  # alternately, block by block
+        for k, fn in paths.items():
+            time.sleep(0.02)
+            t0 = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            times[k].append((time.perf_counter() - t0) / calls * 1e6)
+    return {"model": name, **{k: statistics.median(v) for k, v in times.items()}}
+
+
 def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
     """Times pylenet and torch ALTERNATELY (p, t, p, t, ...), so drifts in the machine's load
     hit both; ratios are medians of the paired runs."""
@@ -197,6 +259,7 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
     p_train, p_infer, p_info = setup_pylenet(name, batch, steps, images, labels, threads)
     p_rss = _maxrss_mib() - rss0
     t_train = t_infer = None
+    o_infer, o_info = setup_onnxruntime(name, batch, steps, images, threads)
     if with_torch:
         rss0 = _maxrss_mib()
         t_train, t_infer, t_info = setup_torch(name, batch, steps, images, labels, threads)
@@ -210,7 +273,7 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
         fn()
         return time.perf_counter() - t0
 
-    times = {"p_train": [], "p_infer": [], "t_train": [], "t_infer": []}
+    times = {"p_train": [], "p_infer": [], "t_train": [], "t_infer": [], "o_infer": []}
     for _ in range(repeats):
         times["p_train"].append(timed(p_train))
         if with_torch:
@@ -219,6 +282,8 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
         times["p_infer"].append(timed(p_infer))
         if with_torch:
             times["t_infer"].append(timed(t_infer))
+        if o_infer is not None:
+            times["o_infer"].append(timed(o_infer))
     med = {k: statistics.median(v) for k, v in times.items() if v}
     run = {"model": name, "batch": batch,
            "pylenet": {"train_samples_per_s": n / med["p_train"], "infer_images_per_s": n / med["p_infer"],
@@ -231,6 +296,9 @@ def measure(name, batch, steps, repeats, images, labels, threads, with_torch):
                         "maxrss_growth_mib": t_rss, **t_info}
         run["train_ratio"] = statistics.median(t / p for t, p in zip(times["t_train"], times["p_train"]))
         run["infer_ratio"] = statistics.median(t / p for t, p in zip(times["t_infer"], times["p_infer"]))
+    if o_infer is not None:
+        run["onnxruntime"] = {"infer_images_per_s": n / med["o_infer"], **o_info}
+        run["onnxruntime_ratio"] = statistics.median(o / p for o, p in zip(times["o_infer"], times["p_infer"]))
     return run
 
 
@@ -526,6 +594,8 @@ def main(argv=None, results_dir=None):
             run = measure(name, batch, args.steps, args.repeats, images, labels, args.threads, have_torch)
             run["train_fraction_of_gemm_ceiling"] = run["pylenet"]["train_gflops"] / result["gemm_ceiling_gflops"]
             result["runs"].append(run)
+    if _ort_session("lenet5", 1) is not None:  # single-image latency, beside onnxruntime
+        result["latency_us"] = [latency(name, args.threads, repeats=args.repeats) for name in args.models.split(",")]
     if args.epoch:
         result["full_epoch_seconds_lenet5_b64"] = full_epoch(args.threads)
     if args.neighbour:
@@ -536,17 +606,22 @@ def main(argv=None, results_dir=None):
           f"(simd {result['pylenet']['simd']['path']}), data {source}; "
           f"GEMM ceiling (NumPy) {result['gemm_ceiling_gflops']:.0f} GFLOP/s")
     hdr = (f"{'model':<12} {'batch':>5} | {'train/s pylenet':>15} {'torch':>9} {'ratio':>6} | "
-           f"{'infer/s pylenet':>15} {'torch':>9} {'ratio':>6} | {'GFLOP/s':>7} {'%ceil':>6} | {'plan MiB':>8}")
+           f"{'infer/s pylenet':>15} {'torch':>9} {'ratio':>6} {'onnxrt':>9} {'ratio':>6} | "
+           f"{'GFLOP/s':>7} {'%ceil':>6} | {'plan MiB':>8}")
     print(hdr)
     print("-" * len(hdr))
+    fmt = lambda v, spec: format(v, spec) if v is not None else "-"  # noqa: E731
     for r in result["runs"]:
-        p, t = r["pylenet"], r.get("torch", {})
-        fmt = lambda v, spec: format(v, spec) if v is not None else "-"
+        p, t, o = r["pylenet"], r.get("torch", {}), r.get("onnxruntime", {})
         print(f"{r['model']:<12} {r['batch']:>5} | {p['train_samples_per_s']:>15,.0f} "
               f"{fmt(t.get('train_samples_per_s'), '>9,.0f'):>9} {fmt(r.get('train_ratio'), '>6.2f'):>6} | "
               f"{p['infer_images_per_s']:>15,.0f} {fmt(t.get('infer_images_per_s'), '>9,.0f'):>9} "
-              f"{fmt(r.get('infer_ratio'), '>6.2f'):>6} | {p['train_gflops']:>7.1f} "
+              f"{fmt(r.get('infer_ratio'), '>6.2f'):>6} {fmt(o.get('infer_images_per_s'), '>9,.0f'):>9} "
+              f"{fmt(r.get('onnxruntime_ratio'), '>6.2f'):>6} | {p['train_gflops']:>7.1f} "
               f"{100 * r['train_fraction_of_gemm_ceiling']:>5.1f}% | {p['memory_plan_bytes'] / 2**20:>8.2f}")
+    for r in result.get("latency_us", []):
+        print(f"one image, {r['model']}: model(x) {r['pylenet_model_call']:.0f} us, predict "
+              f"{r['pylenet_predict']:.0f} us, onnxruntime {fmt(r.get('onnxruntime'), '.0f')} us")
     if "full_epoch_seconds_lenet5_b64" in result:
         print(f"full MNIST epoch, lenet5, batch 64, through pylenet.train: "
               f"{result['full_epoch_seconds_lenet5_b64']:.2f} s")

@@ -19,6 +19,8 @@ CASES = [
     (64, 50, 40),    # the largest batch computed transposed (the weight read in place)
     (65, 33, 17),    # the smallest computed directly
     (130, 70, 13),
+    (1, 803, 501),   # batch 1 to 4: dot products of rows (dot_rows), with a tail past the vectors
+    (4, 47, 6),      # and a row block of A cut short
 ]
 LENET = [
     (3, 800, 500),   # 50*4*4 -> 500
