@@ -92,7 +92,7 @@ class _Tree:
             self.total += p.size
 
     def modes(self):
-        return tuple(m.training for m in self.modules)
+        return tuple([m.training for m in self.modules])
 
     def requires_grad(self):
         return tuple(bool(getattr(p, "requires_grad", True)) for _, p in self.params)
@@ -119,8 +119,7 @@ def parameter_layout(module):
 
 # ------------------------------------------------------------------------------ compiling
 def _threads():
-    from . import get_num_threads
-    return get_num_threads()
+    return _C.default_threads()  # pylenet.get_num_threads(), without the import on every call
 
 
 def _modes(module):
@@ -248,11 +247,23 @@ def run(module, *args, **kwargs):
         device = ("cuda", int(x.device.id))
         x = cp.asnumpy(x)
     x = as_batch(module, x, name)
-    whole = batch_dependent(traced(module, x.shape[1:], min(len(x), DEFAULT_INFERENCE_BATCH)))
-    # One executor serves every call of up to its capacity; a batch-dependent forward needs the
-    # whole call in one batch.
-    ex = inference_executor(module, x.shape[1:], max(len(x), DEFAULT_INFERENCE_BATCH) if whole
-                            else DEFAULT_INFERENCE_BATCH, device)
+    # Calls of up to the standard capacity look their executor up under one key of everything
+    # it depends on (a single image's call is then mostly native time); the first builds it.
+    cache = module.__dict__["_cache"]
+    key = ("run", x.shape[1:], _modes(module), structure_version(), _threads(), device) \
+        if len(x) <= DEFAULT_INFERENCE_BATCH else None
+    hit = cache.get(key) if key else None
+    if hit is None:
+        whole = batch_dependent(traced(module, x.shape[1:], min(len(x), DEFAULT_INFERENCE_BATCH)))
+        # One executor serves every call of up to its capacity; a batch-dependent forward needs
+        # the whole call in one batch.
+        ex = inference_executor(module, x.shape[1:], max(len(x), DEFAULT_INFERENCE_BATCH) if whole
+                                else DEFAULT_INFERENCE_BATCH, device)
+        if key:
+            cache[key] = (ex, whole)
+    else:
+        ex, whole = hit
+        module.__dict__["_last_input_shape"] = x.shape[1:]  # as traced() records it
     if device[0] == "cuda":
         ex.upload_state()
     from .nn.init import draw_seed
@@ -272,11 +283,13 @@ class _EvalMode:
         self.module, self.training = module, training
 
     def __enter__(self):
-        self.saved = [(m, m.training) for m in self.module.modules()]
-        self.module.train(self.training)
+        self.modules = _tree(self.module).modules  # walked once per structure, not per call
+        self.saved = [m.training for m in self.modules]
+        if any(flag is not self.training for flag in self.saved):
+            self.module.train(self.training)
 
     def __exit__(self, *exc):
-        for m, flag in self.saved:
+        for m, flag in zip(self.modules, self.saved):
             m.__dict__["training"] = flag
 
 
