@@ -5,6 +5,7 @@
   train     train a model on MNIST / Fashion-MNIST and save it
   eval      evaluate a saved model on a dataset's test split
   predict   classify PNG / .npy images with a saved model
+  plot      pictures (PNG): training curves, filters, feature maps, confusion matrix, worst images
   bench     pylenet vs PyTorch training/inference throughput (benchmarks/)
   export-cudnn / import-cudnn   exchange cudnn_lenet weights with NVIDIA's cudnn-training sample
 """
@@ -131,6 +132,11 @@ def _check_train_args(args):
             raise ValueError(f"{flag} {path} is a folder")
     if args.resume is not None and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume}: no such checkpoint")
+    if args.plot is not None:
+        if not os.path.isdir(args.plot):
+            raise ValueError(f"--plot {args.plot}: no such folder")
+        from pylenet import viz
+        viz._matplotlib("pylenet train --plot")  # no matplotlib: said now, not after the first epoch
     for flag, path in (("--save", save), ("--checkpoint", args.checkpoint)):
         continuing = args.resume is not None and path and os.path.abspath(path) == os.path.abspath(args.resume)
         if path and os.path.exists(path) and not args.force and not continuing:
@@ -172,10 +178,36 @@ def _cmd_train(args):
     # only where that line is not seen (no bar, or stdout going to a file), so each epoch is one line.
     bar_on_screen = not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
 
+    # --plot: the curves redrawn after every epoch, with a resumed run's earlier epochs.
+    earlier = []
+    if args.plot and args.resume:
+        from pylenet.checkpoint import read_extra
+        earlier = list(((read_extra(args.resume).get("history") or {}).get("epochs")) or [])
+    if args.plot:
+        print(f"drawing the loss and accuracy curves in {os.path.join(args.plot, 'history.png')} after every "
+              "epoch", flush=True)
+
+    def plot_curves():
+        from pylenet import viz
+        target = os.path.join(args.plot, "history.png")
+        try:  # a picture that cannot be drawn must not stop the training
+            viz.plot_history({"args": {"model": args.model, "dataset": args.dataset},
+                              "history": {"epochs": earlier + seen}}, target)
+        except (OSError, ValueError, RuntimeError) as e:
+            print(f"pylenet: warning: could not draw {target}: {e}", file=sys.stderr, flush=True)
+
+    interrupted = []
+
     def on_epoch(r):
         seen.append(r)
         if not bar_on_screen:
             print(format_epoch(r, args.epochs), flush=True)
+        if args.plot:
+            try:
+                plot_curves()
+            except KeyboardInterrupt:  # the epoch is not in the checkpoint yet: stop once it is
+                interrupted.append(r["epoch"])
+                return False
 
     def write_history(records, total):
         if args.history:
@@ -190,6 +222,8 @@ def _cmd_train(args):
                                 device=args.device, schedule=sched, loss=loss, eval_set=test_set, seed=args.seed,
                                 progress=not args.quiet, on_epoch=on_epoch, checkpoint=ckpt, resume=args.resume,
                                 checkpoint_extra={"dataset": args.dataset})
+        if interrupted:  # Ctrl-C while the curves were drawn, reported once the epoch was saved
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         write_history(seen, time.perf_counter() - t0)
         if seen:
@@ -270,6 +304,80 @@ def _cmd_predict(args):
     return 0
 
 
+def _plot_dataset(args):
+    """The dataset a plot command uses: --dataset, else the one the checkpoint was trained on."""
+    if args.dataset:
+        return args.dataset
+    from pylenet.checkpoint import read_extra
+    name = read_extra(args.checkpoint).get("dataset", "mnist")
+    if name not in ("mnist", "fashion-mnist"):
+        raise ValueError(f"{args.checkpoint} names no dataset this command knows ({name!r}); pass --dataset")
+    return name
+
+
+def _plot_classes(name):
+    from pylenet import datasets
+    return datasets.FASHION_MNIST_CLASSES if name == "fashion-mnist" else datasets.MNIST_CLASSES
+
+
+def _cmd_plot(args):
+    """Each picture is checked for (matplotlib, the output's folder, the input files) before
+    any model or data is read."""
+    import pylenet
+    from pylenet import viz
+
+    viz._matplotlib(f"pylenet plot {args.what}")
+    viz._check_out(args.out, f"pylenet plot {args.what}")
+    if args.what == "history":
+        viz.plot_history(args.history, args.out)
+        print(f"wrote {args.out}: the loss and accuracy curves of {args.history}")
+        return 0
+    if not os.path.isfile(args.checkpoint):
+        raise ValueError(f"{args.checkpoint}: no such checkpoint")
+    if args.what in ("maps", "confusion", "worst"):
+        _check_data_folder(args)
+    model = pylenet.load(args.checkpoint)
+    if args.what == "filters":
+        viz.plot_filters(model, args.out, layer=args.layer)
+        layer = args.layer or viz.conv_layers(model)[0][0]
+        print(f"wrote {args.out}: the filters of layer {layer} of {args.checkpoint}")
+        return 0
+    name = _plot_dataset(args)
+    if args.what == "maps":
+        import re
+        shape = getattr(model, "input_shape", None)
+        if not shape or len(shape) != 3:
+            raise ValueError(f"{args.checkpoint}: the model's input shape is {shape}, not an image (C, H, W)")
+        test = re.fullmatch(r"test:(\d+)", args.image)
+        label = None
+        if test and not os.path.exists(args.image):  # the N-th image of the test split
+            data = _load_split(name, args, False)
+            i = int(test.group(1))
+            if i >= len(data):
+                raise ValueError(f"{args.image}: the {name} test split has {len(data)} images (0 to {len(data) - 1})")
+            image, label = data.images[i] * data.std + data.mean, int(data.labels[i])  # pixels in [0, 1]
+        else:
+            from pylenet.images import load_image
+            if not os.path.isfile(args.image):
+                raise ValueError(f"{args.image}: no such image file (or test:N for the N-th test image)")
+            image = load_image(args.image, tuple(shape[1:]))
+        viz.plot_feature_maps(model, image, args.out, normalized=False, label=label, classes=_plot_classes(name))
+        print(f"wrote {args.out}: the feature maps of {args.image} in {args.checkpoint}")
+        return 0
+    data = _load_split(name, args, False)
+    if args.what == "confusion":
+        m, acc = viz.confusion_matrix(model, data)
+        viz.plot_confusion(model, data, args.out)
+        print(f"wrote {args.out}: the confusion matrix of {args.checkpoint} on the {name} test split "
+              f"({len(data)} images, accuracy {acc:.2%})")
+        return 0
+    if args.count < 1:
+        raise ValueError(f"-n must be at least 1, got {args.count}")
+    viz.plot_worst(model, data, args.out, n=args.count)
+    print(f"wrote {args.out}: the {min(args.count, len(data))} highest-loss {name} test images of {args.checkpoint}")
+    return 0
+
+
 def _cmd_export_cudnn(args):
     import pylenet
     from pylenet.models import export_cudnn_training
@@ -337,6 +445,8 @@ def build_parser():
     p.add_argument("--force", action="store_true", help="overwrite an existing --save / --checkpoint file")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--plot", default=None, metavar="DIR",
+                   help="draw the loss and accuracy curves in DIR/history.png after every epoch (needs matplotlib)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="evaluate a saved model on a test split")
@@ -352,6 +462,35 @@ def build_parser():
     p.add_argument("images", nargs="+")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("plot", help="pictures as PNG: curves, filters, feature maps, confusion matrix, worst images",
+                       description='Pictures of a training run or a saved model, as PNG files (matplotlib: '
+                                   'pip install "pylenet[viz]").')
+    what = p.add_subparsers(dest="what", required=True, metavar="PICTURE")
+    q = what.add_parser("history", help="loss and accuracy per epoch, from the JSON of pylenet train --history")
+    q.add_argument("history", metavar="HISTORY.json")
+    q.add_argument("out", metavar="OUT.png")
+    q = what.add_parser("filters", help="a conv layer's filters (default the first)")
+    q.add_argument("checkpoint")
+    q.add_argument("out", metavar="OUT.png")
+    q.add_argument("--layer", default=None, help="the conv layer's module path, e.g. conv2 or 3 (default: the first)")
+    q = what.add_parser("maps", help="an image, every conv/pool layer's feature maps and the class probabilities")
+    q.add_argument("checkpoint")
+    q.add_argument("image", metavar="IMAGE",
+                   help="a PNG or .npy image (made grey HxW as predict does), or test:N for the N-th test image")
+    q.add_argument("out", metavar="OUT.png")
+    for name, text in (("confusion", "the confusion matrix on a test split, with the accuracy"),
+                       ("worst", "the test images with the highest loss, with true and predicted classes")):
+        q = what.add_parser(name, help=text)
+        q.add_argument("checkpoint")
+        q.add_argument("out", metavar="OUT.png")
+        if name == "worst":
+            q.add_argument("-n", "--count", type=int, default=16, help="how many images (default 16)")
+    for q in (what.choices["maps"], what.choices["confusion"], what.choices["worst"]):
+        q.add_argument("--dataset", default=None, choices=["mnist", "fashion-mnist"],
+                       help="default: the dataset the model was trained on")
+        q.add_argument("--data", default=None, help="folder with the IDX files")
+    p.set_defaults(func=_cmd_plot)
 
     p = sub.add_parser("bench", help="pylenet vs PyTorch on the CPU (see benchmarks/)", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
@@ -386,7 +525,7 @@ def main(argv=None):
         except OSError:
             pass
         return 141
-    except (ValueError, TypeError, OSError, RuntimeError, MemoryError) as e:
+    except (ValueError, TypeError, OSError, RuntimeError, MemoryError, ImportError) as e:  # ImportError: an extra
         print(f"pylenet: error: {e}", file=sys.stderr)
         return 1
 

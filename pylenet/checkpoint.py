@@ -394,29 +394,46 @@ class GraphModule(Module):
         self.input_shape = tuple(meta["graph"]["input_shape"])
 
     def _lookup(self, dotted):
-        obj = self
-        for part in dotted.split("."):
-            obj = getattr(obj, part)
-        return obj
+        return _lookup(self, dotted)
 
     def forward(self, x):
         g = self._graph
-        env = {g["input"]: x}
-        for vid, name in g["values"].items():
-            env[int(vid)] = self._lookup(name)
-        for n in g["nodes"]:
-            if n["op"] in ("input", "param", "buffer", "labels"):
-                continue
-            ins = [env.get(i) if i >= 0 else None for i in n["inputs"]]
-            if n.get("path") is not None and n.get("module"):
-                out = self._lookup(n["path"])(ins[0]) if n["path"] else ins[0]
-            else:
-                out = _replay(self, n["op"], n["attrs"], ins)
-            env[n["outputs"][0]] = out
-        return env[g["output"]]
+        return replay(self, g["nodes"], g["values"], g["input"], x, call_modules=True)[g["output"]]
 
     def __repr__(self):
         return super().__repr__().replace(type(self).__name__, self._type_name, 1)
+
+
+def _lookup(model, dotted):
+    obj = model
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def replay(model, nodes, values, input_id, x, call_modules=False):
+    """Runs a graph's nodes on ``x`` and returns every value computed, {value id: value}.
+
+    nodes: as ``Graph.nodes()`` lists them (or a checkpoint's graph holds them); values:
+    {value id: name} of the model's parameters and buffers the graph reads. Each op runs as
+    its ``pylenet.functional`` function, so on NumPy arrays every intermediate value comes
+    back (pylenet.viz draws them); dropout and batch norm follow ``model.training``.
+    call_modules: a node that a built-in layer made (``node["path"]``, as a checkpoint
+    records it) calls that layer as a module instead, so that tracing the replay (a
+    GraphModule's forward) records the module calls as the original did."""
+    env = {input_id: x}
+    for vid, name in values.items():
+        env[int(vid)] = _lookup(model, name)
+    for n in nodes:
+        if n["op"] in ("input", "param", "buffer", "labels"):
+            continue
+        ins = [env.get(i) if i >= 0 else None for i in n["inputs"]]
+        if call_modules and n.get("path") is not None and n.get("module"):
+            out = _lookup(model, n["path"])(ins[0]) if n["path"] else ins[0]
+        else:
+            out = _replay(model, n["op"], n["attrs"], ins)
+        env[n["outputs"][0]] = out
+    return env
 
 
 def _replay(model, op, a, ins):
