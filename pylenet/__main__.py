@@ -7,6 +7,7 @@
   predict   classify PNG / .npy images with a saved model
   plot      pictures (PNG): training curves, filters, feature maps, confusion matrix, worst images
   bench     pylenet vs PyTorch training/inference throughput (benchmarks/)
+  export-onnx   write a saved model as ONNX (onnxruntime and other runtimes run it)
   export-cudnn / import-cudnn   exchange cudnn_lenet weights with NVIDIA's cudnn-training sample
 """
 import argparse
@@ -174,8 +175,9 @@ def _cmd_train(args):
     # or a crash loses at most the epoch in progress, and --resume continues exactly.
     ckpt = args.checkpoint or save
     seen = []
-    # On a terminal train() turns its progress bar into the epoch's line; printed here as well
-    # only where that line is not seen (no bar, or stdout going to a file), so each epoch is one line.
+    # train() draws its bars only on a terminal (progress= below) and writes each epoch's line
+    # above them; the CLI prints that line on stdout wherever it is not seen so (no bars, or
+    # stdout going to a file), so each epoch is one line in every place.
     bar_on_screen = not args.quiet and sys.stderr.isatty() and sys.stdout.isatty()
 
     # --plot: the curves redrawn after every epoch, with a resumed run's earlier epochs.
@@ -220,7 +222,7 @@ def _cmd_train(args):
     try:
         history = pylenet.train(model, train_set, epochs=args.epochs, batch_size=args.batch_size, optimizer=opt,
                                 device=args.device, schedule=sched, loss=loss, eval_set=test_set, seed=args.seed,
-                                progress=not args.quiet, on_epoch=on_epoch, checkpoint=ckpt, resume=args.resume,
+                                progress=not args.quiet and sys.stderr.isatty(), on_epoch=on_epoch, checkpoint=ckpt, resume=args.resume,
                                 checkpoint_extra={"dataset": args.dataset})
         if interrupted:  # Ctrl-C while the curves were drawn, reported once the epoch was saved
             raise KeyboardInterrupt
@@ -378,6 +380,26 @@ def _cmd_plot(args):
     return 0
 
 
+def _cmd_export_onnx(args):
+    import pylenet
+    from pylenet import onnx as plonnx
+
+    plonnx._require_onnx()  # before anything is read: say what to install
+    folder = os.path.dirname(os.path.abspath(args.out))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{args.out}: the folder {folder} does not exist")
+    if os.path.exists(args.out) and not args.force:
+        raise ValueError(f"{args.out} exists; pass --force to overwrite it")
+    model = pylenet.load(args.checkpoint)
+    proto = plonnx.export(model, args.out, opset=args.opset)
+    shape = ", ".join(str(d.dim_param or d.dim_value) for d in proto.graph.input[0].type.tensor_type.shape.dim)
+    norm = f"; inputs normalised with mean {model.normalization[0]}, std {model.normalization[1]} first" \
+        if getattr(model, "normalization", None) else ""
+    print(f"wrote {args.out}: {len(proto.graph.node)} ONNX operators (opset {args.opset}), input 'input' ({shape}), "
+          f"output 'output'{norm}")
+    return 0
+
+
 def _cmd_export_cudnn(args):
     import pylenet
     from pylenet.models import export_cudnn_training
@@ -495,6 +517,14 @@ def build_parser():
     p = sub.add_parser("bench", help="pylenet vs PyTorch on the CPU (see benchmarks/)", add_help=False)
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_bench)
+
+    from pylenet.onnx import DEFAULT_OPSET
+    p = sub.add_parser("export-onnx", help="write a saved model as an ONNX file (needs the onnx package)")
+    p.add_argument("checkpoint")
+    p.add_argument("out", metavar="OUT.onnx")
+    p.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset, 13 or later (default {DEFAULT_OPSET})")
+    p.add_argument("--force", action="store_true", help="overwrite an existing OUT.onnx")
+    p.set_defaults(func=_cmd_export_onnx)
 
     p = sub.add_parser("export-cudnn", help="write a cudnn_lenet checkpoint as cudnn-training .bin files")
     p.add_argument("checkpoint")

@@ -207,3 +207,27 @@ def test_without_onnx_the_call_says_what_to_install(tmp_path, monkeypatch):
     with pytest.raises(ImportError, match=r'pip install "pylenet\[onnx\]"'):
         plonnx.export(models.lenet5(), tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_export_onnx_command(tmp_path):
+    import subprocess
+    m = models.cudnn_lenet(seed=4)
+    m.save(tmp_path / "c.npz")
+    cmd = [sys.executable, "-m", "pylenet", "export-onnx"]
+    r = subprocess.run(cmd + ["c.npz", "c.onnx"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "input 'input' (batch, 1, 28, 28)" in r.stdout and "normalised with mean 0.1307" in r.stdout
+    x = batch(3)
+    m.eval()
+    assert_same(run_ort(tmp_path / "c.onnx", x), m(x))
+    before = (tmp_path / "c.onnx").read_bytes()
+    r = subprocess.run(cmd + ["c.npz", "c.onnx"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "--force" in r.stderr and (tmp_path / "c.onnx").read_bytes() == before
+    r = subprocess.run(cmd + ["c.npz", "c.onnx", "--force", "--opset", "13"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "opset 13" in r.stdout
+    for args, needle in ((["missing.npz", "x.onnx"], "missing.npz"), (["c.npz", "no/dir/x.onnx"], "does not exist"),
+                         (["c.npz", "y.onnx", "--opset", "7"], "opset")):
+        r = subprocess.run(cmd + args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.startswith("pylenet: error:") and needle in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
