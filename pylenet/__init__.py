@@ -30,8 +30,10 @@ except ImportError as _e:
             "extension (a source folder?): install it with `pip install .`.") from _e
     __path__[:] = [_where]
     from . import _C
-from . import cuda, functional, nn, models, optim, datasets, bench, onnx  # onnx: imports the onnx package only when exporting
+# onnx and viz import the onnx package and matplotlib only when they are used
+from . import cuda, functional, nn, models, optim, datasets, bench, onnx, viz
 from .checkpoint import GraphModule, load, save
+from .from_torch import from_torch  # torch is imported when it is called, not here
 from .functional import cat, flatten
 from .graph import Tensor, TraceError, trace
 from .nn import Sequential
@@ -95,7 +97,8 @@ def host_memory_stats():
 
 
 __all__ = [
-    "cuda", "functional", "nn", "models", "optim", "datasets", "Sequential", "load", "save", "GraphModule", "train",
+    "cuda", "functional", "nn", "models", "optim", "datasets", "onnx", "viz", "from_torch", "Sequential", "load",
+    "save", "GraphModule", "train",
     "evaluate", "compile", "History", "manual_seed", "trace", "Tensor", "TraceError", "cat", "flatten",
     "build_info", "available_simd", "get_simd", "set_simd", "get_num_threads", "set_num_threads",
     "host_memory_stats", "__version__",
