@@ -362,3 +362,21 @@ def test_reassigned_layer_keeps_its_place_as_in_torch():
     ours.b.bias, theirs.b.bias = nn.Parameter(np.zeros(3)), torch.nn.Parameter(torch.zeros(3))
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in theirs.named_parameters()]
+
+
+def test_an_unpickled_model_with_batch_norm_compiles_and_trains():
+    """Arrays that come back from pickle carry their own (equivalent) dtype objects: the
+    executor's checks compare dtypes by equivalence, not identity (found by from_torch's tests)."""
+    import pickle
+    from pylenet import nn, optim
+    m = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 26 * 26, 10),
+                      input_shape=(1, 28, 28))
+    again = pickle.loads(pickle.dumps(m))
+    x = np.random.default_rng(0).standard_normal((8, 1, 28, 28)).astype(np.float32)
+    y = np.arange(8) % 10
+    steps = [pylenet.compile(net, optimizer=optim.SGD(0.01), batch_size=8) for net in (m, again)]
+    losses = [[float(s(x, y)) for _ in range(3)] for s in steps]
+    assert losses[0] == losses[1]  # the same steps on the same (copied) state
+    assert not np.allclose(m[1].running_mean, 0)
+    np.testing.assert_array_equal(again[1].running_mean, m[1].running_mean)
+    np.testing.assert_array_equal(again[4].weight, m[4].weight)

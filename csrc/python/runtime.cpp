@@ -105,7 +105,7 @@ struct PyExecutor {
 };
 
 void check_flat(const py::array& a, int64_t count, const char* what) {
-  PYL_CHECK_ARG(a.ndim() == 1 && a.shape(0) == count && a.dtype().is(py::dtype::of<float>()) &&
+  PYL_CHECK_ARG(a.ndim() == 1 && a.shape(0) == count && a.dtype().equal(py::dtype::of<float>()) &&
                     (a.flags() & py::array::c_style) && a.writeable(),
                 "compile: ", what, " must be a writable float32 array of ", count, " values");
 }
@@ -212,7 +212,7 @@ void bind_runtime(py::module_& m) {
                py::array a = py::reinterpret_borrow<py::array>(item.second);
                const size_t v = item.first.cast<size_t>();
                const graph::Value& val = g.value(static_cast<int>(v));
-               PYL_CHECK_ARG(a.dtype().is(py::dtype::of<float>()) && a.size() == val.numel() &&
+               PYL_CHECK_ARG(a.dtype().equal(py::dtype::of<float>()) && a.size() == val.numel() &&
                                  (a.flags() & py::array::c_style) && a.writeable(),
                              "compile: parameter ", val.name, " must be a writable float32 array of ", val.numel(),
                              " values");
@@ -223,7 +223,8 @@ void bind_runtime(py::module_& m) {
                py::array a = py::reinterpret_borrow<py::array>(item.second);
                const size_t v = item.first.cast<size_t>();
                const graph::Value& val = g.value(static_cast<int>(v));
-               const bool ok = (val.is_int ? a.dtype().is(py::dtype::of<int64_t>()) : a.dtype().is(py::dtype::of<float>())) &&
+               // equal, not is: an unpickled array has its own (equivalent) dtype object
+               const bool ok = a.dtype().equal(val.is_int ? py::dtype::of<int64_t>() : py::dtype::of<float>()) &&
                                a.size() == val.numel() && (a.flags() & py::array::c_style) && a.writeable();
                PYL_CHECK_ARG(ok, "compile: buffer ", val.name, " must be a writable ", val.is_int ? "int64" : "float32",
                              " array of ", val.numel(), " values");
