@@ -1,6 +1,8 @@
 """pylenet.train / pylenet.evaluate: accuracy on real MNIST, History, determinism, resume,
 argument errors and divergence."""
 import os
+import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -648,3 +650,27 @@ def test_malformed_schedules_are_clear_errors_before_training(small, sched, err,
     x, y = small[0][:64], small[1][:64]
     with pytest.raises(err, match=match):
         pylenet.train(models.lenet5(), (x, y), epochs=1, batch_size=32, progress=False, schedule=sched)
+
+
+# ----------------------------------------------------------------------------- progress output (issue 14)
+class _Terminal(__import__("io").StringIO):
+    def isatty(self):
+        return True
+
+
+@pytest.mark.parametrize("where", ["log", "terminal", "off"])
+def test_progress_is_one_line_per_epoch_in_a_log_and_bars_on_a_terminal(small, monkeypatch, where):
+    import io
+    x, y = small[0][:256], small[1][:256]
+    stream = {"log": io.StringIO(), "terminal": _Terminal(), "off": io.StringIO()}[where]
+    monkeypatch.setattr(sys, "stderr", stream)
+    pylenet.train(models.lenet5(), (x, y), epochs=3, batch_size=32, progress=where != "off", eval_set=(x, y))
+    out = stream.getvalue()
+    lines = [line for line in out.replace("\r", "\n").split("\n") if re.match(r"epoch +\d/3: loss", line)]
+    if where == "off":
+        assert out == ""
+    elif where == "log":  # plain lines only: no bar, no carriage return
+        assert out.splitlines() == lines and len(lines) == 3 and "\r" not in out
+        assert "eval acc" in lines[0] and "samples/s" in lines[0]
+    else:  # tqdm's bars (epochs, then images of the epoch) with each epoch's line written once
+        assert len(lines) == 3 and "img/s" in out and "training: 100%" in out and "3/3" in out
