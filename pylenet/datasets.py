@@ -231,16 +231,29 @@ FASHION_MNIST_CLASSES = [
 ]
 
 
+def _pixel_table(mean, std):
+    """The float32 value of each uint8 pixel once normalised: a 256-entry lookup table maps
+    images in one pass, with the same value for the same pixel everywhere."""
+    return ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(np.float32)
+
+
 class Dataset:
     """Images and labels of one split, in memory.
 
     ``images`` is float32 (N, C, H, W), C-contiguous (what the kernels want);
     ``labels`` is int64 (N,).  ``mean``/``std`` record the normalisation that
-    was applied: ``pixel / 255 == images * std + mean``.
+    was applied: ``pixel / 255 == images * std + mean``. Images given as uint8
+    are pixels, normalised here with that mean and std (the same lookup table
+    the IDX loader uses); float images are taken as already normalised.
     """
 
     def __init__(self, images, labels, *, name: str = "dataset", classes=None,
                  mean: float = 0.0, std: float = 1.0):
+        images = np.asarray(images)
+        if images.dtype == np.uint8:
+            if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+                raise DatasetError(f"{name}: need a finite mean and a positive std, got {mean}, {std}")
+            images = _pixel_table(mean, std)[images]
         images = np.ascontiguousarray(images, dtype=np.float32)
         if images.ndim == 3:  # (N, H, W): single-channel images
             images = images[:, None, :, :]
@@ -563,10 +576,7 @@ def _load(name: str, classes, root, train: bool, normalize: bool,
     mean, std = float(mean), float(std)
     if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
         raise DatasetError(f"{name}: need a finite mean and a positive std, got {mean}, {std}")
-    # A 256-entry lookup table maps every uint8 pixel in one pass, with the
-    # same float32 value for the same pixel everywhere.
-    lut = ((np.arange(256, dtype=np.float64) / 255.0 - mean) / std).astype(np.float32)
-    x = lut[images].reshape(len(images), 1, 28, 28)
+    x = _pixel_table(mean, std)[images].reshape(len(images), 1, 28, 28)
     return Dataset(x, labels, name=f"{name}-{'train' if train else 'test'}",
                    classes=classes, mean=mean, std=std)
 

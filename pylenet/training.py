@@ -48,25 +48,83 @@ class History:
         return f"History({len(self.epochs)} epochs, last={self.epochs[-1] if self.epochs else None})"
 
 
-def _arrays(data, op):
-    """(images float32 C-contiguous, labels int64) from a Dataset or an (images, labels) pair."""
+def _arrays(data, op, model=None):
+    """(images float32 C-contiguous (N, C, H, W), labels int64) from what a user has:
+      - a pylenet Dataset (or anything with ``images`` and ``labels`` arrays);
+      - an ``(images, labels)`` pair of arrays;
+      - any sequence with ``__len__`` and ``__getitem__`` giving ``(image, label)`` (a
+        torchvision dataset: PIL images or tensors, int or tensor labels).
+    Grey images without a channel axis (N, H, W) get one; channels-last colour (N, H, W, 3)
+    becomes channels-first. uint8 images are pixels: scaled to [0, 1], then normalised as the
+    model says (its ``normalization``), so they match data normalised the same way."""
     if hasattr(data, "images") and hasattr(data, "labels"):
         images, labels = data.images, data.labels
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and (_labels_like(data[1]) or
+                                                                 getattr(data[0], "ndim", 0) >= 3):
         images, labels = data
+    elif hasattr(data, "__len__") and hasattr(data, "__getitem__") and not isinstance(data, (str, bytes)):
+        images, labels = _gather(data, op)
     else:
-        raise TypeError(f"{op}: expected a pylenet Dataset or an (images, labels) pair, got {type(data).__name__}")
+        raise TypeError(f"{op}: expected a pylenet Dataset, an (images, labels) pair or a sequence of (image, label) "
+                        f"samples, got {type(data).__name__}")
     images, labels = np.asarray(images), np.asarray(labels)
     if images.dtype.kind not in "biuf":
         raise TypeError(f"{op}: images must hold real numbers, got dtype {images.dtype}")
     if labels.dtype.kind not in "iu":
         raise TypeError(f"{op}: labels must be integers, got dtype {labels.dtype}")
+    if labels.ndim != 1:
+        raise ValueError(f"{op}: labels must be a vector (N,), got shape {labels.shape}")
     if len(images) == 0:
         raise ValueError(f"{op}: the dataset is empty")
+    if len(images) != len(labels):
+        raise ValueError(f"{op}: {len(images)} images but {len(labels)} labels")
+    if images.ndim == 3:  # (N, H, W): grey images
+        images = images[:, None]
+    elif images.ndim == 4 and images.shape[-1] in (1, 3) and images.shape[1] not in (1, 3):
+        images = images.transpose(0, 3, 1, 2)  # channels last (PIL, NumPy pictures) -> first
+    if images.dtype == np.uint8:
+        images = images.astype(np.float32) / np.float32(255)
+        norm = getattr(model, "normalization", None)
+        if norm:
+            images = (images - np.float32(norm[0])) / np.float32(norm[1])
     images = np.ascontiguousarray(images, dtype=np.float32)
     if not np.isfinite(images).all():
         raise ValueError(f"{op}: images contain NaN or inf")
     return images, np.ascontiguousarray(labels, dtype=np.int64)
+
+
+def _labels_like(v):
+    """Whether v is a vector of labels (the second half of an (images, labels) pair), rather
+    than the second (image, label) sample of a list of two."""
+    if hasattr(v, "ndim"):
+        return v.ndim == 1
+    return isinstance(v, (list, tuple)) and all(isinstance(e, (int, np.integer)) for e in v)
+
+
+def _gather(data, op):
+    """Stacks the (image, label) samples of a sequence into two arrays."""
+    n = len(data)
+    images, labels = [], []
+    for i in range(n):
+        sample = data[i]
+        if not isinstance(sample, (tuple, list)) or len(sample) != 2:
+            raise TypeError(f"{op}: item {i} of the {type(data).__name__} is a {type(sample).__name__}, not an "
+                            "(image, label) pair")
+        image, label = sample
+        if hasattr(image, "detach"):  # a torch tensor
+            image = image.detach().cpu().numpy()
+        images.append(np.asarray(image))
+        try:
+            labels.append(int(label))
+        except (TypeError, ValueError):
+            raise TypeError(f"{op}: the label of item {i} is a {type(label).__name__}, not an integer") from None
+    if not images:
+        return np.zeros((0, 1, 1, 1), np.float32), np.zeros(0, np.int64)
+    shapes = {a.shape for a in images}
+    if len(shapes) != 1:
+        raise ValueError(f"{op}: the images of the {type(data).__name__} have different shapes: "
+                         f"{', '.join(map(str, sorted(shapes)[:3]))}")
+    return np.stack(images), np.asarray(labels, np.int64)
 
 
 def device_index(device, op):
@@ -257,6 +315,10 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
           checkpoint_extra=None):
     """Trains ``model`` (any pylenet Module) in place and returns a History.
 
+    train_set / eval_set: a pylenet Dataset, an ``(images, labels)`` pair of arrays, or any
+    sequence of ``(image, label)`` samples (a torchvision dataset); uint8 pixels are scaled to
+    [0, 1] and normalised with the model's ``normalization`` (see ``_arrays``).
+
     optimizer: an Optimizer, a name ("sgd", "adam", "adadelta") or None (SGD lr 0.01);
     its state is kept on the object, so a second call (or a loaded checkpoint) resumes.
     schedule: a Schedule, a name ("constant", "step", "cosine", "inv") or any function
@@ -292,8 +354,8 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     dev = runtime._device(device, "train")
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):
         runtime._positive_int(v, name, "train")
-    images, labels = _arrays(train_set, "train")
-    eval_arrays = _arrays(eval_set, "train (eval_set)") if eval_set is not None else None
+    images, labels = _arrays(train_set, "train", model)
+    eval_arrays = _arrays(eval_set, "train (eval_set)", model) if eval_set is not None else None
     loss = loss or F.cross_entropy
     batch_size = int(min(batch_size, len(images)))
     done, history = 0, History()
@@ -386,7 +448,7 @@ def evaluate(model, dataset, batch_size=256, device="cpu", loss=None):
     for a model that outputs log-probabilities it equals their NLL)."""
     from . import functional as F
     from . import runtime
-    images, labels = _arrays(dataset, "evaluate")
+    images, labels = _arrays(dataset, "evaluate", model)
     shape = getattr(model, "input_shape", None)
     if shape and tuple(images.shape[1:]) != tuple(shape):
         raise ValueError(f"evaluate: images of shape {images.shape} do not match the model input {tuple(shape)}")

@@ -280,8 +280,9 @@ def _bad(tiny, what):
     return x, y
 
 
+# (Grey images without the channel axis, (N, 28, 28), are accepted: they get one.)
 @pytest.mark.parametrize("what", ["label-10", "label-neg", "nan-image", "inf-image", "image-32x32",
-                                  "image-no-channel", "image-3-channels", "labels-count", "labels-2d", "empty"])
+                                  "image-3-channels", "labels-count", "labels-2d", "empty"])
 def test_train_rejects_bad_data(tiny, what):
     m = models.lenet5()
     w0 = weights(m)
@@ -674,3 +675,57 @@ def test_progress_is_one_line_per_epoch_in_a_log_and_bars_on_a_terminal(small, m
         assert "eval acc" in lines[0] and "samples/s" in lines[0]
     else:  # tqdm's bars (epochs, then images of the epoch) with each epoch's line written once
         assert len(lines) == 3 and "img/s" in out and "training: 100%" in out and "3/3" in out
+
+
+# ----------------------------------------------------------------------------- data from anywhere (issue 14)
+class _TorchvisionLike:
+    """What a torchvision dataset is to train(): __len__, and __getitem__ giving (image, label);
+    here PIL images and int labels, as torchvision.datasets.MNIST gives without a transform."""
+
+    def __init__(self, pixels, labels):
+        self.pixels, self.labels = pixels, labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        from PIL import Image
+        return Image.fromarray(self.pixels[i]), int(self.labels[i])
+
+
+def test_every_kind_of_data_trains_alike(small):
+    """A Dataset of normalised floats, the same pixels as a uint8 pair, a uint8 Dataset, a
+    torchvision-like sequence of PIL images, and one of torch tensors: the same steps."""
+    x, y = small[0][:128], small[1][:128]
+    pixels = np.clip(np.rint((x[:, 0] * 0.3081 + 0.1307) * 255), 0, 255).astype(np.uint8)  # (N, 28, 28)
+    norm = (0.1307, 0.3081)
+    exact = (pylenet.datasets.Dataset(pixels, y, mean=norm[0], std=norm[1]).images, y)  # the pixels, normalised
+    kinds = {"arrays": exact, "uint8 pair": (pixels, y), "uint8 dataset": pylenet.datasets.Dataset(pixels[:, None], y,
+             mean=norm[0], std=norm[1]), "PIL sequence": _TorchvisionLike(pixels, y)}
+    try:
+        import torch
+    except ImportError:  # the tensor case needs torch; the others do not
+        torch = None
+    if torch is not None:
+        kinds["tensor sequence"] = [(torch.from_numpy(exact[0][i]), torch.tensor(int(y[i]))) for i in range(len(y))]
+    results = {}
+    for name, data in kinds.items():
+        m = models.lenet5(seed=1)  # normalization (0.1307, 0.3081), as MNIST's
+        pylenet.train(m, data, epochs=1, batch_size=32, progress=False, seed=2)
+        results[name] = (weights(m), pylenet.evaluate(m, data)["accuracy"])
+    for name, (w, acc) in results.items():
+        np.testing.assert_allclose(w, results["arrays"][0], rtol=0, atol=1e-6, err_msg=name)
+        assert acc == results["arrays"][1], name
+
+
+def test_bad_sequences_are_clear_errors():
+    with pytest.raises(TypeError, match="item 0 .* not an \\(image, label\\) pair"):
+        pylenet.train(models.lenet5(), [np.zeros((1, 28, 28), np.float32)] * 3, epochs=1, progress=False)
+    with pytest.raises(TypeError, match="label of item 1"):
+        pylenet.train(models.lenet5(), [(np.zeros((1, 28, 28), np.float32), 1), (np.zeros((1, 28, 28)), "x")],
+                      epochs=1, progress=False)
+    with pytest.raises(ValueError, match="different shapes"):
+        pylenet.train(models.lenet5(), [(np.zeros((1, 28, 28)), 1), (np.zeros((1, 27, 28)), 2), (np.zeros((1, 28, 28)), 3)],
+                      epochs=1, progress=False)
+    with pytest.raises(TypeError, match="expected a pylenet Dataset"):
+        pylenet.train(models.lenet5(), 42, epochs=1, progress=False)
