@@ -12,8 +12,8 @@ import numbers
 
 import numpy as np
 
-__all__ = ["SGD", "Adam", "Adadelta", "Schedule", "ConstantLR", "StepLR", "CosineLR", "InvLR", "FunctionLR",
-           "make_optimizer", "make_schedule"]
+__all__ = ["SGD", "Adam", "Adadelta", "Schedule", "ConstantLR", "StepLR", "CosineLR", "InvLR", "OneCycleLR",
+           "LinearWarmup", "FunctionLR", "make_optimizer", "make_schedule"]
 
 
 def _check(cond, msg):
@@ -221,7 +221,7 @@ class Schedule:
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-_NATIVE_RULES = ("constant", "step", "cosine", "inv", "table")
+_NATIVE_RULES = ("constant", "step", "cosine", "inv", "one_cycle", "table")
 
 
 class ConstantLR(Schedule):
@@ -270,6 +270,49 @@ class InvLR(Schedule):
         return {"kind": "inv", "gamma": self.gamma, "power": self.power}
 
 
+class OneCycleLR(Schedule):
+    """PyTorch's OneCycleLR (two phases, cosine annealing, stepped per iteration) with the
+    optimizer's lr as max_lr: from lr / div_factor up to lr over the first pct_start of the
+    run, then down to lr / div_factor / final_div_factor at its last step."""
+    kind = "one_cycle"
+
+    def __init__(self, pct_start=0.3, div_factor=25.0, final_div_factor=1e4):
+        self.pct_start = _num(pct_start, "pct_start", "OneCycleLR")
+        self.div_factor = _num(div_factor, "div_factor", "OneCycleLR")
+        self.final_div_factor = _num(final_div_factor, "final_div_factor", "OneCycleLR")
+        _check(0 < self.pct_start < 1, f"OneCycleLR: pct_start must be in (0, 1), got {self.pct_start}")
+        _check(self.div_factor > 0 and self.final_div_factor > 0,
+               "OneCycleLR: div_factor and final_div_factor must be > 0")
+
+    def spec(self, steps_per_epoch, epochs):
+        return {"kind": "one_cycle", "pct_start": self.pct_start, "div_factor": self.div_factor,
+                "final_div_factor": self.final_div_factor, "total_iters": max(1, steps_per_epoch * epochs)}
+
+
+class LinearWarmup(Schedule):
+    """The first `steps` optimizer steps ramp linearly up to a schedule (``then``, default
+    constant): step i (from 0) gets (i + 1) / steps of the rate ``then`` gives it."""
+    kind = "warmup"
+
+    def __init__(self, steps, then=None):
+        if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or steps < 1:
+            raise ValueError(f"LinearWarmup: steps must be a whole number >= 1, got {steps!r}")
+        self.steps = int(steps)
+        self.then = make_schedule(then)
+        if isinstance(self.then, (FunctionLR, LinearWarmup)):
+            raise TypeError("LinearWarmup: `then` must be a built-in schedule (write a function's warm-up into "
+                            "the function)")
+
+    def spec(self, steps_per_epoch, epochs):
+        return {**self.then.epoch_spec(0, 0, steps_per_epoch, epochs), "warmup_iters": self.steps}
+
+    def config(self):
+        return {"kind": "warmup", "steps": self.steps, "then": self.then.config()}
+
+    def __repr__(self):
+        return f"LinearWarmup(steps={self.steps}, then={self.then!r})"
+
+
 class FunctionLR(Schedule):
     """Any function ``f(epoch, step) -> lr``: ``epoch`` counts finished epochs (from 0) and
     ``step`` the optimizer steps of the whole run (from 0, the clock of the other schedules).
@@ -313,7 +356,8 @@ class FunctionLR(Schedule):
         return f"FunctionLR({self.name})"
 
 
-SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR, "inv": InvLR}
+SCHEDULES = {"constant": ConstantLR, "step": StepLR, "cosine": CosineLR, "inv": InvLR, "one_cycle": OneCycleLR,
+             "warmup": LinearWarmup}
 
 
 def make_schedule(name_or_sched=None, **kwargs):

@@ -497,12 +497,13 @@ def _dropout_bn_net():
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adam"])
-@pytest.mark.parametrize("sched", ["constant", "step", "cosine", "inv"])
+@pytest.mark.parametrize("sched", ["constant", "step", "cosine", "inv", "one_cycle", "warmup"])
 def test_resume_is_bit_identical_to_the_uninterrupted_run(small, tmp_path, opt, sched):
     x, y = small[0][:300], small[1][:300]
     make_opt = {"sgd": lambda: optim.SGD(0.05, momentum=0.9, nesterov=True), "adam": lambda: optim.Adam(1e-3)}[opt]
     make_sched = {"constant": optim.ConstantLR, "step": lambda: optim.StepLR(1, 0.5), "cosine": optim.CosineLR,
-                  "inv": lambda: optim.InvLR(1e-2)}[sched]
+                  "inv": lambda: optim.InvLR(1e-2), "one_cycle": optim.OneCycleLR,
+                  "warmup": lambda: optim.LinearWarmup(15, optim.CosineLR())}[sched]
     for make_model in (models.lenet5, _dropout_bn_net):
         pylenet.manual_seed(4)
         ref = make_model()
@@ -644,7 +645,7 @@ class _BadSpec(optim.Schedule):
     (_BadSpec(), TypeError, r"_BadSpec.spec\(\) returned \{'kind': 'warmup'\}"),
     (optim.CosineLR, TypeError, "the class CosineLR, expected an instance"),
     ([0.1, 0.01], TypeError, "got list"),
-    ("warmup", ValueError, "unknown schedule 'warmup'"),
+    ("sawtooth", ValueError, "unknown schedule 'sawtooth'"),
     ({"kind": "function", "function": "f"}, ValueError, "only the built-in schedules"),
 ])
 def test_malformed_schedules_are_clear_errors_before_training(small, sched, err, match):
@@ -729,3 +730,48 @@ def test_bad_sequences_are_clear_errors():
                       epochs=1, progress=False)
     with pytest.raises(TypeError, match="expected a pylenet Dataset"):
         pylenet.train(models.lenet5(), 42, epochs=1, progress=False)
+
+
+# ----------------------------------------------------------------------------- one-cycle and warm-up (issue 16)
+def test_one_cycle_is_pytorchs_rate_at_every_step():
+    torch = pytest.importorskip("torch")
+    steps, epochs, max_lr = 7, 3, 0.4
+    for kw in ({}, {"pct_start": 0.25, "div_factor": 10.0, "final_div_factor": 100.0}):
+        p = torch.nn.Parameter(torch.zeros(1))
+        opt = torch.optim.SGD([p], lr=max_lr)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps,
+                                                    cycle_momentum=False, **kw)
+        want = []
+        for _ in range(steps * epochs):
+            want.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        ours = optim.OneCycleLR(**kw)
+        got = [ours.lr_at(max_lr, i, steps, epochs) for i in range(steps * epochs)]
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+
+
+def test_linear_warmup_ramps_into_the_schedule():
+    base = optim.CosineLR()
+    warm = optim.LinearWarmup(4, base)
+    got = [warm.lr_at(0.1, i, 5, 2) for i in range(10)]
+    want = [base.lr_at(0.1, i, 5, 2) * min(1.0, (i + 1) / 4) for i in range(10)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert optim.make_schedule(warm.config()).config() == warm.config()  # a checkpoint can hold it
+    assert optim.LinearWarmup(3).lr_at(0.2, 0) == pytest.approx(0.2 / 3)
+    with pytest.raises(TypeError, match="built-in"):
+        optim.LinearWarmup(3, lambda e, s: 0.1)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match="steps"):
+            optim.LinearWarmup(bad)
+    for kw in ({"pct_start": 0.0}, {"pct_start": 1.0}, {"div_factor": 0.0}, {"final_div_factor": -1.0}):
+        with pytest.raises(ValueError):
+            optim.OneCycleLR(**kw)
+
+
+def test_train_reports_the_one_cycle_rates(small):
+    x, y = small[0][:128], small[1][:128]
+    h = pylenet.train(models.lenet5(), (x, y), epochs=4, batch_size=32, optimizer=optim.SGD(0.2, momentum=0.9),
+                      schedule=optim.OneCycleLR(), progress=False)
+    lrs = [r["lr"] for r in h.epochs]  # at each epoch's first step: up, then down
+    assert lrs[0] == pytest.approx(0.2 / 25) and lrs[1] > lrs[0] and lrs[3] < lrs[2]

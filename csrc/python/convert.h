@@ -63,7 +63,9 @@ inline runtime::ScheduleSpec schedule_spec_of(const py::dict& d) {
   else if (kind == "cosine") s.kind = runtime::ScheduleSpec::Cosine;
   else if (kind == "inv") s.kind = runtime::ScheduleSpec::Inv;
   else if (kind == "table") s.kind = runtime::ScheduleSpec::Table;
-  else fail(ErrorKind::InvalidArgument, "unknown schedule '", kind, "' (expected constant, step, cosine, inv or table)");
+  else if (kind == "one_cycle") s.kind = runtime::ScheduleSpec::OneCycle;
+  else fail(ErrorKind::InvalidArgument, "unknown schedule '", kind,
+            "' (expected constant, step, cosine, inv, one_cycle or table)");
   if (d.contains("gamma")) s.gamma = d["gamma"].cast<double>();
   if (d.contains("power")) s.power = d["power"].cast<double>();
   if (d.contains("min_lr")) s.min_lr = d["min_lr"].cast<double>();
@@ -71,6 +73,10 @@ inline runtime::ScheduleSpec schedule_spec_of(const py::dict& d) {
   if (d.contains("total_iters")) s.total_iters = d["total_iters"].cast<int64_t>();
   if (d.contains("table")) s.table = d["table"].cast<std::vector<double>>();
   if (d.contains("first_iter")) s.first_iter = d["first_iter"].cast<int64_t>();
+  if (d.contains("pct_start")) s.pct_start = d["pct_start"].cast<double>();
+  if (d.contains("div_factor")) s.div_factor = d["div_factor"].cast<double>();
+  if (d.contains("final_div_factor")) s.final_div_factor = d["final_div_factor"].cast<double>();
+  if (d.contains("warmup_iters")) s.warmup_iters = d["warmup_iters"].cast<int64_t>();
   return s;
 }
 

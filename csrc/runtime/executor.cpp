@@ -91,7 +91,22 @@ class ArenaAllocator {
 }  // namespace
 
 // ------------------------------------------------------------------------------ schedules
+namespace {
+double rule_lr(const ScheduleSpec& s, double lr, int64_t iter);
+}
+
 double schedule_lr(const ScheduleSpec& s, double lr, int64_t iter) {
+  const double rate = rule_lr(s, lr, iter);
+  if (s.warmup_iters > 0 && iter < s.warmup_iters)
+    return rate * (static_cast<double>(iter) + 1.0) / static_cast<double>(s.warmup_iters);
+  return rate;
+}
+
+namespace {
+// Cosine from `from` (pct 0) to `to` (pct 1), as PyTorch's OneCycleLR anneals.
+double cos_anneal(double from, double to, double pct) { return to + (from - to) / 2.0 * (std::cos(M_PI * pct) + 1.0); }
+
+double rule_lr(const ScheduleSpec& s, double lr, int64_t iter) {
   switch (s.kind) {
     case ScheduleSpec::Constant: return lr;
     case ScheduleSpec::Step:
@@ -107,9 +122,17 @@ double schedule_lr(const ScheduleSpec& s, double lr, int64_t iter) {
                     s.first_iter, " to ", s.first_iter + n - 1, ", asked for iteration ", iter);
       return s.table[static_cast<size_t>(iter - s.first_iter)];
     }
+    case ScheduleSpec::OneCycle: {
+      const double initial = lr / s.div_factor, last = initial / s.final_div_factor;
+      const double up_end = s.pct_start * static_cast<double>(s.total_iters) - 1.0;
+      const double end = static_cast<double>(s.total_iters) - 1.0, i = static_cast<double>(iter);
+      if (i <= up_end) return cos_anneal(initial, lr, up_end > 0 ? i / up_end : 1.0);
+      return cos_anneal(lr, last, end > up_end ? std::min((i - up_end) / (end - up_end), 1.0) : 1.0);
+    }
   }
   return lr;
 }
+}  // namespace
 
 namespace {
 // The learning rate of one step, refused before the step runs when it is not a finite

@@ -78,9 +78,11 @@ struct RunStats {
 using ProgressFn = std::function<bool(int64_t, int64_t, const RunStats&)>;
 
 struct ScheduleSpec {
-  enum Kind { Constant = 0, Step = 1, Cosine = 2, Inv = 3, Table = 4 } kind = Constant;
+  enum Kind { Constant = 0, Step = 1, Cosine = 2, Inv = 3, Table = 4, OneCycle = 5 } kind = Constant;
   double gamma = 0.1, power = 0.75, min_lr = 0.0;
   int64_t step_iters = 1, total_iters = 1;
+  double pct_start = 0.3, div_factor = 25.0, final_div_factor = 1e4;  // one-cycle
+  int64_t warmup_iters = 0;  // any kind: scaled by (iter + 1) / warmup_iters before that
   // Table: the rate of each iteration from first_iter on, computed ahead by the caller (a
   // schedule written as a Python function, evaluated one epoch at a time so the steps stay native).
   std::vector<double> table;
@@ -89,6 +91,9 @@ struct ScheduleSpec {
 // Learning rate at iteration `iter` (counted from 0 over the whole run):
 //   step: lr * gamma^floor(iter / step_iters)       cosine: min + (lr - min)(1 + cos(pi iter/total))/2
 //   inv (Caffe): lr * (1 + gamma * iter)^-power     table: table[iter - first_iter] (base lr unused)
+//   one-cycle (PyTorch's OneCycleLR, two phases, cosine): from lr / div up to lr over the first
+//   pct_start of total_iters, then down to lr / div / final_div at the last iteration
+// With warmup_iters > 0, iteration i < warmup_iters has (i + 1) / warmup_iters of that rate.
 double schedule_lr(const ScheduleSpec& s, double base_lr, int64_t iter);
 
 // Memory the plan holds, in bytes.
