@@ -39,6 +39,7 @@ from .graph import Tensor, TraceError, trace
 from .nn import Sequential
 from .nn.init import manual_seed
 from .runtime import compile
+from .speedrun import speedrun
 from .training import History, evaluate, train
 
 __version__ = _C.build_info()["version"]
@@ -97,7 +98,7 @@ def host_memory_stats():
 
 
 __all__ = [
-    "cuda", "functional", "nn", "models", "optim", "datasets", "onnx", "viz", "from_torch", "Sequential", "load",
+    "cuda", "functional", "nn", "models", "optim", "datasets", "onnx", "viz", "from_torch", "speedrun", "Sequential", "load",
     "save", "GraphModule", "train",
     "evaluate", "compile", "History", "manual_seed", "trace", "Tensor", "TraceError", "cat", "flatten",
     "build_info", "available_simd", "get_simd", "set_simd", "get_num_threads", "set_num_threads",

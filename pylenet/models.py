@@ -9,7 +9,7 @@ from . import functional as F
 from .nn import AvgPool2d, Conv2d, Dropout, Flatten, Linear, MaxPool2d, Module, ReLU, Sequential, Tanh
 from .nn.init import seeded
 
-__all__ = ["lenet5", "lenet5_classic", "cudnn_lenet", "LeNet", "MnistNet", "lenet", "mnist_net", "MODELS",
+__all__ = ["lenet5", "lenet5_classic", "lenet_bn", "cudnn_lenet", "LeNet", "MnistNet", "lenet", "mnist_net", "MODELS",
            "create"]
 
 MNIST_NORMALIZATION = (0.1307, 0.3081)
@@ -33,6 +33,19 @@ def lenet5_classic(seed=0, num_classes=10):
             Conv2d(6, 16, 5), Tanh(), AvgPool2d(2),
             Flatten(), Linear(16 * 5 * 5, 120), Tanh(), Linear(120, 84), Tanh(), Linear(84, num_classes),
             input_shape=(1, 28, 28), name="lenet5_classic", normalization=MNIST_NORMALIZATION)
+
+
+def lenet_bn(seed=0, num_classes=10):
+    """A LeNet with batch norm after each convolution (whose bias it makes redundant) and one
+    hidden fully connected layer: conv 6@5x5, BN, ReLU, max-pool, conv 16@5x5, BN, ReLU,
+    max-pool, fc 120, ReLU, fc 10. The speedrun's network (pylenet.speedrun): 99 % in one epoch."""
+    from .nn import BatchNorm2d
+    with seeded(seed):
+        return Sequential(
+            Conv2d(1, 6, 5, padding=2, bias=False), BatchNorm2d(6), ReLU(), MaxPool2d(2),
+            Conv2d(6, 16, 5, bias=False), BatchNorm2d(16), ReLU(), MaxPool2d(2),
+            Flatten(), Linear(16 * 5 * 5, 120), ReLU(), Linear(120, num_classes),
+            input_shape=(1, 28, 28), name="lenet_bn", normalization=MNIST_NORMALIZATION)
 
 
 def cudnn_lenet(seed=0, num_classes=10):
@@ -108,8 +121,8 @@ def mnist_net(seed=0):
         return MnistNet()
 
 
-MODELS = {"lenet5": lenet5, "lenet5_classic": lenet5_classic, "cudnn_lenet": cudnn_lenet, "lenet": lenet,
-          "mnist_net": mnist_net}
+MODELS = {"lenet5": lenet5, "lenet5_classic": lenet5_classic, "lenet_bn": lenet_bn, "cudnn_lenet": cudnn_lenet,
+          "lenet": lenet, "mnist_net": mnist_net}
 
 
 def create(name, **kwargs):

@@ -32,7 +32,7 @@ def batch(n, shape=(1, 28, 28), seed=0):
     return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic", "cudnn_lenet", "lenet", "mnist_net"])
+@pytest.mark.parametrize("name", ["lenet5", "lenet5_classic", "lenet_bn", "cudnn_lenet", "lenet", "mnist_net"])
 def test_built_in_models_match_at_any_batch_size(tmp_path, name):
     m = models.create(name, seed=3)
     m.eval()
