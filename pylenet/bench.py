@@ -216,11 +216,12 @@ def setup_onnxruntime(name, batch, steps, images, threads):
     if sess is None:
         return None, None
     import onnxruntime as ort
+    from .runtime import softmax_rows
     x = np.ascontiguousarray(images[:batch * steps])
 
-    def run_infer(count=len(x)):
+    def run_infer(count=len(x)):  # probabilities, as the pylenet and PyTorch sides compute them
         for i in range(0, count, batch):
-            sess.run(["output"], {"input": x[i:i + batch]})
+            softmax_rows(sess.run(["output"], {"input": x[i:i + batch]})[0])
 
     run_infer(batch * 3)
     return run_infer, {"onnxruntime_version": ort.__version__}
