@@ -1,6 +1,7 @@
-// CPU batch normalisation: per-channel loops over (N, C, HW); sums in double, in eight lanes.
+// CPU batch normalisation: per-channel loops over (N, C, HW); row sums in float lanes, totals in double.
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "core/parallel.h"
 #include "ops/batchnorm.h"
@@ -8,46 +9,59 @@
 namespace pylenet::cpu {
 
 namespace {
-// The channel sums run in kLanes independent double accumulators: one running sum waits ~4
-// cycles on each add, eight of them pipeline (and vectorise). They are combined in a fixed
-// order, so the sums depend only on the data, not on timing or the thread count.
-constexpr int kLanes = 8;
+// The channel sums: within one row (one sample's plane of one channel, at most a few thousand
+// floats) kLanes float partial sums run side by side, so the adds pipeline and vectorise;
+// each row's lanes are then added to the channel's double totals. Every sum is taken in a
+// fixed order, so the statistics depend only on the data, not on timing or thread count.
+constexpr int kVec = 4;                // floats per vector: the SSE2 baseline this file is built for
+constexpr int kVecs = 4;               // vectors of partial sums per quantity
+constexpr int kLanes = kVec * kVecs;  // 16 lanes
+typedef float v4f __attribute__((vector_size(kVec * sizeof(float))));
+
+inline v4f load4(const float* p) { v4f v; std::memcpy(&v, p, sizeof v); return v; }
 
 struct Lanes {
-  double a[kLanes] = {}, b[kLanes] = {};
-  void combine(double& sa, double& sb) const {
-    for (int l = 0; l < kLanes; ++l) sa += a[l], sb += b[l];
-  }
+  double a = 0.0, b = 0.0;
+  void combine(double& sa, double& sb) const { sa += a, sb += b; }
 };
+
+// The row's lane sums (and the scalar tail's) added to the channel's double totals.
+inline void add_row(Lanes& acc, const v4f (&ra)[kVecs], const v4f (&rb)[kVecs], float ta, float tb) {
+  double a = ta, b = tb;
+  for (int v = 0; v < kVecs; ++v)
+    for (int l = 0; l < kVec; ++l) a += ra[v][l], b += rb[v][l];
+  acc.a += a;
+  acc.b += b;
+}
 
 // a += x, b += x * x over one row of n floats.
 inline void add_moments(Lanes& acc, const float* p, int64_t n) {
+  v4f ra[kVecs] = {}, rb[kVecs] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      const double v = p[j + l];
-      acc.a[l] += v;
-      acc.b[l] += v * v;
+    for (int v = 0; v < kVecs; ++v) {
+      const v4f x = load4(p + j + v * kVec);
+      ra[v] += x;
+      rb[v] += x * x;
     }
-  for (int l = 0; j < n; ++j, ++l) {
-    const double v = p[j];
-    acc.a[l] += v;
-    acc.b[l] += v * v;
-  }
+  float ta = 0.0f, tb = 0.0f;
+  for (; j < n; ++j) ta += p[j], tb += p[j] * p[j];
+  add_row(acc, ra, rb, ta, tb);
 }
 
 // a += dy, b += dy * (x - m) * is over one row of n floats.
 inline void add_grad_moments(Lanes& acc, const float* p, const float* g, int64_t n, float m, float is) {
+  v4f ra[kVecs] = {}, rb[kVecs] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) {
-      acc.a[l] += g[j + l];
-      acc.b[l] += static_cast<double>(g[j + l]) * ((p[j + l] - m) * is);
+    for (int v = 0; v < kVecs; ++v) {
+      const v4f d = load4(g + j + v * kVec);
+      ra[v] += d;
+      rb[v] += d * ((load4(p + j + v * kVec) - m) * is);
     }
-  for (int l = 0; j < n; ++j, ++l) {
-    acc.a[l] += g[j];
-    acc.b[l] += static_cast<double>(g[j]) * ((p[j] - m) * is);
-  }
+  float ta = 0.0f, tb = 0.0f;
+  for (; j < n; ++j) ta += g[j], tb += g[j] * ((p[j] - m) * is);
+  add_row(acc, ra, rb, ta, tb);
 }
 }  // namespace
 
