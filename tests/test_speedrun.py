@@ -27,7 +27,7 @@ def test_speedrun_learns_mnist_in_one_epoch():
     data = (pylenet.datasets.mnist(data_root(), train=True), pylenet.datasets.mnist(data_root(), train=False))
     r = speedrun(seed=0, data=data)
     assert set(r) == {"accuracy", "seconds", "seed", "device", "recipe"} and r["recipe"] == RECIPE
-    assert r["accuracy"] >= 0.985, r  # 99.01 % with seed 0 on AVX-512; the same steps on any thread count
+    assert r["accuracy"] >= 0.985, r  # 99.02 % with seed 0 on AVX-512; the same steps on any thread count
     assert 0 < r["seconds"] < 120
     again = speedrun(seed=0, data=data)
     assert again["accuracy"] == r["accuracy"]  # deterministic
