@@ -142,47 +142,37 @@ def _log_probs(out, kind):
 
 
 def _dataset(model, data, op):
-    """(images float32 (N, C, H, W), labels int64, class names, (mean, std) to undo for display)."""
-    if hasattr(data, "images") and hasattr(data, "labels"):
-        images, labels = data.images, data.labels
-    elif isinstance(data, (tuple, list)) and len(data) == 2:
-        images, labels = data
-    else:
-        raise TypeError(f"{op}: dataset must be a pylenet Dataset or an (images, labels) pair, "
-                        f"got {type(data).__name__}")
-    images, labels = np.asarray(images), np.asarray(labels)
-    if images.dtype.kind not in "biuf":
-        raise TypeError(f"{op}: images must hold real numbers, got dtype {images.dtype}")
-    if labels.dtype.kind not in "iu":
-        raise TypeError(f"{op}: labels must be integers, got dtype {labels.dtype}")
-    if images.ndim == 3:  # (N, H, W): grey images
-        images = images[:, None]
-    if images.ndim != 4 or labels.ndim != 1 or len(images) != len(labels):
-        raise ValueError(f"{op}: expected images (N, C, H, W) or (N, H, W) and labels (N,), got images "
-                         f"{images.shape} and labels {labels.shape}")
-    if len(images) == 0:
-        raise ValueError(f"{op}: the dataset is empty")
+    """(images float32 (N, C, H, W), labels int64, class names, (mean, std) to undo for display).
+    The data is whatever train() takes (training._arrays reads it, uint8 pixels normalised as
+    the model says); the display scale follows from where the pixels came from."""
+    from .training import _arrays
+    images, labels = _arrays(data, op, model)
     shape = getattr(model, "input_shape", None)
     if shape and tuple(images.shape[1:]) != tuple(shape):
         raise ValueError(f"{op}: images of shape {tuple(images.shape[1:])} do not match the model's input "
                          f"{tuple(shape)}")
     norm = _normalization(model)
-    display = None
-    if images.dtype == np.uint8:  # raw pixels: made what the model expects, as train does
-        images = images.astype(np.float32) / 255
-        if norm:
-            images = (images - norm[0]) / norm[1]
+    if _pixels_are_uint8(data):  # _arrays made them what the model expects
         display = norm or (0.0, 1.0)
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    if not np.isfinite(images).all():
-        raise ValueError(f"{op}: images contain NaN or inf")
-    if display is None:
-        if hasattr(data, "mean") and hasattr(data, "std"):
-            display = (float(data.mean), float(data.std))
-        elif norm:
-            display = norm
+    elif hasattr(data, "mean") and hasattr(data, "std"):
+        display = (float(data.mean), float(data.std))
+    else:
+        display = norm
     classes = [str(c) for c in getattr(data, "classes", None) or []]
-    return images, np.ascontiguousarray(labels, dtype=np.int64), classes, display
+    return images, labels, classes, display
+
+
+def _pixels_are_uint8(data):
+    if hasattr(data, "images"):
+        first = data.images
+    elif isinstance(data, (tuple, list)) and len(data) == 2 and getattr(data[0], "ndim", 0) >= 3:
+        first = data[0]
+    else:
+        try:
+            first = data[0][0]
+        except (TypeError, IndexError, KeyError):
+            return False
+    return getattr(np.asarray(first), "dtype", None) == np.uint8
 
 
 def _log_probs_of(model, images, op):

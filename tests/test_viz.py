@@ -425,7 +425,7 @@ def test_worst_examples_have_the_highest_losses(tmp_path, trained):
             viz.plot_worst(model, data, tmp_path / "x.png", n=n)
     with pytest.raises(ValueError, match=r"images of shape \(1, 14, 14\) do not match the model's input"):
         viz.plot_worst(model, (np.zeros((4, 1, 14, 14), np.float32), np.zeros(4, np.int64)), tmp_path / "x.png")
-    with pytest.raises(TypeError, match="dataset must be a pylenet Dataset"):
+    with pytest.raises(TypeError, match="expected a pylenet Dataset"):
         viz.plot_confusion(model, "data", tmp_path / "x.png")
     with pytest.raises(ValueError, match=r"label -2 is not one of the model's 10 classes \(0 to 9\)"):
         viz.plot_confusion(model, (data.images[:3], np.array([1, -2, 11])), tmp_path / "x.png")
