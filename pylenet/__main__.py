@@ -4,7 +4,7 @@
   summary   a model's layers, FLOPs and memory plan
   train     train a model on MNIST / Fashion-MNIST and save it
   eval      evaluate a saved model on a dataset's test split
-  predict   classify PNG / .npy images with a saved model
+  predict   classify pictures (PNG, JPEG, ...) and .npy images with a saved model
   plot      pictures (PNG): training curves, filters, feature maps, confusion matrix, worst images
   speedrun  MNIST to 99 % test accuracy in about the time of one lenet5 epoch (pylenet.speedrun)
   bench     pylenet vs PyTorch training/inference throughput (benchmarks/)
@@ -16,6 +16,8 @@ import json
 import os
 import sys
 import time
+
+from pylenet.atomic import check_target
 
 
 def _cmd_info(args):
@@ -125,13 +127,8 @@ def _check_train_args(args):
     _check_data_folder(args)
     save = args.save or f"{args.model}-{args.dataset}.npz"
     for flag, path in (("--save", save), ("--checkpoint", args.checkpoint), ("--history", args.history)):
-        if path is None:
-            continue
-        folder = os.path.dirname(os.path.abspath(path))
-        if not os.path.isdir(folder):
-            raise ValueError(f"{flag} {path}: the folder {folder} does not exist")
-        if os.path.isdir(path):
-            raise ValueError(f"{flag} {path} is a folder")
+        if path is not None:
+            check_target(path, flag)
     if args.resume is not None and not os.path.isfile(args.resume):
         raise ValueError(f"--resume {args.resume}: no such checkpoint")
     if args.plot is not None:
@@ -413,9 +410,7 @@ def _cmd_export_onnx(args):
     from pylenet import onnx as plonnx
 
     plonnx._require_onnx()  # before anything is read: say what to install
-    folder = os.path.dirname(os.path.abspath(args.out))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{args.out}: the folder {folder} does not exist")
+    check_target(args.out, "export-onnx")
     if os.path.exists(args.out) and not args.force:
         raise ValueError(f"{args.out} exists; pass --force to overwrite it")
     model = pylenet.load(args.checkpoint)
@@ -507,7 +502,7 @@ def build_parser():
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
     p.set_defaults(func=_cmd_eval)
 
-    p = sub.add_parser("predict", help="classify images (PNG of any size, or .npy)")
+    p = sub.add_parser("predict", help="classify pictures (PNG, JPEG, BMP, ...: made MNIST-like) or .npy images")
     p.add_argument("checkpoint")
     p.add_argument("images", nargs="+")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or cuda:N")
@@ -527,7 +522,7 @@ def build_parser():
     q = what.add_parser("maps", help="an image, every conv/pool layer's feature maps and the class probabilities")
     q.add_argument("checkpoint")
     q.add_argument("image", metavar="IMAGE",
-                   help="a PNG or .npy image (made grey HxW as predict does), or test:N for the N-th test image")
+                   help="a picture or .npy image (made MNIST-like as predict does), or test:N for the N-th test image")
     q.add_argument("out", metavar="OUT.png")
     for name, text in (("confusion", "the confusion matrix on a test split, with the accuracy"),
                        ("worst", "the test images with the highest loss, with true and predicted classes")):

@@ -15,7 +15,20 @@ import re
 import secrets
 import stat
 
-__all__ = ["write_atomic", "temp_path", "commit", "discard", "sweep_stale"]
+__all__ = ["write_atomic", "check_target", "temp_path", "commit", "discard", "sweep_stale"]
+
+
+def check_target(path, label):
+    """Refuses, before any work, a path that cannot be written: its folder missing (pylenet never
+    creates folders for you) or the path itself a folder. `label` names it in the message (a
+    flag such as "--save", or the calling function). Returns the path as a str."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"{label} {path}: the folder {folder} does not exist")
+    if os.path.isdir(path):
+        raise ValueError(f"{label} {path} is a folder")
+    return path
 
 
 def temp_path(final):

@@ -189,16 +189,20 @@ def setup_torch(name, batch, steps, images, labels, threads):
     return run_train, run_infer, {"torch_version": torch.__version__}
 
 
+def _have_onnxruntime():
+    """Whether onnx (to export) and onnxruntime (to run) are both installed."""
+    import importlib.util
+    return all(importlib.util.find_spec(m) is not None for m in ("onnx", "onnxruntime"))
+
+
 def _ort_session(name, threads):
     """An onnxruntime session (CPU execution provider, `threads` intra-op threads, sequential)
     running the ONNX export of the same model with the same weights; None without onnx and
     onnxruntime installed."""
-    try:
-        import onnxruntime as ort
-        from . import onnx as plonnx
-        plonnx._require_onnx()
-    except ImportError:
+    if not _have_onnxruntime():
         return None
+    import onnxruntime as ort
+    from . import onnx as plonnx
     model = models.create(name, seed=0)
     model.eval()
     blob = plonnx.export(model, None).SerializeToString()
@@ -309,11 +313,8 @@ def _out_path(out, results_dir, device):
     if out is None and results_dir is not None:
         out = os.path.join(results_dir, f"{device}-{datetime.date.today().isoformat()}.json")
     if out is not None:
-        folder = os.path.dirname(os.path.abspath(out))
-        if not os.path.isdir(folder):
-            raise ValueError(f"--out {out}: the folder {folder} does not exist")
-        if os.path.isdir(out):
-            raise ValueError(f"--out {out} is a folder")
+        from .atomic import check_target
+        check_target(out, "--out")
     return out
 
 
@@ -595,7 +596,7 @@ def main(argv=None, results_dir=None):
             run = measure(name, batch, args.steps, args.repeats, images, labels, args.threads, have_torch)
             run["train_fraction_of_gemm_ceiling"] = run["pylenet"]["train_gflops"] / result["gemm_ceiling_gflops"]
             result["runs"].append(run)
-    if _ort_session("lenet5", 1) is not None:  # single-image latency, beside onnxruntime
+    if _have_onnxruntime():  # single-image latency, beside onnxruntime
         result["latency_us"] = [latency(name, args.threads, repeats=args.repeats) for name in args.models.split(",")]
     if args.epoch:
         result["full_epoch_seconds_lenet5_b64"] = full_epoch(args.threads)

@@ -65,15 +65,9 @@ def _grey(im):
         if not np.isfinite(a).all():
             raise ValueError("float image contains NaN or inf")
         return np.clip(a, 0.0, 1.0)
-    if mode == "1":
-        return np.asarray(im.convert("L"), np.float64) / 255.0
-    if mode in ("L", "RGB"):
-        a = np.asarray(im, np.float64) / 255.0
-        return a if mode == "L" else a @ _LUMA
-    # palette, alpha, CMYK, YCbCr, ...: through RGBA, composited over white
-    a = np.asarray(im.convert("RGBA"), np.float64) / 255.0
-    alpha = a[..., 3:]
-    return (a[..., :3] * alpha + (1.0 - alpha)) @ _LUMA
+    if mode not in ("L", "RGB"):  # 1-bit, palette, alpha, CMYK, YCbCr, ...: through L or RGBA
+        im = im.convert("L" if mode == "1" else "RGBA")
+    return _to_grey(np.asarray(im, np.float64) / 255.0)  # RGBA composited over white there
 
 
 def _resample(arr, h, w, box=False):

@@ -75,12 +75,8 @@ def _check_out(path, op):
     path = os.fspath(path)
     if not path.lower().endswith(".png"):
         raise ValueError(f"{op}: path {path!r} must end in .png (pylenet.viz writes PNG files)")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"{op}: cannot write {path}: the folder {folder} does not exist")
-    if os.path.isdir(path):
-        raise ValueError(f"{op}: cannot write {path}: it is a folder")
-    return path
+    from .atomic import check_target
+    return check_target(path, f"{op}: cannot write")
 
 
 def _save(fig, path):
