@@ -40,7 +40,7 @@ __all__ = [
     "cross_entropy", "nll_loss", "softmax_cross_entropy", "sgd_step",
 ]
 
-CONV_ALGOS = ("naive", "im2col", "direct", "implicit_gemm", "auto", "heuristic")
+CONV_ALGOS = ("naive", "im2col", "direct", "winograd", "implicit_gemm", "auto", "heuristic")
 CUDA_CONV_ALGOS = ("naive", "im2col", "implicit_gemm", "auto", "heuristic")
 
 
@@ -219,11 +219,13 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto")
     ``padding`` is an int, a pair or ``"valid"`` (0); dilation and groups must be 1.
     ``algo`` (arrays only; a compiled model picks per layer): ``"naive"`` (seven loops),
     ``"im2col"`` (unfold + GEMM), ``"direct"`` (CPU only: SIMD over output rows; stride 1,
-    small channel counts), ``"implicit_gemm"`` (CUDA only: the GEMM with the unfolding done
+    small channel counts), ``"winograd"`` (CPU only: F(4x4, 3x3) for 3x3 filters at stride 1,
+    padding up to 2; a quarter of the multiplications, rounding a few ulps apart from the direct
+    sum), ``"implicit_gemm"`` (CUDA only: the GEMM with the unfolding done
     while tiles load into shared memory), ``"auto"`` (measure once per shape and keep the
     fastest applicable one, as ``cudnnFindConvolutionForwardAlgorithm`` does) or
     ``"heuristic"`` (a fixed rule from the shape, like ``cudnnGetConvolutionForwardAlgorithm``:
-    direct or im2col on the CPU, implicit_gemm on CUDA). An algorithm of the other backend
+    direct, winograd or im2col on the CPU, implicit_gemm on CUDA). An algorithm of the other backend
     raises ``ValueError``.
     """
     op = "conv2d"

@@ -1,8 +1,9 @@
 """conv2d / conv2d_backward against the float64 reference and torch.
 
 Every test runs on every SIMD path (``F`` fixture) and, for conv, on every
-algorithm ("naive", "im2col", "direct", "auto"). "direct" handles stride 1 with padding
-smaller than the kernel and kernel widths up to 8; elsewhere it must raise ValueError.
+algorithm ("naive", "im2col", "direct", "winograd", "auto"). "direct" handles stride 1 with
+padding smaller than the kernel and kernel widths up to 8, "winograd" 3x3 kernels at stride 1
+with padding up to 2; elsewhere they must raise ValueError.
 """
 
 import numpy as np
@@ -11,13 +12,23 @@ import pytest
 import reference as R
 from conftest import assert_close, f32
 
-ALGOS = ["naive", "im2col", "direct", "auto"]
+ALGOS = ["naive", "im2col", "direct", "winograd", "auto"]
 
 
 def direct_supports(case):
     n, c, h, w, oc, kh, kw, stride, padding = case
     (sh, sw), (ph, pw) = R.pair(stride), R.pair(padding)
     return sh == 1 and sw == 1 and ph < kh and pw < kw and kw <= 8
+
+
+def winograd_supports(case):
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    (sh, sw), (ph, pw) = R.pair(stride), R.pair(padding)
+    return sh == 1 and sw == 1 and kh == 3 and kw == 3 and ph <= 2 and pw <= 2
+
+
+def unsupported(algo, case):
+    return (algo == "direct" and not direct_supports(case)) or (algo == "winograd" and not winograd_supports(case))
 
 # (n, c, h, w, out_c, kh, kw, stride, padding)
 CASES = [
@@ -65,8 +76,8 @@ def make(rng, n, c, h, w, oc, kh, kw, stride, padding):
 def check_forward(F, rng, case, algo):
     n, c, h, w, oc, kh, kw, stride, padding = case
     x, wt, b, _ = make(rng, *case)
-    if algo == "direct" and not direct_supports(case):
-        with pytest.raises(ValueError, match="direct"):
+    if unsupported(algo, case):
+        with pytest.raises(ValueError, match=algo):
             F.conv2d(x, wt, b, stride=stride, padding=padding, algo=algo)
         return
     x0, w0, b0 = x.copy(), wt.copy(), b.copy()
@@ -83,8 +94,8 @@ def check_forward(F, rng, case, algo):
 def check_backward(F, rng, case, algo):
     n, c, h, w, oc, kh, kw, stride, padding = case
     x, wt, _, dy = make(rng, *case)
-    if algo == "direct" and not direct_supports(case):
-        with pytest.raises(ValueError, match="direct"):
+    if unsupported(algo, case):
+        with pytest.raises(ValueError, match=algo):
             F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo=algo)
         return
     dx, dw, db = F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo=algo)
@@ -147,7 +158,8 @@ def test_identity_kernel(F):
     x = np.arange(2 * 1 * 5 * 7, dtype=np.float32).reshape(2, 1, 5, 7)
     w = np.ones((1, 1, 1, 1), np.float32)
     for algo in ALGOS:
-        np.testing.assert_array_equal(F.conv2d(x, w, algo=algo), x)
+        if algo != "winograd":  # 3x3 only (and exact only up to rounding)
+            np.testing.assert_array_equal(F.conv2d(x, w, algo=algo), x)
 
 
 def test_hand_computed(F):
@@ -158,7 +170,7 @@ def test_hand_computed(F):
     expect = np.array([[[[1 * 4, 2 * 3 + 3 * 4],
                          [4 * 2 + 7 * 4, 5 * 1 + 6 * 2 + 8 * 3 + 9 * 4]]]], np.float32)
     for algo in ALGOS:
-        if algo == "direct":  # stride 2: not a direct shape
+        if algo in ("direct", "winograd"):  # stride 2: not their shape
             continue
         np.testing.assert_allclose(F.conv2d(x, w, stride=2, padding=1, algo=algo), expect, rtol=1e-6)
         dx, dw, db = F.conv2d_backward(np.ones((1, 1, 2, 2), np.float32), x, w, stride=2, padding=1, algo=algo)
@@ -196,8 +208,8 @@ def test_conv2d_vs_torch(F, rng, case, algo):
     torch = pytest.importorskip("torch")
     n, c, h, w, oc, kh, kw, stride, padding = case
     x, wt, b, dy = make(rng, *case)
-    if algo == "direct" and not direct_supports(case):
-        pytest.skip("direct: stride 1 only (the ValueError is checked in test_conv2d_forward)")
+    if unsupported(algo, case):
+        pytest.skip(f"{algo}: not this shape (the ValueError is checked in test_conv2d_forward)")
     xt = torch.tensor(x, dtype=torch.float64, requires_grad=True)
     wtt = torch.tensor(wt, dtype=torch.float64, requires_grad=True)
     bt = torch.tensor(b, dtype=torch.float64, requires_grad=True)
@@ -216,7 +228,7 @@ TORCH_CASES_S1 = [(n, c, h, w, oc, kh, kw, 1, (min(p[0], kh - 1), min(p[1], kw -
                   for (n, c, h, w, oc, kh, kw, s, p) in _random_cases(10, seed=7)]
 
 
-@pytest.mark.parametrize("algo", ["direct", "auto"])
+@pytest.mark.parametrize("algo", ["direct", "winograd", "auto"])
 @pytest.mark.parametrize("case", TORCH_CASES_S1, ids=lambda c: "n{}c{}_{}x{}_o{}_k{}x{}_s{}_p{}".format(*c).replace(" ", ""))
 def test_conv2d_stride1_vs_torch(F, rng, case, algo):
     test_conv2d_vs_torch(F, rng, case, algo)
@@ -244,3 +256,67 @@ DIRECT_PATHS = [
 def test_direct_special_paths(F, rng, case):
     check_forward(F, rng, case, "direct")
     check_backward(F, rng, case, "direct")
+
+
+# Shapes for the Winograd kernels' paths: channel counts that leave partial vectors of lanes
+# (1, 17, 40; a single lane up to three 16-lane vectors), outputs that are not whole 4x4 tiles,
+# every padding 0-2 and unequal ones, images whose padded width is the tiled width (one run of
+# pixels in the transposes) and those that are not, batches of several 8-image chunks (backward
+# filter's partial sums) and single images split into bands of tile rows (forward, 2 threads).
+WINOGRAD_PATHS = [
+    (2, 32, 26, 26, 64, 3, 3, 1, 0),  # mnist_net conv2: whole tiles, contiguous rows
+    (9, 17, 13, 11, 40, 3, 3, 1, 1),  # partial tiles, channel tails, two filter chunks
+    (17, 3, 7, 10, 5, 3, 3, 1, 2),    # three chunks, padding 2 (more padding than image at the corners)
+    (1, 40, 30, 9, 3, 3, 3, 1, (2, 0)),  # one image, many tile rows: bands; unequal padding
+    (2, 1, 5, 6, 33, 3, 3, 1, (0, 1)),   # one input channel, 33 output channels
+    (3, 16, 3, 3, 16, 3, 3, 1, 0),    # a single output pixel per image
+    (2, 8, 6, 18, 12, 3, 3, 1, (1, 2)),  # padded width = tiled width with padding on the columns
+]
+
+
+@pytest.mark.parametrize("case", WINOGRAD_PATHS, ids=lambda c: "x".join(map(str, c[:7])) + f"p{c[8]}".replace(" ", ""))
+def test_winograd_paths(F, nthreads, rng, case):
+    check_forward(F, rng, case, "winograd")
+    check_backward(F, rng, case, "winograd")
+
+
+def test_winograd_is_deterministic_across_threads(pylenet_module, rng):
+    """The same bits for 1, 2 and 3 threads in every pass (work splits never change a sum)."""
+    F = pylenet_module.functional
+    x, wt, b, dy = make(rng, 19, 20, 13, 14, 24, 3, 3, 1, 1)
+    x1, wt1, _, dy1 = make(rng, 1, 20, 29, 14, 24, 3, 3, 1, 1)  # a single image: forward in bands
+    previous = pylenet_module.get_num_threads()
+    outs = []
+    try:
+        for t in (1, 2, 3):
+            pylenet_module.set_num_threads(t)
+            outs.append([F.conv2d(x, wt, b, padding=1, algo="winograd"), F.conv2d(x1, wt1, padding=1, algo="winograd"),
+                         *F.conv2d_backward(dy, x, wt, padding=1, algo="winograd")])
+    finally:
+        pylenet_module.set_num_threads(previous)
+    for other in outs[1:]:
+        for a, r in zip(other, outs[0]):
+            np.testing.assert_array_equal(a, r)
+
+
+def test_winograd_refuses_other_shapes(F, rng):
+    x, wt, b, dy = make(rng, 1, 2, 9, 9, 3, 5, 5, 1, 0)
+    with pytest.raises(ValueError, match="winograd needs a 3x3 kernel, stride 1 and padding up to 2"):
+        F.conv2d(x, wt, algo="winograd")
+    x, wt, b, dy = make(rng, 1, 2, 9, 9, 3, 3, 3, 2, 1)
+    with pytest.raises(ValueError, match="winograd needs"):
+        F.conv2d_backward(dy, x, wt, stride=2, padding=1, algo="winograd")
+    with pytest.raises(ValueError, match="winograd needs"):
+        F.conv2d_workspace_size((1, 2, 9, 9), (3, 2, 3, 3), padding=3, algo="winograd")
+
+
+def test_heuristic_picks_winograd_for_wide_3x3(pylenet_module):
+    """The fixed rule: 3x3 stride-1 layers with 16+ channels each side and 8+ images go to Winograd."""
+    F = pylenet_module.functional
+    ws = F.conv2d_workspace_size
+    for pass_ in ("forward", "backward_data", "backward_filter"):
+        assert ws((32, 32, 26, 26), (64, 32, 3, 3), algo="heuristic", pass_=pass_) == \
+            ws((32, 32, 26, 26), (64, 32, 3, 3), algo="winograd", pass_=pass_)
+        # one input channel (mnist_net conv1) stays direct
+        assert ws((32, 1, 28, 28), (32, 1, 3, 3), algo="heuristic", pass_=pass_) == \
+            ws((32, 1, 28, 28), (32, 1, 3, 3), algo="direct", pass_=pass_)

@@ -101,7 +101,7 @@ def test_functional_on_numpy_is_unchanged(pylenet_module):
 def test_conv_algos_name_both_backends(pylenet_module):
     import pylenet.functional as F
     assert set(F.CUDA_CONV_ALGOS) == {"naive", "im2col", "implicit_gemm", "auto", "heuristic"}
-    assert set(F.CONV_ALGOS) == set(F.CUDA_CONV_ALGOS) | {"direct"}
+    assert set(F.CONV_ALGOS) == set(F.CUDA_CONV_ALGOS) | {"direct", "winograd"}
     g = np.random.default_rng(4)
     with pytest.raises(ValueError, match="implicit_gemm"):
         F.conv2d(f32(g, 1, 1, 5, 5), f32(g, 1, 1, 3, 3), algo="implicit_gemm")
@@ -122,6 +122,8 @@ def test_cuda_workspace_sizes_need_no_gpu(pylenet_module):
         F.conv2d_workspace_size(*args, algo="implicit_gemm", device="cuda")
     with pytest.raises(ValueError, match="direct"):
         F.conv2d_workspace_size(*args, algo="direct", device="cuda")
+    with pytest.raises(ValueError, match="'winograd' does not run on CUDA"):
+        F.conv2d_workspace_size(*args, algo="winograd", device="cuda")
     with pytest.raises(ValueError, match="device"):
         F.conv2d_workspace_size(*args, device="gpu")
 
@@ -385,6 +387,8 @@ def test_functional_type_errors_on_device(gpu, rng):
         F.sgd_step(cp.zeros(3, cp.float64), cp.zeros(3, cp.float32), None, 0.1)
     with pytest.raises(ValueError, match="direct"):
         F.conv2d(cp.zeros((1, 1, 5, 5), cp.float32), cp.zeros((1, 1, 3, 3), cp.float32), algo="direct")
+    with pytest.raises(ValueError, match="winograd"):
+        F.conv2d(cp.zeros((1, 1, 5, 5), cp.float32), cp.zeros((1, 1, 3, 3), cp.float32), algo="winograd")
 
 
 def _to_cupy_args(value):

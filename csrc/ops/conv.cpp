@@ -11,6 +11,7 @@
 #include "core/error.h"
 #include "core/simd.h"
 #include "cpu/conv_direct.h"
+#include "cpu/conv_winograd.h"
 #include "ops/dispatch.h"
 #ifdef PYLENET_HAVE_CUDA
 #include "cuda/check.h"
@@ -24,6 +25,7 @@ const char* conv_algo_name(ConvAlgo algo) {
     case ConvAlgo::Im2col: return "im2col";
     case ConvAlgo::Direct: return "direct";
     case ConvAlgo::ImplicitGemm: return "implicit_gemm";
+    case ConvAlgo::Winograd: return "winograd";
     case ConvAlgo::Auto: return "auto";
     case ConvAlgo::Heuristic: return "heuristic";
   }
@@ -35,20 +37,23 @@ ConvAlgo conv_algo_from_name(const std::string& name) {
   if (name == "im2col") return ConvAlgo::Im2col;
   if (name == "direct") return ConvAlgo::Direct;
   if (name == "implicit_gemm") return ConvAlgo::ImplicitGemm;
+  if (name == "winograd") return ConvAlgo::Winograd;
   if (name == "auto") return ConvAlgo::Auto;
   if (name == "heuristic") return ConvAlgo::Heuristic;
   fail(ErrorKind::InvalidArgument, "conv2d: unknown algorithm '", name,
-       "' (expected naive, im2col, direct, implicit_gemm, auto or heuristic)");
+       "' (expected naive, im2col, direct, winograd, implicit_gemm, auto or heuristic)");
 }
 
 bool conv_algo_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
   if (dev == Device::CUDA) return algo == ConvAlgo::Naive || algo == ConvAlgo::Im2col || algo == ConvAlgo::ImplicitGemm;
   if (algo == ConvAlgo::Direct) return cpu::conv_direct_supported(s);
+  if (algo == ConvAlgo::Winograd) return cpu::conv_winograd_supported(s);
   return algo == ConvAlgo::Naive || algo == ConvAlgo::Im2col;
 }
 
 ConvAlgo conv_heuristic_algo(Device dev, ConvPass pass, const ConvShape& s) {
   if (dev == Device::CUDA) return ConvAlgo::ImplicitGemm;
+  if (cpu::conv_winograd_supported(s) && s.c >= 16 && s.k >= 16 && s.n >= 8) return ConvAlgo::Winograd;
   if (!cpu::conv_direct_supported(s)) return ConvAlgo::Im2col;
   if (s.c * s.r * s.s <= 256) return ConvAlgo::Direct;
   // Many input channels: narrow output rows still favour direct forward and backward
@@ -66,10 +71,12 @@ void require_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
          "' does not run on CUDA devices; use naive, im2col, implicit_gemm, auto or heuristic");
   if (algo == ConvAlgo::ImplicitGemm)
     fail(ErrorKind::InvalidArgument, "conv2d: algorithm 'implicit_gemm' runs on CUDA devices only; on the CPU use "
-         "naive, im2col, direct, auto or heuristic");
+         "naive, im2col, direct, winograd, auto or heuristic");
   fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo), "' does not support stride (", s.sh,
        ", ", s.sw, "), padding (", s.ph, ", ", s.pw, ") with kernel ", s.r, "x", s.s,
-       " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8); use im2col or auto");
+       algo == ConvAlgo::Winograd ? " (winograd needs a 3x3 kernel, stride 1 and padding up to 2)"
+                                  : " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8)",
+       "; use im2col or auto");
 }
 
 }  // namespace
@@ -94,6 +101,7 @@ size_t conv_workspace_size(Device dev, ConvAlgo algo, ConvPass pass, const ConvS
                                                      : cuda::conv_implicit_gemm_workspace_floats(pass, s));
 #endif
   if (algo == ConvAlgo::Im2col) return sizeof(float) * cpu::conv_im2col_workspace_floats(pass, s, threads);
+  if (algo == ConvAlgo::Winograd) return sizeof(float) * cpu::conv_winograd_workspace_floats(pass, s, threads);
   return sizeof(float) * cpu::conv_direct_workspace_floats(pass, s, threads);
 }
 
@@ -149,16 +157,19 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
     case ConvPass::Forward:
       if (algo == ConvAlgo::Naive) cpu::conv_forward_naive(s, x, w, bias, out, t);
       else if (algo == ConvAlgo::Direct) cpu::conv_forward_direct(s, x, w, bias, out, ws, t);
+      else if (algo == ConvAlgo::Winograd) cpu::conv_forward_winograd(s, x, w, bias, out, ws, t);
       else cpu::conv_forward_im2col(s, x, w, bias, out, ws, t);
       return;
     case ConvPass::BackwardData:
       if (algo == ConvAlgo::Naive) cpu::conv_backward_data_naive(s, w, dy, out, t);
       else if (algo == ConvAlgo::Direct) cpu::conv_backward_data_direct(s, w, dy, out, ws, t);
+      else if (algo == ConvAlgo::Winograd) cpu::conv_backward_data_winograd(s, w, dy, out, ws, t);
       else cpu::conv_backward_data_im2col(s, w, dy, out, ws, t);
       return;
     case ConvPass::BackwardFilter:
       if (algo == ConvAlgo::Naive) cpu::conv_backward_filter_naive(s, x, dy, out, t);
       else if (algo == ConvAlgo::Direct) cpu::conv_backward_filter_direct(s, x, dy, out, ws, t);
+      else if (algo == ConvAlgo::Winograd) cpu::conv_backward_filter_winograd(s, x, dy, out, ws, t);
       else cpu::conv_backward_filter_im2col(s, x, dy, out, ws, t);
       return;
   }

@@ -23,14 +23,15 @@ enum class ConvAlgo {
   Im2col = 1,  // unfold the input into columns, then one GEMM per image
   Direct = 2,  // SIMD over output rows, no unfolding: small channel counts, stride 1 (CPU only)
   ImplicitGemm = 3,  // the GEMM with the unfolding done while tiles load (CUDA only)
+  Winograd = 4,  // F(4x4, 3x3): 3x3 filters at stride 1, 4x fewer multiplications (CPU only)
   Auto = -1,   // measure each applicable algorithm once per shape and keep the fastest
   Heuristic = -2,  // pick by a fixed rule from the shape (deterministic, no timing)
 };
 // The concrete algorithms of each backend, in the order Auto tries them.
-constexpr ConvAlgo kConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col, ConvAlgo::Direct};
+constexpr ConvAlgo kConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col, ConvAlgo::Direct, ConvAlgo::Winograd};
 constexpr ConvAlgo kCudaConvAlgos[] = {ConvAlgo::Naive, ConvAlgo::Im2col, ConvAlgo::ImplicitGemm};
 const char* conv_algo_name(ConvAlgo algo);
-ConvAlgo conv_algo_from_name(const std::string& name);  // "naive", "im2col", "direct", "implicit_gemm", "auto", "heuristic"
+ConvAlgo conv_algo_from_name(const std::string& name);  // "naive", "im2col", "direct", "winograd", "implicit_gemm", "auto", "heuristic"
 
 enum class ConvPass { Forward = 0, BackwardData = 1, BackwardFilter = 2 };
 

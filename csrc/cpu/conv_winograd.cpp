@@ -1,0 +1,129 @@
+// Drivers of the Winograd convolution (conv_winograd.h): the workspace layout, the dispatch
+// to the SIMD level's kernels and the fixed-order sum of backward filter's chunks.
+#include "cpu/conv_winograd.h"
+
+#include <algorithm>
+
+#include "core/parallel.h"
+#include "core/simd.h"
+
+namespace pylenet::cpu {
+namespace winograd {
+namespace {
+
+Geometry forward_geometry(const ConvShape& s) {
+  return Geometry::make(s.n, s.c, s.h, s.w, s.k, s.oh, s.ow, s.ph, s.pw);
+}
+void run_forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,
+                 int threads) {
+  PYL_SIMD_DISPATCH(simd::active(), forward, g, x, u, bias, y, ws, threads);
+}
+void run_backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads) {
+  PYL_SIMD_DISPATCH(simd::active(), backward_data, g, dy, ut, dx, ws, threads);
+}
+void run_filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads) {
+  PYL_SIMD_DISPATCH(simd::active(), filter_sums, g, x, dy, sums, ws, threads);
+}
+// U (36, C, K) of the forward pass, or transposed (36, K, C) for backward data.
+void run_filter_transform(const ConvShape& s, const float* w, bool transposed, const Geometry& g, float* u,
+                          int threads) {
+  PYL_SIMD_DISPATCH(simd::active(), filter_transform, w, s.k, s.c, transposed, g, u, threads);
+}
+void run_filter_adjoint(const float* sums, const Geometry& g, float* dw, int threads) {
+  PYL_SIMD_DISPATCH(simd::active(), filter_adjoint, sums, g, dw, threads);
+}
+int64_t items(const Geometry& g, int threads) { return g.n * g.bands(threads); }
+int64_t chunks(const Geometry& g) { return (g.n + kFilterChunk - 1) / kFilterChunk; }
+
+}  // namespace
+
+Geometry Geometry::make(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow,
+                        int64_t ph, int64_t pw) {
+  Geometry g{n, cin, h, w, cout, oh, ow, ph, pw, (oh + kTile - 1) / kTile, (ow + kTile - 1) / kTile,
+             pad_lanes(cin), pad_lanes(cout), 0};
+  // V and M of a block within ~512 KB (L2), in multiples of 12 rows (the products' row blocks).
+  const int64_t fit = 512 * 1024 / (4 * kPoints * (g.cinp + g.coutp));
+  g.block = fit >= 12 ? std::min<int64_t>(fit, 60) / 12 * 12 : std::max<int64_t>(fit, 4);
+  return g;
+}
+
+int64_t Geometry::bands(int threads) const {
+  const int64_t want = 2 * std::max(threads, 1);  // items per thread, for balance
+  return n >= want ? 1 : std::min(th, (want + n - 1) / n);
+}
+
+int64_t Geometry::worker_floats() const {
+  return round16(xt_rows() * xt_cols() * cinp) + round16(kPoints * block * cinp) +
+         round16(kPoints * block * coutp) + round16(kTile * th * kTile * tw * coutp);
+}
+
+}  // namespace winograd
+
+using winograd::Geometry;
+using winograd::kPoints;
+using winograd::round16;
+
+bool conv_winograd_supported(const ConvShape& s) {
+  return s.r == 3 && s.s == 3 && s.sh == 1 && s.sw == 1 && s.ph <= 2 && s.pw <= 2;
+}
+
+int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int threads) {
+  switch (pass) {
+    case ConvPass::Forward: {
+      const Geometry g = winograd::forward_geometry(s);
+      return round16(kPoints * g.cinp * g.coutp) + round16(g.coutp) +
+             workers_for(threads, winograd::items(g, threads)) * g.worker_floats();
+    }
+    case ConvPass::BackwardData: {
+      const Geometry g = winograd::forward_geometry(s);
+      return round16(kPoints * g.cinp * g.coutp) + workers_for(threads, g.n) * g.worker_floats();
+    }
+    case ConvPass::BackwardFilter: {
+      const Geometry g = winograd::forward_geometry(s);
+      return winograd::chunks(g) * kPoints * g.cinp * g.coutp + workers_for(threads, winograd::chunks(g)) * g.worker_floats();
+    }
+  }
+  return 0;
+}
+
+void conv_forward_winograd(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
+                           int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  float* u = ws;
+  float* bias = u + winograd::round16(kPoints * g.cinp * g.coutp);
+  float* scratch = bias + winograd::round16(g.coutp);
+  winograd::run_filter_transform(s, w, false, g, u, threads);
+  if (b) {
+    std::fill(bias, bias + g.coutp, 0.0f);
+    std::copy(b, b + s.k, bias);
+  }
+  winograd::run_forward(g, x, u, b ? bias : nullptr, y, scratch, threads);
+}
+
+void conv_backward_data_winograd(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                                 int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  float* ut = ws;
+  winograd::run_filter_transform(s, w, true, g, ut, threads);
+  winograd::run_backward_data(g, dy, ut, dx, ws + round16(kPoints * g.cinp * g.coutp), threads);
+}
+
+void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                   int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  const int64_t nchunks = winograd::chunks(g), plane = kPoints * g.cinp * g.coutp;
+  float* sums = ws;
+  winograd::run_filter_sums(g, x, dy, sums, sums + nchunks * plane, threads);
+  // The chunks' S summed in chunk order (into the first), then dw = G^T S G.
+  if (nchunks > 1)
+    parallel_for(threads, kPoints, [&](int64_t xi, int) {
+      float* dst = sums + xi * g.cinp * g.coutp;  // rows past C are never written: not read
+      for (int64_t ch = 1; ch < nchunks; ++ch) {
+        const float* src = dst + ch * plane;
+        for (int64_t i = 0; i < s.c * g.coutp; ++i) dst[i] += src[i];
+      }
+    });
+  winograd::run_filter_adjoint(sums, g, dw, threads);
+}
+
+}  // namespace pylenet::cpu

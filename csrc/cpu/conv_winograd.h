@@ -1,0 +1,98 @@
+// Winograd convolution F(4x4, 3x3) for 3x3 filters at stride 1 (Lavin & Gray, 2015).
+//
+// A 4x4 block of outputs of one channel pair is  Y = A^T [ (G g G^T) (.) (B^T d B) ] A,
+// with g the 3x3 filter, d the 6x6 input patch that covers the block and (.) the element-wise
+// product: 36 multiplications where the direct sum takes 144. Summed over input channels,
+// each of the 36 positions xi of the 6x6 transformed tile is a matrix product
+//     M[xi](tiles, K) = V[xi](tiles, C) . U[xi](C, K)
+// which is where the time goes; the transforms are adds and a few scalings.
+//  - forward:         V from the input, U from the filter, y = A^T M A (+ bias);
+//  - backward data:   the adjoint of the forward, on the same tiles: each tile's dy becomes
+//                     A dy A^T, is multiplied by U^T and the patch's gradient B (.) B^T is
+//                     added into the overlapping 6x6 patches, tile after tile;
+//  - backward filter: dw = G^T S G with S[xi](C, K) = sum over tiles of V[xi]^T . (A dy A^T)[xi],
+//                     summed per fixed chunk of images, then over the chunks in order.
+// Work is split over images (and, forward, bands of tile rows) and fixed chunks of images, so
+// results do not depend on the thread count. Channels are the vector lanes of every
+// buffer (padded to 16 floats, whatever SIMD level runs, so a workspace sized earlier stays
+// valid if the level changes). The rounding differs from the direct sum by a few float32
+// ulps of the largest term (the transforms scale values by up to 8 and 1/24).
+#pragma once
+
+#include <cstdint>
+
+#include "ops/conv.h"
+
+namespace pylenet::cpu {
+
+// 3x3 kernel, stride 1, padding at most 2 (so backward data is a convolution with padding >= 0).
+bool conv_winograd_supported(const ConvShape& s);
+int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int threads);
+
+void conv_forward_winograd(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
+                           int threads);
+void conv_backward_data_winograd(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
+                                 int threads);
+void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
+                                   int threads);
+
+namespace winograd {
+
+constexpr int64_t kTile = 4;        // outputs per tile side
+constexpr int64_t kPatch = 6;       // inputs per tile side (kTile + 2)
+constexpr int64_t kPoints = 36;     // kPatch * kPatch transformed positions
+constexpr int64_t kLanes = 16;      // channel padding of every buffer
+constexpr int64_t kFilterChunk = 8; // images per partial S of backward filter (fixed: thread-independent)
+
+inline int64_t pad_lanes(int64_t c) { return (c + kLanes - 1) / kLanes * kLanes; }
+inline int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }  // keeps buffers 64-byte aligned
+
+// One stride-1 3x3 convolution as the kernels see it: input (n, cin, h, w) padded by (ph, pw)
+// gives output (n, cout, oh, ow), covered by th x tw tiles per image.
+struct Geometry {
+  int64_t n, cin, h, w, cout, oh, ow, ph, pw;
+  int64_t th, tw;      // tiles per column and row
+  int64_t cinp, coutp; // channel counts padded to kLanes
+  int64_t block;       // tiles per block (the rows of each product)
+  int64_t tiles() const { return n * th * tw; }
+  int64_t xt_rows() const { return kTile * th + 2; }   // the input, channels in the lanes,
+  int64_t xt_cols() const { return kTile * tw + 2; }   //   zero-padded to whole tiles
+  static Geometry make(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow,
+                       int64_t ph, int64_t pw);
+  // The forward pass splits each image into this many bands of tile rows: one per image
+  // when there are images enough for the threads, more for small batches. (Each output is
+  // computed the same way whatever the split.)
+  int64_t bands(int threads) const;
+  // Floats of one worker's buffers: the input and output (or output gradient) of one image
+  // with channels in the lanes, V and M (or A dy A^T) of a block of tiles.
+  int64_t worker_floats() const;
+};
+
+// Per-SIMD-level kernels (conv_winograd_kernel.inc).
+#define PYL_DECLARE_WINOGRAD(ns)                                                                     \
+  namespace ns {                                                                                     \
+  /* y (n, cout, oh, ow) = the convolution of x (n, cin, h, w) whose transformed filter is U      */ \
+  /* (36, cinp, coutp); bias (coutp,) zero-padded, or null. ws: workers x worker_floats().       */ \
+  void forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,      \
+               int threads);                                                                         \
+  /* S[chunk] (36, cinp, coutp) = sum over the chunk's tiles of V^T (A dy A^T), for x the input    */ \
+  /* (n, cin, h, w) and dy the output gradient (n, cout, oh, ow).                                 */ \
+  void filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads);  \
+  /* dx (n, cin, h, w) from dy (n, cout, oh, ow): sum over tiles of B (U^T . A dy A^T) B^T, added */ \
+  /* into the overlapping patches tile after tile; ut (36, coutp, cinp) is U transposed.        */ \
+  void backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads); \
+  /* u (36, cinp, coutp) = G w G^T of the filter w (k, c, 3, 3), rows c, lanes k; transposed:   */ \
+  /* (36, coutp, cinp), rows k, lanes c. Lanes past the channel count (to the next multiple of   */ \
+  /* W) get zeros; rows past it are not written.                                                */ \
+  void filter_transform(const float* w, int64_t k, int64_t c, bool transposed, const Geometry& g, float* u,  \
+                        int threads);                                                                \
+  /* dw (cout, cin, 3, 3) = G^T S G for the summed S (36, cinp, coutp) of backward filter       */ \
+  void filter_adjoint(const float* sums, const Geometry& g, float* dw, int threads);                  \
+  }
+PYL_DECLARE_WINOGRAD(scalar)
+PYL_DECLARE_WINOGRAD(avx2)
+PYL_DECLARE_WINOGRAD(avx512)
+#undef PYL_DECLARE_WINOGRAD
+
+}  // namespace winograd
+}  // namespace pylenet::cpu
