@@ -622,8 +622,8 @@ def main(argv=None, results_dir=None):
               f"{fmt(r.get('onnxruntime_ratio'), '>6.2f'):>6} | {p['train_gflops']:>7.1f} "
               f"{100 * r['train_fraction_of_gemm_ceiling']:>5.1f}% | {p['memory_plan_bytes'] / 2**20:>8.2f}")
     if any("winograd" in r["pylenet"].get("conv_algorithms", ()) for r in result["runs"]):
-        print("GFLOP/s counts the direct sum's FLOPs; layers on winograd do about a quarter of their "
-              "multiplications, so %ceil can pass 100%")
+        print("GFLOP/s counts the direct sum's FLOPs; layers on winograd do a quarter (3x3) or a third (5x5) "
+              "of their multiplications, so %ceil can pass 100%")
     for r in result.get("latency_us", []):
         print(f"one image, {r['model']}: model(x) {r['pylenet_model_call']:.0f} us, predict "
               f"{r['pylenet_predict']:.0f} us, onnxruntime {fmt(r.get('onnxruntime'), '.0f')} us")

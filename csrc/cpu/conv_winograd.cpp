@@ -12,7 +12,7 @@ namespace winograd {
 namespace {
 
 Geometry forward_geometry(const ConvShape& s) {
-  return Geometry::make(s.n, s.c, s.h, s.w, s.k, s.oh, s.ow, s.ph, s.pw);
+  return Geometry::make(s.n, s.c, s.h, s.w, s.k, s.oh, s.ow, s.ph, s.pw, s.r);
 }
 void run_forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,
                  int threads) {
@@ -38,8 +38,9 @@ int64_t chunks(const Geometry& g) { return (g.n + kFilterChunk - 1) / kFilterChu
 }  // namespace
 
 Geometry Geometry::make(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow,
-                        int64_t ph, int64_t pw) {
-  Geometry g{n, cin, h, w, cout, oh, ow, ph, pw, (oh + kTile - 1) / kTile, (ow + kTile - 1) / kTile,
+                        int64_t ph, int64_t pw, int64_t r) {
+  const int64_t m = kPatch + 1 - r;
+  Geometry g{n, cin, h, w, cout, oh, ow, ph, pw, r, m, (oh + m - 1) / m, (ow + m - 1) / m,
              pad_lanes(cin), pad_lanes(cout), 0};
   // V and M of a block within ~512 KB (L2), in multiples of 12 rows (the products' row blocks).
   const int64_t fit = 512 * 1024 / (4 * kPoints * (g.cinp + g.coutp));
@@ -54,7 +55,7 @@ int64_t Geometry::bands(int threads) const {
 
 int64_t Geometry::worker_floats() const {
   return round16(xt_rows() * xt_cols() * cinp) + round16(kPoints * block * cinp) +
-         round16(kPoints * block * coutp) + round16(kTile * th * kTile * tw * coutp);
+         round16(kPoints * block * coutp) + round16(m * th * m * tw * coutp);
 }
 
 }  // namespace winograd
@@ -64,7 +65,7 @@ using winograd::kPoints;
 using winograd::round16;
 
 bool conv_winograd_supported(const ConvShape& s) {
-  return s.r == 3 && s.s == 3 && s.sh == 1 && s.sw == 1 && s.ph <= 2 && s.pw <= 2;
+  return (s.r == 3 || s.r == 5) && s.s == s.r && s.sh == 1 && s.sw == 1 && s.ph < s.r && s.pw < s.s;
 }
 
 int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int threads) {

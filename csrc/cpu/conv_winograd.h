@@ -1,8 +1,10 @@
-// Winograd convolution F(4x4, 3x3) for 3x3 filters at stride 1 (Lavin & Gray, 2015).
+// Winograd convolution at stride 1 (Lavin & Gray, 2015): F(4x4, 3x3) for 3x3 filters and
+// F(2x2, 5x5) for 5x5 ones. Both use 6x6 patches and the same six points (0, 1, -1, 2, -2 and
+// infinity), so they share B and the whole pipeline; only G and A depend on the filter size.
 //
-// A 4x4 block of outputs of one channel pair is  Y = A^T [ (G g G^T) (.) (B^T d B) ] A,
-// with g the 3x3 filter, d the 6x6 input patch that covers the block and (.) the element-wise
-// product: 36 multiplications where the direct sum takes 144. Summed over input channels,
+// An m x m block of outputs of one channel pair is  Y = A^T [ (G g G^T) (.) (B^T d B) ] A,
+// with g the r x r filter, d the 6x6 input patch that covers the block and (.) the element-wise
+// product: 36 multiplications where the direct sum takes 144 (3x3) or 100 (5x5). Summed over input channels,
 // each of the 36 positions xi of the 6x6 transformed tile is a matrix product
 //     M[xi](tiles, K) = V[xi](tiles, C) . U[xi](C, K)
 // which is where the time goes; the transforms are adds and a few scalings.
@@ -15,8 +17,9 @@
 // Work is split over images (and, forward, bands of tile rows) and fixed chunks of images, so
 // results do not depend on the thread count. Channels are the vector lanes of every
 // buffer (padded to 16 floats, whatever SIMD level runs, so a workspace sized earlier stays
-// valid if the level changes). The rounding differs from the direct sum by a few float32
-// ulps of the largest term (the transforms scale values by up to 8 and 1/24).
+// valid if the level changes). The rounding differs from the direct sum: errors up to about
+// 1e-5 of the largest output (3x3) and a few times that in 5x5 filter gradients, whose
+// transforms scale values by up to 16/24 and 1/24 before the long sums over tiles.
 #pragma once
 
 #include <cstdint>
@@ -25,7 +28,7 @@
 
 namespace pylenet::cpu {
 
-// 3x3 kernel, stride 1, padding at most 2 (so backward data is a convolution with padding >= 0).
+// 3x3 or 5x5 kernel, stride 1, padding smaller than the kernel.
 bool conv_winograd_supported(const ConvShape& s);
 int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int threads);
 
@@ -38,8 +41,7 @@ void conv_backward_filter_winograd(const ConvShape& s, const float* x, const flo
 
 namespace winograd {
 
-constexpr int64_t kTile = 4;        // outputs per tile side
-constexpr int64_t kPatch = 6;       // inputs per tile side (kTile + 2)
+constexpr int64_t kPatch = 6;       // inputs per tile side: m + r - 1 for m outputs of an r x r filter
 constexpr int64_t kPoints = 36;     // kPatch * kPatch transformed positions
 constexpr int64_t kLanes = 16;      // channel padding of every buffer
 constexpr int64_t kFilterChunk = 8; // images per partial S of backward filter (fixed: thread-independent)
@@ -47,18 +49,20 @@ constexpr int64_t kFilterChunk = 8; // images per partial S of backward filter (
 inline int64_t pad_lanes(int64_t c) { return (c + kLanes - 1) / kLanes * kLanes; }
 inline int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }  // keeps buffers 64-byte aligned
 
-// One stride-1 3x3 convolution as the kernels see it: input (n, cin, h, w) padded by (ph, pw)
-// gives output (n, cout, oh, ow), covered by th x tw tiles per image.
+// One stride-1 convolution as the kernels see it: input (n, cin, h, w) padded by (ph, pw) and
+// an r x r filter (r = 3 or 5) give output (n, cout, oh, ow), covered by th x tw tiles of
+// m x m outputs per image (m = 7 - r: the 6x6 patch of every tile).
 struct Geometry {
   int64_t n, cin, h, w, cout, oh, ow, ph, pw;
+  int64_t r, m;        // filter size, outputs per tile side
   int64_t th, tw;      // tiles per column and row
   int64_t cinp, coutp; // channel counts padded to kLanes
   int64_t block;       // tiles per block (the rows of each product)
   int64_t tiles() const { return n * th * tw; }
-  int64_t xt_rows() const { return kTile * th + 2; }   // the input, channels in the lanes,
-  int64_t xt_cols() const { return kTile * tw + 2; }   //   zero-padded to whole tiles
+  int64_t xt_rows() const { return m * th + r - 1; }  // the input, channels in the lanes,
+  int64_t xt_cols() const { return m * tw + r - 1; }  //   zero-padded to whole tiles
   static Geometry make(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow,
-                       int64_t ph, int64_t pw);
+                       int64_t ph, int64_t pw, int64_t r);
   // The forward pass splits each image into this many bands of tile rows: one per image
   // when there are images enough for the threads, more for small batches. (Each output is
   // computed the same way whatever the split.)

@@ -74,7 +74,7 @@ void require_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
          "naive, im2col, direct, winograd, auto or heuristic");
   fail(ErrorKind::InvalidArgument, "conv2d: algorithm '", conv_algo_name(algo), "' does not support stride (", s.sh,
        ", ", s.sw, "), padding (", s.ph, ", ", s.pw, ") with kernel ", s.r, "x", s.s,
-       algo == ConvAlgo::Winograd ? " (winograd needs a 3x3 kernel, stride 1 and padding up to 2)"
+       algo == ConvAlgo::Winograd ? " (winograd needs a 3x3 or 5x5 kernel, stride 1 and padding smaller than the kernel)"
                                   : " (direct needs stride 1, padding smaller than the kernel and a kernel width up to 8)",
        "; use im2col or auto");
 }
