@@ -331,7 +331,7 @@ def test_winograd_refuses_other_shapes(F, rng):
 
 
 def test_heuristic_picks_winograd_for_wide_layers(pylenet_module):
-    """The fixed rule: 3x3 and 5x5 stride-1 layers with 16+ channels each side and 8+ images go to Winograd."""
+    """The fixed rule: 3x3 stride-1 layers with 16+ channels each side go to Winograd, 5x5 ones from 4 images."""
     F = pylenet_module.functional
     ws = F.conv2d_workspace_size
     for pass_ in ("forward", "backward_data", "backward_filter"):
@@ -339,6 +339,12 @@ def test_heuristic_picks_winograd_for_wide_layers(pylenet_module):
             ws((32, 32, 26, 26), (64, 32, 3, 3), algo="winograd", pass_=pass_)
         assert ws((32, 20, 12, 12), (50, 20, 5, 5), algo="heuristic", pass_=pass_) == \
             ws((32, 20, 12, 12), (50, 20, 5, 5), algo="winograd", pass_=pass_)  # cudnn_lenet conv2
+        # one image: 3x3 still on winograd, 5x5 back on direct (the filter transform does not pay)
+        assert ws((1, 32, 26, 26), (64, 32, 3, 3), algo="heuristic", pass_=pass_) == \
+            ws((1, 32, 26, 26), (64, 32, 3, 3), algo="winograd", pass_=pass_)
+        other = "im2col" if pass_ == "backward_data" else "direct"  # the rule for C*R*S = 500, 8 columns
+        assert ws((3, 20, 12, 12), (50, 20, 5, 5), algo="heuristic", pass_=pass_) == \
+            ws((3, 20, 12, 12), (50, 20, 5, 5), algo=other, pass_=pass_)
         # one input channel (mnist_net conv1) and lenet5's conv2 (6 -> 16) stay direct
         assert ws((32, 1, 28, 28), (32, 1, 3, 3), algo="heuristic", pass_=pass_) == \
             ws((32, 1, 28, 28), (32, 1, 3, 3), algo="direct", pass_=pass_)

@@ -107,7 +107,24 @@ def _in_threads(n, fn):
     assert not errors, errors[0]
 
 
-@pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "auto"])
+@pytest.mark.parametrize("name", ["cudnn_lenet", "mnist_net"])
+def test_heuristic_applies_per_call(rng, name):
+    """The rule picks per chunk by its images: one image through model(x) runs cudnn_lenet's
+    conv2 on direct, a batch on winograd (mnist_net's 3x3 layer is on winograd for both). The
+    answers agree; each path stays bit-identical with itself."""
+    m = models.create(name, seed=0)
+    m.eval()
+    x = rng.standard_normal((40, 1, 28, 28)).astype(np.float32)
+    batch = m(x)
+    singles = np.concatenate([m(x[i:i + 1]) for i in range(5)])
+    np.testing.assert_allclose(singles, batch[:5], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([m(x[i:i + 1]) for i in range(5)]), singles)
+    np.testing.assert_array_equal(m(x), batch)
+    last = m(x[:35])  # 32 + a chunk of 3: the short chunk takes the few-images choice
+    np.testing.assert_allclose(last, batch[:35], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "winograd", "auto"])
 def test_eager_ops_from_several_threads(rng, algo):
     """Each thread has its own handle: no shared workspace is resized under another thread."""
     xs = [rng.standard_normal((8, 3, 14 + 3 * i, 14 + 3 * i)).astype(np.float32) for i in range(4)]

@@ -53,7 +53,7 @@ bool conv_algo_supported(Device dev, ConvAlgo algo, const ConvShape& s) {
 
 ConvAlgo conv_heuristic_algo(Device dev, ConvPass pass, const ConvShape& s) {
   if (dev == Device::CUDA) return ConvAlgo::ImplicitGemm;
-  if (cpu::conv_winograd_supported(s) && s.c >= 16 && s.k >= 16 && s.n >= 8) return ConvAlgo::Winograd;
+  if (cpu::conv_winograd_supported(s) && s.c >= 16 && s.k >= 16 && (s.r == 3 || s.n >= 4)) return ConvAlgo::Winograd;
   if (!cpu::conv_direct_supported(s)) return ConvAlgo::Im2col;
   if (s.c * s.r * s.s <= 256) return ConvAlgo::Direct;
   // Many input channels: narrow output rows still favour direct forward and backward

@@ -60,15 +60,16 @@ struct ConvShape {
 };
 
 // The rule behind Heuristic (like cudnnGetConvolution*Algorithm, where Auto is Find). On the
-// CPU: winograd for 3x3 and 5x5 filters at stride 1 with at least 16 channels on each side and
-// 8 images per call (mnist_net conv2, 32 -> 64 3x3, 32 images, one thread: forward 2.6x,
-// backward data 2.5x, backward filter 3.2x faster than im2col; cudnn_lenet conv2, 20 -> 50 5x5:
-// 1.4-1.5x faster than the best of direct and im2col; with 6 input channels, lenet5's conv2,
-// direct stays 1.6x faster). Otherwise direct for small channel counts (C*R*S <= 256) where
-// it applies, else im2col, except that forward and backward filter stay direct for output rows
-// under 16 columns. Measured on LeNet shapes: direct is 1.5-4x faster at C*R*S = 25 and 150; at
-// 500 (8 columns) direct wins forward and filter by ~1.4x and ties backward data. On CUDA:
-// implicit_gemm (no column buffer, one launch per pass).
+// CPU, winograd for stride-1 filters with at least 16 channels on each side: 3x3 ones always
+// (mnist_net conv2, 32 -> 64, one thread: 2.6-3.2x faster than im2col at 32 images, 2.3x at
+// one), 5x5 ones from 4 images per call (cudnn_lenet conv2, 20 -> 50: 1.4-1.5x faster than the
+// best of direct and im2col at 32 images; at one image the filter transform does not pay, 40 us
+// against direct's 30). lenet5's conv2 (6 input channels) stays direct, 1.6x faster. Otherwise
+// direct for small channel counts (C*R*S <= 256) where it applies, else im2col, except that
+// forward and backward filter stay direct for output rows under 16 columns. Measured on LeNet
+// shapes: direct is 1.5-4x faster at C*R*S = 25 and 150; at 500 (8 columns) direct wins forward
+// and filter by ~1.4x and ties backward data. On CUDA: implicit_gemm (no column buffer, one
+// launch per pass). The executor applies the rule per call, to the images of the chunk.
 ConvAlgo conv_heuristic_algo(Device dev, ConvPass pass, const ConvShape& s);
 // Whether `algo` can run this shape on `dev` (direct, CPU only: stride 1, padding < kernel,
 // kernel width <= 8; winograd, CPU only: 3x3 or 5x5, stride 1, padding < kernel; implicit_gemm:

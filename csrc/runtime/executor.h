@@ -123,6 +123,7 @@ struct Instr {
   PoolShape pool{};
   int64_t a = 0, b = 0;            // per-op sizes: rows/cols, count per sample, channels, ...
   ConvAlgo algo = ConvAlgo::Naive;
+  bool heuristic = false;          // conv: the rule picks per call, by the chunk's images
   int linear = -1;                 // LinearStash / LinearGradJob: the stash group
   int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW; batch-norm finalize: r0 = the
                                    // chunks' partials in the fixed arena
