@@ -81,7 +81,8 @@ int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int th
     }
     case ConvPass::BackwardFilter: {
       const Geometry g = winograd::forward_geometry(s);
-      return winograd::chunks(g) * kPoints * g.cinp * g.coutp + workers_for(threads, winograd::chunks(g)) * g.worker_floats();
+      const int64_t chunks = winograd::chunks(g);
+      return chunks * kPoints * g.cinp * g.coutp + workers_for(threads, chunks) * g.worker_floats();
     }
   }
   return 0;
