@@ -219,14 +219,15 @@ def conv2d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1, algo="auto")
     ``padding`` is an int, a pair or ``"valid"`` (0); dilation and groups must be 1.
     ``algo`` (arrays only; a compiled model picks per layer): ``"naive"`` (seven loops),
     ``"im2col"`` (unfold + GEMM), ``"direct"`` (CPU only: SIMD over output rows; stride 1,
-    small channel counts), ``"winograd"`` (CPU only: F(4x4, 3x3) and F(2x2, 5x5) at stride 1, padding
-    smaller than the kernel; a quarter or a third of the multiplications, rounding within about
-    1e-5 of the largest value for 3x3, a few times that for 5x5 filter gradients), ``"implicit_gemm"`` (CUDA only: the GEMM with the unfolding done
+    small channel counts), ``"winograd"`` (CPU only: F(4x4, 3x3) and F(2x2, 5x5) at stride 1,
+    padding smaller than the kernel; a quarter or a third of the multiplications, rounding
+    within about 1e-5 of the largest value for 3x3, a few times that for 5x5 filter gradients),
+    ``"implicit_gemm"`` (CUDA only: the GEMM with the unfolding done
     while tiles load into shared memory), ``"auto"`` (measure once per shape and keep the
     fastest applicable one, as ``cudnnFindConvolutionForwardAlgorithm`` does) or
     ``"heuristic"`` (a fixed rule from the shape, like ``cudnnGetConvolutionForwardAlgorithm``:
-    direct, winograd or im2col on the CPU, implicit_gemm on CUDA). An algorithm of the other backend
-    raises ``ValueError``.
+    direct, winograd or im2col on the CPU, implicit_gemm on CUDA). An algorithm of the other
+    backend raises ``ValueError``.
     """
     op = "conv2d"
     _unsupported(op, dilation=(dilation, 1), groups=(groups, 1))

@@ -335,8 +335,9 @@ def train(model, train_set, *, epochs=10, batch_size=64, optimizer=None, schedul
     was not interrupted (same data and batch size; the seed and schedule come from the file).
     device: "cpu", or "cuda" / "cuda:N": the datasets are uploaded once, batches are gathered
     on the GPU, and the host reads only the progress numbers.
-    conv_algo: "heuristic" (default: a fixed rule per layer), "naive", "im2col", "direct", "winograd" (CPU)
-    or "implicit_gemm" (CUDA), or "auto" (time each once; the choice can differ between runs).
+    conv_algo: "heuristic" (default: a fixed rule per layer), "naive", "im2col", "direct",
+    "winograd" (CPU) or "implicit_gemm" (CUDA), or "auto" (time each once; the choice can
+    differ between runs).
     seed: the shuffle of every epoch and the dropout masks (None: drawn from the generator
     pylenet.manual_seed seeds).
     The input shape comes from the data. The model trains in training mode and the eval set

@@ -4,8 +4,8 @@
 //
 // An m x m block of outputs of one channel pair is  Y = A^T [ (G g G^T) (.) (B^T d B) ] A,
 // with g the r x r filter, d the 6x6 input patch that covers the block and (.) the element-wise
-// product: 36 multiplications where the direct sum takes 144 (3x3) or 100 (5x5). Summed over input channels,
-// each of the 36 positions xi of the 6x6 transformed tile is a matrix product
+// product: 36 multiplications where the direct sum takes 144 (3x3) or 100 (5x5). Summed over
+// input channels, each of the 36 positions xi of the 6x6 transformed tile is a matrix product
 //     M[xi](tiles, K) = V[xi](tiles, C) . U[xi](C, K)
 // which is where the time goes; the transforms are adds and a few scalings.
 //  - forward:         V from the input, U from the filter, y = A^T M A (+ bias);
@@ -58,7 +58,6 @@ struct Geometry {
   int64_t th, tw;      // tiles per column and row
   int64_t cinp, coutp; // channel counts padded to kLanes
   int64_t block;       // tiles per block (the rows of each product)
-  int64_t tiles() const { return n * th * tw; }
   int64_t xt_rows() const { return m * th + r - 1; }  // the input, channels in the lanes,
   int64_t xt_cols() const { return m * tw + r - 1; }  //   zero-padded to whole tiles
   static Geometry make(int64_t n, int64_t cin, int64_t h, int64_t w, int64_t cout, int64_t oh, int64_t ow,
@@ -85,12 +84,12 @@ struct Geometry {
   /* dx (n, cin, h, w) from dy (n, cout, oh, ow): sum over tiles of B (U^T . A dy A^T) B^T, added */ \
   /* into the overlapping patches tile after tile; ut (36, coutp, cinp) is U transposed.        */ \
   void backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads); \
-  /* u (36, cinp, coutp) = G w G^T of the filter w (k, c, 3, 3), rows c, lanes k; transposed:   */ \
+  /* u (36, cinp, coutp) = G w G^T of the filter w (k, c, r, r), rows c, lanes k; transposed:   */ \
   /* (36, coutp, cinp), rows k, lanes c. Lanes past the channel count (to the next multiple of   */ \
   /* W) get zeros; rows past it are not written.                                                */ \
   void filter_transform(const float* w, int64_t k, int64_t c, bool transposed, const Geometry& g, float* u,  \
                         int threads);                                                                \
-  /* dw (cout, cin, 3, 3) = G^T S G for the summed S (36, cinp, coutp) of backward filter       */ \
+  /* dw (cout, cin, r, r) = G^T S G for the summed S (36, cinp, coutp) of backward filter       */ \
   void filter_adjoint(const float* sums, const Geometry& g, float* dw, int threads);                  \
   }
 PYL_DECLARE_WINOGRAD(scalar)

@@ -752,14 +752,13 @@ void Executor::choose_algorithms() {
           ins.algo = conv_resolve_algo(h, cfg_.conv_algo, pass, s, x, w, dy, out);
           // The rule depends on the images per call (a single image through model(x), a
           // batch's short last chunk), so it is applied per call (conv_algo_for); the
-          // workspace covers its choice for one image too. Explicit and measured algorithms
-          // stay as they are.
-          ins.heuristic = cfg_.conv_algo == ConvAlgo::Heuristic;
-          ConvShape one = s;
-          one.n = 1;
-          if (ins.heuristic)
+          // workspace covers its choice for one image too.
+          if (cfg_.conv_algo == ConvAlgo::Heuristic) {
+            ConvShape one = s;
+            one.n = 1;
             ws = std::max<int64_t>(ws, static_cast<int64_t>(conv_workspace_size(
                                            h, conv_heuristic_algo(h.device(), pass, one), pass, s)));
+          }
         } catch (const Error& e) {
           const Node& n = g_.nodes()[ins.node];
           fail(e.kind(), n.scope.empty() ? "" : n.scope + " ", n.where.empty() ? "" : "(" + n.where + ") ", e.what());
@@ -914,12 +913,9 @@ void Executor::check_labels(const int64_t* labels, int64_t n, const char* op) co
   if (labels && store_->classes > 0) pylenet::check_labels(op, labels, n, store_->classes);
 }
 
-namespace {
-// The algorithm a convolution instruction runs for this call's shape (s.n: the chunk's images).
-ConvAlgo conv_algo_for(const Instr& ins, const Handle& h, ConvPass pass, const ConvShape& s) {
-  return ins.heuristic ? conv_heuristic_algo(h.device(), pass, s) : ins.algo;
+ConvAlgo Executor::conv_algo_for(const Instr& ins, ConvPass pass, const ConvShape& s) const {
+  return cfg_.conv_algo == ConvAlgo::Heuristic ? conv_heuristic_algo(cfg_.device, pass, s) : ins.algo;
 }
-}  // namespace
 
 void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start, int64_t m, int64_t n) {
   const Node& node = g_.nodes()[ins.node];
@@ -932,19 +928,19 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::ConvFwd: {
       ConvShape s = ins.conv;
       s.n = m;
-      conv_run(h, conv_algo_for(ins, h, ConvPass::Forward, s), ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0));
+      conv_run(h, conv_algo_for(ins, ConvPass::Forward, s), ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0));
       return;
     }
     case Instr::ConvBwdData: {
       ConvShape s = ins.conv;
       s.n = m;
-      conv_run(h, conv_algo_for(ins, h, ConvPass::BackwardData, s), ConvPass::BackwardData, s, nullptr, in(1), nullptr, in(0), out(0));
+      conv_run(h, conv_algo_for(ins, ConvPass::BackwardData, s), ConvPass::BackwardData, s, nullptr, in(1), nullptr, in(0), out(0));
       return;
     }
     case Instr::ConvBwdFilter: {
       ConvShape s = ins.conv;
       s.n = m;
-      conv_run(h, conv_algo_for(ins, h, ConvPass::BackwardFilter, s), ConvPass::BackwardFilter, s, in(0), nullptr, nullptr, in(1), out(0));
+      conv_run(h, conv_algo_for(ins, ConvPass::BackwardFilter, s), ConvPass::BackwardFilter, s, in(0), nullptr, nullptr, in(1), out(0));
       return;
     }
     case Instr::ConvBwdBias: {

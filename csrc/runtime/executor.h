@@ -123,7 +123,6 @@ struct Instr {
   PoolShape pool{};
   int64_t a = 0, b = 0;            // per-op sizes: rows/cols, count per sample, channels, ...
   ConvAlgo algo = ConvAlgo::Naive;
-  bool heuristic = false;          // conv: the rule picks per call, by the chunk's images
   int linear = -1;                 // LinearStash / LinearGradJob: the stash group
   int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW; batch-norm finalize: r0 = the
                                    // chunks' partials in the fixed arena
@@ -202,6 +201,9 @@ class Executor {
   // Runs every phase for a batch of n at x (host or device memory of the backend).
   void run_batch(const float* x, const int64_t* labels, int64_t n);
   void exec(const Instr& ins, Handle& h, int64_t c, int worker, int64_t start, int64_t m, int64_t n);
+  // The algorithm a convolution instruction runs for this call (s.n: the chunk's images):
+  // under "heuristic" the rule is applied per call, otherwise the one chosen for a chunk.
+  ConvAlgo conv_algo_for(const Instr& ins, ConvPass pass, const ConvShape& s) const;
   float* ptr(int v, int64_t c, int worker) const;
   float* grad_ptr(int v, int64_t c) const;
   RunStats collect(int64_t n, const char* op);
