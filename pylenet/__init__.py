@@ -80,8 +80,15 @@ def get_num_threads():
     return _C.default_threads()
 
 
-def set_num_threads(n):
-    """Set the number of worker threads (results are identical for any count)."""
+def set_num_threads(n, *, adaptive=None):
+    """Set the number of worker threads (results are identical for any count).
+
+    ``n`` is the most a step uses. Compiled training steps and forward batches time
+    themselves and use fewer workers while that measures clearly faster, as beside a process
+    busy on one of the cores (a worker sharing its core is descheduled for longer than a
+    LeNet step lasts); they go back up when it passes. ``adaptive=False`` pins every step
+    to ``n`` workers, ``True`` turns the adjustment back on, ``None`` leaves it as it is.
+    """
     if isinstance(n, bool) or not isinstance(n, int):
         try:
             import numpy as np
@@ -89,7 +96,11 @@ def set_num_threads(n):
                 raise TypeError
         except TypeError:
             raise TypeError(f"set_num_threads: expected an int, got {type(n).__name__}") from None
+    if adaptive is not None and not isinstance(adaptive, bool):
+        raise TypeError(f"set_num_threads: adaptive must be True, False or None, got {type(adaptive).__name__}")
     _C.set_default_threads(int(n))
+    if adaptive is not None:
+        _C.set_adaptive_threads(adaptive)
 
 
 def host_memory_stats():

@@ -35,7 +35,9 @@ def _cmd_info(args):
           f"{'yes' if simd['split_fma512'] else 'no'}"
           f"{' (the direct conv picks 8 or 16 lanes per shape)' if simd['path'] == 'avx512' and simd['split_fma512'] else ''}")
     print(f"  threads  : {info['threads']} (of {info['hardware_threads']} hardware threads; pylenet's thread pool: "
-          "work claimed as workers come free, bounded spinning, then sleep)")
+          "work claimed as workers come free, bounded spinning, then sleep; "
+          + ("steps time themselves and use fewer workers while that is faster)" if info["adaptive_threads"]
+             else "every step on all of them: adaptive=False)"))
     if info["cuda"]:
         if pylenet.cuda.is_available():
             names = [pylenet.cuda.get_device_name(i) for i in range(pylenet.cuda.device_count())]

@@ -91,8 +91,11 @@ def setup_pylenet(name, batch, steps, images, labels, threads):
     sched = {"kind": "constant"}
     net.train_epoch(x[: batch * 3], y[: batch * 3], order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
     infer.forward(x[: batch * 3], None, True)
-    return (lambda: net.train_epoch(x, y, order, batch, sched, 0, None, 1)), \
-        (lambda: softmax_rows(infer.forward(x, None, True)[0])), info
+
+    def train():
+        net.train_epoch(x, y, order, batch, sched, 0, None, 1)
+    train.executor = net  # the neighbour run reads how many workers its steps used
+    return train, (lambda: softmax_rows(infer.forward(x, None, True)[0])), info
 
 
 def torch_twin(model, dtype=None):
@@ -528,6 +531,7 @@ def neighbour(name, batch, steps, repeats, images, labels, threads):
         time.sleep(0.5)
         runs = {1: setup_pylenet(name, batch, steps, images, labels, 1)[0],
                 threads: setup_pylenet(name, batch, steps, images, labels, threads)[0]}
+        before = runs[threads].executor.thread_counts(True)
         times = {1: [], threads: []}
         for _ in range(repeats):
             for t, fn in runs.items():
@@ -540,7 +544,9 @@ def neighbour(name, batch, steps, repeats, images, labels, threads):
         busy.terminate()
         busy.join()
     n = batch * steps
+    counts = [a - b for a, b in zip(runs[threads].executor.thread_counts(True), before)]
     return {"model": name, "batch": batch, "threads": threads,
+            "steps_at_each_thread_count": counts,  # the all-threads run's steps at 1, 2, ... workers
             "one_thread_samples_per_s": n / statistics.median(times[1]),
             "all_threads_samples_per_s": n / statistics.median(times[threads]),
             "ratio_all_to_one": statistics.median(a / b for a, b in zip(times[1], times[threads]))}
@@ -633,7 +639,8 @@ def main(argv=None, results_dir=None):
     for r in result.get("busy_neighbour", []):
         print(f"beside a busy process on one core: {r['model']} batch {r['batch']}: 1 thread "
               f"{r['one_thread_samples_per_s']:,.0f} samples/s, {r['threads']} threads "
-              f"{r['all_threads_samples_per_s']:,.0f} ({r['ratio_all_to_one']:.2f}x)")
+              f"{r['all_threads_samples_per_s']:,.0f} ({r['ratio_all_to_one']:.2f}x); steps of that run at "
+              + ", ".join(f"{k + 1} worker{'s' if k else ''}: {c}" for k, c in enumerate(r["steps_at_each_thread_count"])))
     _write_result(result, args.out)
     return 0
 

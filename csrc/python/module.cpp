@@ -18,6 +18,7 @@
 #include "core/handle.h"
 #include "core/parallel.h"
 #include "core/thread_pool.h"
+#include "core/thread_governor.h"
 #include "core/simd.h"
 #include "ops/activation.h"
 #include "ops/batchnorm.h"
@@ -95,6 +96,7 @@ py::dict build_info() {
   info["simd"] = simd_info;
   info["threads"] = default_threads().load();
   info["hardware_threads"] = hardware_threads();
+  info["adaptive_threads"] = ThreadGovernor::enabled();
   info["thread_pool"] = ThreadPool::instance().started();  // worker threads started so far
   // "cuda": the CUDA backend (kernels and bindings, pylenet._C.cuda) is in this build. It
   // says nothing about a GPU being present: pylenet.cuda.is_available() does.
@@ -141,6 +143,17 @@ PYBIND11_MODULE(_C, m) {
     PYL_CHECK_ARG(n >= 1 && n <= 4096, "set_num_threads: expected 1 to 4096 threads, got ", n);
     default_threads() = n;
   });
+  m.def("adaptive_threads", &ThreadGovernor::enabled);
+  m.def("set_adaptive_threads", &ThreadGovernor::set_enabled);
+  py::class_<ThreadGovernor>(m, "ThreadGovernor",
+                             "The rule that picks each step's worker count from measured step times "
+                             "(core/thread_governor.h); exposed for the tests.")
+      .def(py::init<int>(), py::arg("max_threads"))
+      .def_property_readonly("threads", &ThreadGovernor::threads)
+      .def_property_readonly("max_threads", &ThreadGovernor::max_threads)
+      .def_property_readonly("trials", &ThreadGovernor::trials)
+      .def_property_readonly("steps_at", &ThreadGovernor::steps_at)
+      .def("record", &ThreadGovernor::record, py::arg("seconds"), py::arg("items"));
 
   m.def("build_info", &build_info);
   m.def("simd_available", [] {

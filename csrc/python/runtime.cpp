@@ -243,6 +243,10 @@ void bind_runtime(py::module_& m) {
            py::arg("graph"), py::arg("config"), py::arg("num_params"), py::arg("params"), py::arg("param_offsets"),
            py::arg("buffers"), py::arg("state"))
       .def_property_readonly("conv_algorithms", [](PyExecutor& p) { return p.ex->conv_algorithms(); })
+      .def("thread_counts", [](PyExecutor& p, bool training) {
+             return p.run([&] { return p.ex->governor(training).steps_at(); });
+           }, py::arg("training"),
+           "Steps (training) or forward batches run at each worker count so far (index: workers - 1).")
       .def_property("optimizer_steps", [](PyExecutor& p) { return p.ex->optimizer_steps(); },
                     [](PyExecutor& p, int64_t n) {
                       PYL_CHECK_ARG(n >= 0, "optimizer_steps must be >= 0, got ", n);

@@ -269,6 +269,8 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
     chunk_ = std::min(kCpuChunk, cfg.capacity);
   }
   max_chunks_ = (cfg.capacity + chunk_ - 1) / chunk_;
+  train_gov_ = infer_gov_ = ThreadGovernor(threads());
+  active_ = threads();
 
   // Graph passes, then (training) the backward graph.
   graph::defer_relu_past_max_pool(g_);
@@ -1100,7 +1102,7 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
           times_[w][ph.instrs[static_cast<size_t>(k)]] += since(t0);
         }
       };
-      ThreadPool::instance().run(on_device() ? 1 : threads(), static_cast<int64_t>(ph.instrs.size()), ItemFn(job));
+      ThreadPool::instance().run(on_device() ? 1 : active_, static_cast<int64_t>(ph.instrs.size()), ItemFn(job));
       continue;
     }
     const auto chunk_job = [&](int64_t c, int w) {
@@ -1115,8 +1117,19 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
         }
       }
     };
-    ThreadPool::instance().run(on_device() ? 1 : threads(), chunks, ItemFn(chunk_job));
+    ThreadPool::instance().run(on_device() ? 1 : active_, chunks, ItemFn(chunk_job));
   }
+}
+
+double Executor::begin_step(ThreadGovernor& gov) {
+  active_ = ThreadGovernor::enabled() ? gov.threads() : threads();
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
+void Executor::end_step(ThreadGovernor& gov, double t0, int64_t n) {
+  if (!ThreadGovernor::enabled()) return;
+  const double t1 = std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  gov.record(t1 - t0, (n + chunk_ - 1) / chunk_);
 }
 
 RunStats Executor::collect(int64_t n, const char* op) {
@@ -1227,7 +1240,7 @@ void Executor::update_now(int64_t n, float lr) {
     // weight (a huge rate, a huge gradient), and no later output may come to show it.
     if (!cpu::all_finite(len, p)) overflowed.store(true, std::memory_order_relaxed);
   };
-  ThreadPool::instance().run(threads(), static_cast<int64_t>(blocks.size()), ItemFn(job));
+  ThreadPool::instance().run(active_, static_cast<int64_t>(blocks.size()), ItemFn(job));
   if (overflowed.load())
     fail(ErrorKind::Runtime, "training diverged: the update of optimizer step ", steps_,
          " made parameters NaN or inf (their values are lost); try a smaller learning rate");
@@ -1253,10 +1266,12 @@ RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, 
     return cuda_read_totals(n, "train_step", before);
   }
 #endif
+  const double t0 = begin_step(train_gov_);
   run_batch(x, labels, n);
   RunStats st = collect(n, "train_step");  // raises, changing nothing, if the output is not finite
   commit_running(nullptr);
   update(n, lr);
+  end_step(train_gov_, t0, n);
   return st;
 }
 
@@ -1288,11 +1303,13 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
       }
     };
     const float lr = checked_lr(schedule_lr(schedule, cfg_.optim.lr, iteration), iteration, "train");
-    ThreadPool::instance().run(threads(), (n + chunk_ - 1) / chunk_, ItemFn(gather));
+    const double t0 = begin_step(train_gov_);
+    ThreadPool::instance().run(active_, (n + chunk_ - 1) / chunk_, ItemFn(gather));
     run_batch(xb, yb, n);
     RunStats st = collect(n, "train");
     commit_running(nullptr);
     update(n, lr);
+    end_step(train_gov_, t0, n);
     ++iteration;
     total.loss_sum += st.loss_sum;
     total.correct += st.correct;
@@ -1332,7 +1349,9 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
     }
 #endif
     std::fill(store_->loss.begin(), store_->loss.end(), 0.0);
+    const double t0 = begin_step(infer_gov_);
     run_batch(xb, yb, n);
+    end_step(infer_gov_, t0, n);
     RunStats st = collect(n, labels ? "evaluate" : "predict");
     commit_running(nullptr);  // a training-mode forward updates the running statistics
     total.loss_sum += st.loss_sum;

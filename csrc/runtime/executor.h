@@ -34,6 +34,7 @@
 #include "core/allocator.h"
 #include "core/handle.h"
 #include "core/simd.h"
+#include "core/thread_governor.h"
 #include "graph/autodiff.h"
 #include "graph/graph.h"
 #include "ops/batchnorm.h"
@@ -146,6 +147,9 @@ class Executor {
   const graph::Graph& graph() const { return g_; }
   int64_t num_params() const { return bind_.num_params; }
   int threads() const { return static_cast<int>(workers_.size()); }
+  // How many of the workers the steps use, step by step (core/thread_governor.h): training
+  // steps and forward batches each have their own.
+  const ThreadGovernor& governor(bool training) const { return training ? train_gov_ : infer_gov_; }
   MemoryPlan memory_plan() const;
   const std::vector<Instr>& instrs() const { return instrs_; }
   const std::vector<Phase>& phases() const { return phases_; }
@@ -198,6 +202,10 @@ class Executor {
   void plan_memory();
   void choose_algorithms();
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
+  // Around one step (a training step, or one forward batch) on the CPU: begin sets the
+  // workers it uses from the governor, end tells the governor how long it took.
+  double begin_step(ThreadGovernor& gov);
+  void end_step(ThreadGovernor& gov, double t0, int64_t n);
   // Runs every phase for a batch of n at x (host or device memory of the backend).
   void run_batch(const float* x, const int64_t* labels, int64_t n);
   void exec(const Instr& ins, Handle& h, int64_t c, int worker, int64_t start, int64_t m, int64_t n);
@@ -240,6 +248,8 @@ class Executor {
   std::vector<Phase> phases_;
   std::unique_ptr<Store> store_;
   std::vector<std::unique_ptr<Handle>> workers_;  // CPU: one single-threaded handle per worker
+  ThreadGovernor train_gov_, infer_gov_;
+  int active_ = 1;                                // the workers this step uses (<= threads())
   std::unique_ptr<CudaState> cuda_;
   // Per step, bound by run_batch: the batch's input and labels, and where forward() puts
   // the output rows (host memory).
