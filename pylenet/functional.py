@@ -261,11 +261,9 @@ def conv2d_backward(dy, x, w, stride=1, padding=0, algo="auto"):
         db = n.conv2d_backward_bias(dy, d.stream)
         return d.out(dx), d.out(dw), d.out(db)
     dy, x, w = _f32(dy, "grad_output", op), _f32(x, "input", op), _f32(w, "weight", op)
-    s, p, a, h = _pair(stride, "stride", op), _pair(padding, "padding", op), _algo(algo), _handle()
-    dx = _C.conv2d_backward_data(h, w, dy, x.shape, s, p, a)
-    dw = _C.conv2d_backward_filter(h, x, dy, w.shape, s, p, a)
-    db = _C.conv2d_backward_bias(h, dy)
-    return dx, dw, db
+    # one native call: on winograd layers one pass over dy makes all three (the same bits)
+    return _C.conv2d_backward(_handle(), x, w, dy, _pair(stride, "stride", op), _pair(padding, "padding", op),
+                              _algo(algo))
 
 
 def conv2d_find_algorithms(x, w, stride=1, padding=0, pass_="forward"):

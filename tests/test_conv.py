@@ -295,6 +295,21 @@ def test_winograd_paths(F, nthreads, rng, case):
     check_backward(F, rng, case, "winograd")
 
 
+@pytest.mark.parametrize("case", WINOGRAD_PATHS, ids=lambda c: "x".join(map(str, c[:7])) + f"p{c[8]}".replace(" ", ""))
+def test_winograd_fused_backward_is_bit_identical_to_the_separate_passes(F, nthreads, rng, case):
+    """F.conv2d_backward (and the executor's conv2d_backward instruction) makes dx, dw and db in
+    one pass over dy on winograd layers; every bit equals the separate passes' (the bias's: the
+    same sums as on any algorithm)."""
+    import pylenet._C as C
+    n, c, h, w, oc, kh, kw, stride, padding = case
+    x, wt, _, dy = make(rng, *case)
+    dx, dw, db = F.conv2d_backward(dy, x, wt, stride=stride, padding=padding, algo="winograd")
+    hd, s, p = C.default_handle(), R.pair(stride), R.pair(padding)
+    np.testing.assert_array_equal(dx, C.conv2d_backward_data(hd, wt, dy, x.shape, s, p, "winograd"))
+    np.testing.assert_array_equal(dw, C.conv2d_backward_filter(hd, x, dy, wt.shape, s, p, "winograd"))
+    np.testing.assert_array_equal(db, C.conv2d_backward_bias(hd, dy))
+
+
 def test_winograd_is_deterministic_across_threads(pylenet_module, rng):
     """The same bits for 1, 2 and 3 threads in every pass (work splits never change a sum)."""
     F = pylenet_module.functional

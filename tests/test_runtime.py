@@ -286,6 +286,48 @@ def test_element_wise_ops_run_in_place():
 
 
 # ----------------------------------------------------------------------------- profiling
+class TwoConv(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(16, 16, 3)             # both winograd under the heuristic
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.fc = nn.Linear(32 * 9 * 9, 10)
+
+    def forward(self, x):
+        return self.fc(F.max_pool2d(F.relu(self.conv2(F.relu(self.conv1(x)))), 2).flatten(1))
+
+
+def _train_two_conv(conv_algo, x, y, init):
+    m = TwoConv()
+    m.load_state_dict(init)
+    step = pylenet.compile(m, optimizer=optim.SGD(0.05, momentum=0.9), batch_size=64, conv_algo=conv_algo)
+    for i in range(0, len(x), 64):
+        step(x[i:i + 64], y[i:i + 64])
+    return m.state_dict(), step.executor(x.shape[1:]).instructions()
+
+
+def test_winograd_backward_passes_run_as_one_instruction(rng):
+    """A winograd layer's backward data, filter and bias become one conv2d_backward instruction
+    (one pass over dy), with the same bits as the instructions it replaces."""
+    x = rng.standard_normal((64 * 3, 16, 20, 20)).astype(np.float32)
+    y = rng.integers(0, 10, len(x))
+    init = TwoConv().state_dict()
+    fused, ins = _train_two_conv("heuristic", x, y, init)
+    assert [(r["op"], r["algo"]) for r in ins if r["op"].startswith("conv2d")] == [
+        ("conv2d", "winograd"), ("conv2d", "winograd"),
+        ("conv2d_backward", "winograd"),   # conv2: dx, dw, db
+        ("conv2d_backward", "winograd")]   # conv1: dw, db (nothing needs the input's gradient)
+    # "auto" times each pass alone and keeps them apart; where it picks winograd for all, the
+    # results are the fused ones bit for bit
+    separate, ins = _train_two_conv("auto", x, y, init)
+    rows = [(r["op"], r["algo"]) for r in ins if r["op"].startswith("conv2d")]
+    assert "conv2d_backward" not in [op for op, _ in rows]
+    if any(algo not in ("winograd", "") for _, algo in rows):
+        pytest.skip(f"auto picked other algorithms on this machine: {rows}")
+    for k in fused:
+        np.testing.assert_array_equal(fused[k], separate[k], err_msg=k)
+
+
 def test_step_profile_names_every_instruction_and_the_update(rng):
     m = models.lenet5(seed=0)
     step = pylenet.compile(m, optim.SGD(m.parameters(), lr=0.01), batch_size=16)

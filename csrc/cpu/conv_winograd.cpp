@@ -24,6 +24,10 @@ void run_backward_data(const Geometry& g, const float* dy, const float* ut, floa
 void run_filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads) {
   PYL_SIMD_DISPATCH(simd::active(), filter_sums, g, x, dy, sums, ws, threads);
 }
+void run_backward(const Geometry& g, const float* x, const float* dy, const float* ut, float* dx, float* sums,
+                  float* planes, float* ws, int threads) {
+  PYL_SIMD_DISPATCH(simd::active(), backward, g, x, dy, ut, dx, sums, planes, ws, threads);
+}
 // U (36, C, K) of the forward pass, or transposed (36, K, C) for backward data.
 void run_filter_transform(const ConvShape& s, const float* w, bool transposed, const Geometry& g, float* u,
                           int threads) {
@@ -34,6 +38,20 @@ void run_filter_adjoint(const float* sums, const Geometry& g, float* dw, int thr
 }
 int64_t items(const Geometry& g, int threads) { return g.n * g.bands(threads); }
 int64_t chunks(const Geometry& g) { return (g.n + kFilterChunk - 1) / kFilterChunk; }
+
+// dw = G^T S G from the chunks' S (nchunks planes at sums), summed in chunk order into the first.
+void filter_from_sums(const ConvShape& s, const Geometry& g, float* sums, float* dw, int threads) {
+  const int64_t nchunks = chunks(g), plane = kPoints * g.cinp * g.coutp;
+  if (nchunks > 1)
+    parallel_for(threads, kPoints, [&](int64_t xi, int) {
+      float* dst = sums + xi * g.cinp * g.coutp;  // rows past C are never written: not read
+      for (int64_t ch = 1; ch < nchunks; ++ch) {
+        const float* src = dst + ch * plane;
+        for (int64_t i = 0; i < s.c * g.coutp; ++i) dst[i] += src[i];
+      }
+    });
+  run_filter_adjoint(sums, g, dw, threads);
+}
 
 }  // namespace
 
@@ -57,6 +75,8 @@ int64_t Geometry::worker_floats() const {
   return round16(xt_rows() * xt_cols() * cinp) + round16(kPoints * block * cinp) +
          round16(kPoints * block * coutp) + round16(m * th * m * tw * coutp);
 }
+
+int64_t Geometry::backward_worker_floats() const { return worker_floats() + round16(xt_rows() * xt_cols() * cinp); }
 
 }  // namespace winograd
 
@@ -113,19 +133,35 @@ void conv_backward_data_winograd(const ConvShape& s, const float* w, const float
 void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
                                    int threads) {
   const Geometry g = winograd::forward_geometry(s);
-  const int64_t nchunks = winograd::chunks(g), plane = kPoints * g.cinp * g.coutp;
   float* sums = ws;
-  winograd::run_filter_sums(g, x, dy, sums, sums + nchunks * plane, threads);
-  // The chunks' S summed in chunk order (into the first), then dw = G^T S G.
-  if (nchunks > 1)
-    parallel_for(threads, kPoints, [&](int64_t xi, int) {
-      float* dst = sums + xi * g.cinp * g.coutp;  // rows past C are never written: not read
-      for (int64_t ch = 1; ch < nchunks; ++ch) {
-        const float* src = dst + ch * plane;
-        for (int64_t i = 0; i < s.c * g.coutp; ++i) dst[i] += src[i];
-      }
-    });
-  winograd::run_filter_adjoint(sums, g, dw, threads);
+  winograd::run_filter_sums(g, x, dy, sums, sums + winograd::chunks(g) * kPoints * g.cinp * g.coutp, threads);
+  winograd::filter_from_sums(s, g, sums, dw, threads);
+}
+
+int64_t conv_winograd_backward_workspace_floats(const ConvShape& s, int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  const int64_t chunks = winograd::chunks(g), plane = kPoints * g.cinp * g.coutp;
+  return round16(plane) + chunks * plane + round16(g.n * g.coutp) +
+         workers_for(threads, chunks) * g.backward_worker_floats();
+}
+
+void conv_backward_winograd(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                            float* db, float* ws, int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  const int64_t plane = kPoints * g.cinp * g.coutp;
+  float* ut = ws;
+  float* sums = ut + round16(plane);
+  float* planes = sums + winograd::chunks(g) * plane;
+  float* scratch = planes + round16(g.n * g.coutp);
+  if (dx) winograd::run_filter_transform(s, w, true, g, ut, threads);
+  winograd::run_backward(g, x, dy, ut, dx, sums, db ? planes : nullptr, scratch, threads);
+  winograd::filter_from_sums(s, g, sums, dw, threads);
+  if (db)
+    for (int64_t k = 0; k < s.k; ++k) {
+      double acc = 0.0;  // as cpu::conv_backward_bias: the images' sums in order, in double
+      for (int64_t n = 0; n < s.n; ++n) acc += planes[n * g.coutp + k];
+      db[k] = static_cast<float>(acc);
+    }
 }
 
 }  // namespace pylenet::cpu

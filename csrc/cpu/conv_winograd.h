@@ -38,6 +38,13 @@ void conv_backward_data_winograd(const ConvShape& s, const float* w, const float
                                  int threads);
 void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
                                    int threads);
+// All backward passes of a layer in one pass over dy: dw, and dx and db unless null. Each
+// image's dy is transposed and transformed once for both products (the separate passes do it
+// once each) and db is summed from the transposed copy, in the same order as the separate
+// passes, so every bit equals theirs (db: cpu::conv_backward_bias's).
+int64_t conv_winograd_backward_workspace_floats(const ConvShape& s, int threads);
+void conv_backward_winograd(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
+                            float* db, float* ws, int threads);
 
 namespace winograd {
 
@@ -69,6 +76,8 @@ struct Geometry {
   // Floats of one worker's buffers: the input and output (or output gradient) of one image
   // with channels in the lanes, V and M (or A dy A^T) of a block of tiles.
   int64_t worker_floats() const;
+  // The fused backward pass's: those and the input gradient with channels in the lanes.
+  int64_t backward_worker_floats() const;
 };
 
 // Per-SIMD-level kernels (conv_winograd_kernel.inc).
@@ -81,6 +90,10 @@ struct Geometry {
   /* S[chunk] (36, cinp, coutp) = sum over the chunk's tiles of V^T (A dy A^T), for x the input    */ \
   /* (n, cin, h, w) and dy the output gradient (n, cout, oh, ow).                                 */ \
   void filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads);  \
+  /* filter_sums and, unless dx is null, backward_data in one pass; planes (n, coutp), unless   */ \
+  /* null: each image's per-channel sum of dy. ws: workers x backward_worker_floats().          */ \
+  void backward(const Geometry& g, const float* x, const float* dy, const float* ut, float* dx, float* sums,   \
+                float* planes, float* ws, int threads);                                              \
   /* dx (n, cin, h, w) from dy (n, cout, oh, ow): sum over tiles of B (U^T . A dy A^T) B^T, added */ \
   /* into the overlapping patches tile after tile; ut (36, coutp, cinp) is U transposed.        */ \
   void backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads); \

@@ -224,6 +224,32 @@ void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, floa
   cpu::conv_backward_bias(s, dy, db, h.threads());
 }
 
+namespace {
+bool fused_backward(const Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, bool with_dx) {
+  return !h.on_cuda() && filter_algo == ConvAlgo::Winograd && (!with_dx || data_algo == ConvAlgo::Winograd);
+}
+}  // namespace
+
+size_t conv_backward_workspace_size(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s) {
+  size_t bytes = std::max(conv_workspace_size(h, data_algo, ConvPass::BackwardData, s),
+                          conv_workspace_size(h, filter_algo, ConvPass::BackwardFilter, s));
+  if (fused_backward(h, data_algo, filter_algo, false))
+    bytes = std::max(bytes, sizeof(float) * static_cast<size_t>(cpu::conv_winograd_backward_workspace_floats(s, h.threads())));
+  return bytes;
+}
+
+void conv_run_backward(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s, const float* x,
+                       const float* w, const float* dy, float* dx, float* dw, float* db) {
+  if (fused_backward(h, data_algo, filter_algo, dx != nullptr)) {
+    const size_t bytes = sizeof(float) * static_cast<size_t>(cpu::conv_winograd_backward_workspace_floats(s, h.threads()));
+    cpu::conv_backward_winograd(s, x, w, dy, dx, dw, db, h.workspace(bytes), h.threads());
+    return;
+  }
+  if (dx) conv_run(h, data_algo, ConvPass::BackwardData, s, nullptr, w, nullptr, dy, dx);
+  conv_run(h, filter_algo, ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
+  if (db) conv_run_backward_bias(h, s, dy, db);
+}
+
 std::vector<ConvAlgoPerf> conv_find_algorithms(Handle& h, ConvPass pass, const ConvShape& s, const float* x,
                                                const float* w, const float* dy, float* out) {
   std::vector<ConvAlgoPerf> perf;
@@ -296,6 +322,17 @@ void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const 
                 " (the conv2d output for input ", xd.str(), " and weight ", dwd.str(), "), got ", dyd.str());
   algo = conv_resolve_algo(h, algo, ConvPass::BackwardFilter, s, x, nullptr, dy, dw);
   conv_run(h, algo, ConvPass::BackwardFilter, s, x, nullptr, nullptr, dy, dw);
+}
+
+void conv_backward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& wd,
+                   const float* w, const TensorDesc& dyd, const float* dy, const ConvDesc& conv, float* dx, float* dw,
+                   float* db) {
+  const ConvShape s = ConvShape::make("conv2d_backward", xd, wd, conv);
+  PYL_CHECK_ARG(dyd == s.y_desc(), "conv2d_backward: grad_output must have shape ", s.y_desc().str(),
+                " (the conv2d output for input ", xd.str(), " and weight ", wd.str(), "), got ", dyd.str());
+  const ConvAlgo fa = conv_resolve_algo(h, algo, ConvPass::BackwardFilter, s, x, nullptr, dy, dw);
+  const ConvAlgo da = dx ? conv_resolve_algo(h, algo, ConvPass::BackwardData, s, nullptr, w, dy, dx) : fa;
+  conv_run_backward(h, da, fa, s, x, w, dy, dx, dw, db);
 }
 
 void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db) {

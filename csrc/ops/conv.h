@@ -90,6 +90,11 @@ void conv_backward_data(Handle& h, ConvAlgo algo, const TensorDesc& wd, const fl
 void conv_backward_filter(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
                           const float* dy, const ConvDesc& conv, const TensorDesc& dwd, float* dw);
 void conv_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db);
+// dx (xd, or null), dw (wd) and db ((K,), or null) at once: conv_run_backward with each pass's
+// algorithm resolved as conv_backward_data and conv_backward_filter resolve them.
+void conv_backward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* x, const TensorDesc& wd,
+                   const float* w, const TensorDesc& dyd, const float* dy, const ConvDesc& conv, float* dx, float* dw,
+                   float* db);
 
 // Prepared-shape fast path for callers that checked the shapes once (the executor): no
 // descriptors, no allocation beyond the handle's workspace. `algo` must be concrete;
@@ -100,6 +105,15 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
 ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x,
                            const float* w, const float* dy, float* out);
 void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db);
+// All backward passes of a layer in one call: dw, and dx and db unless null (the executor's
+// conv2d_backward instruction, F.conv2d's backward). With winograd for backward filter (and
+// for backward data, when dx is wanted) on the CPU they run as one pass over dy: each image's
+// dy is transposed and transformed once instead of twice, and db comes from that copy; the
+// bits are those of the separate passes (cpu::conv_backward_winograd). Otherwise it runs the
+// passes one after the other. Algorithms must be concrete.
+void conv_run_backward(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s, const float* x,
+                       const float* w, const float* dy, float* dx, float* dw, float* db);
+size_t conv_backward_workspace_size(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s);
 
 // Like cudnnFindConvolution*Algorithm: runs every algorithm of the handle's device for this
 // pass on the given buffers (whose outputs are overwritten) and returns them fastest first.

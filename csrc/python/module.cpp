@@ -226,6 +226,19 @@ PYBIND11_MODULE(_C, m) {
     conv_backward_filter(h, a, desc_of(x), x.data(), desc_of(dy), dy.data(), conv_desc(stride, pad), wd, dwp);
     return dw;
   });
+  m.def("conv2d_backward", [](Handle& h, const FArray& x, const FArray& w, const FArray& dy, const PairT& stride,
+                              const PairT& pad, const std::string& algo) {
+    const ConvAlgo a = conv_algo_from_name(algo);
+    const ConvShape s = ConvShape::make("conv2d_backward", desc_of(x), desc_of(w), conv_desc(stride, pad));
+    FArray dx = empty_like_desc(desc_of(x)), dw = empty_like_desc(desc_of(w)), db = empty_like_desc(TensorDesc{s.k});
+    float *dxp = dx.mutable_data(), *dwp = dw.mutable_data(), *dbp = db.mutable_data();
+    {
+      py::gil_scoped_release nogil;
+      conv_backward(h, a, desc_of(x), x.data(), desc_of(w), w.data(), desc_of(dy), dy.data(), conv_desc(stride, pad),
+                    dxp, dwp, dbp);
+    }
+    return py::make_tuple(dx, dw, db);
+  });
   m.def("conv2d_backward_bias", [](Handle& h, const FArray& dy) {
     desc_of(dy).check("conv2d_backward", "grad_output", 4, "(N, K, OH, OW)");
     const TensorDesc dbd{desc_of(dy).c()};

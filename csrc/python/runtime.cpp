@@ -267,7 +267,8 @@ void bind_runtime(py::module_& m) {
             d["phase"] = ph;
             d["batch"] = phases[ph].batch;
             d["algo"] = (ins.kind == runtime::Instr::ConvFwd || ins.kind == runtime::Instr::ConvBwdData ||
-                         ins.kind == runtime::Instr::ConvBwdFilter) ? conv_algo_name(ins.algo) : "";
+                         ins.kind == runtime::Instr::ConvBwdFilter || ins.kind == runtime::Instr::ConvBwd)
+                            ? conv_algo_name(ins.algo) : "";
             out.append(d);
           }
         return out;

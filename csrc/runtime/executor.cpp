@@ -317,6 +317,30 @@ void Executor::lower() {
     for (size_t i = 0; i < nodes.size(); ++i)
       if (live[i] && nodes[i].op == Op::LinearBackwardBias) bias_of_linear[nodes[i].attrs.forward] = nodes[i].out[0];
   std::vector<int> stashed_linears;
+  // Per convolution: its live backward nodes (data, filter, bias), emitted as one ConvBwd
+  // instruction at the first of them where its algorithms fuse the passes (CPU winograd,
+  // ops/conv.h conv_run_backward): every input (x, w, dy) exists by then.
+  struct ConvBackward { int node[3] = {-1, -1, -1}; bool emitted = false; };
+  std::map<int, ConvBackward> conv_backward;
+  const auto fusable = [&](const Node& f) {
+    if (on_device() || cfg_.conv_algo == ConvAlgo::Auto) return false;  // auto measures each pass alone
+    const auto& x = g_.value(f.in[0]).shape;
+    ConvShape s = ConvShape::make("conv2d", TensorDesc{chunk_, x[0], x[1], x[2]}, TensorDesc(g_.value(f.in[1]).shape),
+                                  ConvDesc{f.attrs.stride, f.attrs.pad});
+    const auto algo = [&](ConvPass p) {
+      return cfg_.conv_algo == ConvAlgo::Heuristic ? conv_heuristic_algo(Device::CPU, p, s) : cfg_.conv_algo;
+    };
+    return algo(ConvPass::BackwardFilter) == ConvAlgo::Winograd && algo(ConvPass::BackwardData) == ConvAlgo::Winograd;
+  };
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const Op op = nodes[i].op;
+    if (!live[i] || (op != Op::ConvBackwardData && op != Op::ConvBackwardFilter && op != Op::ConvBackwardBias)) continue;
+    const int slot = op == Op::ConvBackwardData ? 0 : op == Op::ConvBackwardFilter ? 1 : 2;
+    conv_backward[nodes[i].attrs.forward].node[slot] = static_cast<int>(i);
+  }
+  for (auto it = conv_backward.begin(); it != conv_backward.end();)
+    it = it->second.node[1] >= 0 && need(nodes[it->second.node[1]].out[0]) >= 0 && fusable(nodes[it->first])
+             ? std::next(it) : conv_backward.erase(it);
 
   std::vector<Instr> deferred;  // the Linear weight-gradient jobs, run after every chunk's backward
   const auto emit = [&](Instr ins, int node) {
@@ -352,6 +376,18 @@ void Executor::lower() {
                                    ConvDesc{f.attrs.stride, f.attrs.pad});
         ins.kind = n.op == Op::ConvBackwardData ? Instr::ConvBwdData
                    : n.op == Op::ConvBackwardFilter ? Instr::ConvBwdFilter : Instr::ConvBwdBias;
+        auto fused = conv_backward.find(a.forward);
+        if (fused != conv_backward.end()) {
+          if (fused->second.emitted) continue;  // part of the ConvBwd already emitted
+          fused->second.emitted = true;
+          const auto out_of = [&](int slot) { return fused->second.node[slot] >= 0 ? need(nodes[fused->second.node[slot]].out[0]) : -1; };
+          ins.kind = Instr::ConvBwd;
+          ins.in = {f.in[0], f.in[1], n.op == Op::ConvBackwardData ? n.in[0] : n.op == Op::ConvBackwardFilter ? n.in[1] : n.in[0]};
+          ins.out = {out_of(0), out_of(1), out_of(2)};
+          emit(ins, fused->second.node[1]);
+          instrs_.back().label = "conv2d_backward";
+          continue;
+        }
         break;
       }
       case Op::Linear:
@@ -768,6 +804,30 @@ void Executor::choose_algorithms() {
         ws = std::max<int64_t>(ws, static_cast<int64_t>(conv_workspace_size(h, ins.algo, pass, s)));
         break;
       }
+      case Instr::ConvBwd: {
+        ConvShape s = ins.conv;
+        s.n = chunk_;
+        float* dx = ins.out[0] >= 0 ? ptr(ins.out[0], 0, 0) : nullptr;
+        try {
+          ins.algo = conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardFilter, s, ptr(ins.in[0], 0, 0), nullptr,
+                                       ptr(ins.in[2], 0, 0), grad_ptr(ins.out[1], 0));
+          ins.algo_data = dx ? conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardData, s, nullptr,
+                                                 ptr(ins.in[1], 0, 0), ptr(ins.in[2], 0, 0), dx)
+                             : ins.algo;
+        } catch (const Error& e) {
+          const Node& n = g_.nodes()[ins.node];
+          fail(e.kind(), n.scope.empty() ? "" : n.scope + " ", n.where.empty() ? "" : "(" + n.where + ") ", e.what());
+        }
+        ws = std::max<int64_t>(ws, static_cast<int64_t>(conv_backward_workspace_size(h, ins.algo_data, ins.algo, s)));
+        if (cfg_.conv_algo == ConvAlgo::Heuristic) {  // the rule per call (see above)
+          ConvShape one = s;
+          one.n = 1;
+          ws = std::max<int64_t>(ws, static_cast<int64_t>(conv_backward_workspace_size(
+                                         h, conv_heuristic_algo(h.device(), ConvPass::BackwardData, one),
+                                         conv_heuristic_algo(h.device(), ConvPass::BackwardFilter, one), s)));
+        }
+        break;
+      }
       case Instr::LinearFwd:
       case Instr::LinearBwdData:
         if (!on_device())
@@ -916,7 +976,8 @@ void Executor::check_labels(const int64_t* labels, int64_t n, const char* op) co
 }
 
 ConvAlgo Executor::conv_algo_for(const Instr& ins, ConvPass pass, const ConvShape& s) const {
-  return cfg_.conv_algo == ConvAlgo::Heuristic ? conv_heuristic_algo(cfg_.device, pass, s) : ins.algo;
+  if (cfg_.conv_algo == ConvAlgo::Heuristic) return conv_heuristic_algo(cfg_.device, pass, s);
+  return ins.kind == Instr::ConvBwd && pass == ConvPass::BackwardData ? ins.algo_data : ins.algo;
 }
 
 void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start, int64_t m, int64_t n) {
@@ -949,6 +1010,14 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       ConvShape s = ins.conv;
       s.n = m;
       conv_run_backward_bias(h, s, in(0), out(0));
+      return;
+    }
+    case Instr::ConvBwd: {
+      ConvShape s = ins.conv;
+      s.n = m;
+      conv_run_backward(h, conv_algo_for(ins, ConvPass::BackwardData, s), conv_algo_for(ins, ConvPass::BackwardFilter, s),
+                        s, in(0), in(1), in(2), ins.out[0] >= 0 ? out(0) : nullptr, out(1),
+                        ins.out[2] >= 0 ? out(2) : nullptr);
       return;
     }
     case Instr::LinearFwd: linear_run_forward(h, LinearShape{m, ins.a, ins.b}, in(0), in(1), in(2), out(0)); return;

@@ -111,6 +111,7 @@ struct MemoryPlan {
 struct Instr {
   enum Kind {
     ConvFwd, ConvBwdData, ConvBwdFilter, ConvBwdBias,
+    ConvBwd,  // a layer's backward passes at once: in (x, w, dy), out (dx, dw, db) (ops conv_run_backward)
     LinearFwd, LinearBwdData, LinearBwdWeight, LinearBwdBias, LinearStash, LinearGradJob,
     PoolFwd, PoolBwd, ActFwd, ActBwd, Add, Cat, Slice, DropoutFwd, DropoutBwd,
     BnStats, BnStatsFinalize, BnApply, BnInference, BnBwdPartial, BnBwdFinalize, BnBwdApply, BnInferenceBwd,
@@ -123,7 +124,8 @@ struct Instr {
   ConvShape conv{};                // n = 1; set per call
   PoolShape pool{};
   int64_t a = 0, b = 0;            // per-op sizes: rows/cols, count per sample, channels, ...
-  ConvAlgo algo = ConvAlgo::Naive;
+  ConvAlgo algo = ConvAlgo::Naive;      // ConvBwd: backward filter's
+  ConvAlgo algo_data = ConvAlgo::Naive; // ConvBwd: backward data's
   int linear = -1;                 // LinearStash / LinearGradJob: the stash group
   int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW; batch-norm finalize: r0 = the
                                    // chunks' partials in the fixed arena
