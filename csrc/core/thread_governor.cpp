@@ -6,7 +6,8 @@
 namespace pylenet {
 
 namespace {
-double median(std::vector<double> v) {
+// Sorts v in place (its contents are dropped after the median anyway): no copy, no allocation.
+double median(std::vector<double>& v) {
   std::sort(v.begin(), v.end());
   const size_t n = v.size();
   return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
@@ -18,7 +19,10 @@ void ThreadGovernor::set_enabled(bool on) { g_enabled.store(on); }
 bool ThreadGovernor::enabled() { return g_enabled.load(std::memory_order_relaxed); }
 
 ThreadGovernor::ThreadGovernor(int max_threads)
-    : max_(std::max(max_threads, 1)), cur_(max_), steps_at_(static_cast<size_t>(max_), 0) {}
+    : max_(std::max(max_threads, 1)), cur_(max_), steps_at_(static_cast<size_t>(max_), 0) {
+  window_.reserve(kWindow);  // record() runs inside the executor's steps: it never allocates
+  trial_times_.reserve(kTrialSteps);
+}
 
 void ThreadGovernor::restart(int64_t items) {
   items_ = items;

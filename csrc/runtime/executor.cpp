@@ -382,7 +382,7 @@ void Executor::lower() {
           fused->second.emitted = true;
           const auto out_of = [&](int slot) { return fused->second.node[slot] >= 0 ? need(nodes[fused->second.node[slot]].out[0]) : -1; };
           ins.kind = Instr::ConvBwd;
-          ins.in = {f.in[0], f.in[1], n.op == Op::ConvBackwardData ? n.in[0] : n.op == Op::ConvBackwardFilter ? n.in[1] : n.in[0]};
+          ins.in = {f.in[0], f.in[1], n.op == Op::ConvBackwardFilter ? n.in[1] : n.in[0]};  // x, w, dy
           ins.out = {out_of(0), out_of(1), out_of(2)};
           emit(ins, fused->second.node[1]);
           instrs_.back().label = "conv2d_backward";
@@ -807,7 +807,7 @@ void Executor::choose_algorithms() {
       case Instr::ConvBwd: {
         ConvShape s = ins.conv;
         s.n = chunk_;
-        float* dx = ins.out[0] >= 0 ? ptr(ins.out[0], 0, 0) : nullptr;
+        float* dx = ptr(ins.out[0], 0, 0);  // null: nothing needs the input gradient
         try {
           ins.algo = conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardFilter, s, ptr(ins.in[0], 0, 0), nullptr,
                                        ptr(ins.in[2], 0, 0), grad_ptr(ins.out[1], 0));
@@ -1016,8 +1016,7 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       ConvShape s = ins.conv;
       s.n = m;
       conv_run_backward(h, conv_algo_for(ins, ConvPass::BackwardData, s), conv_algo_for(ins, ConvPass::BackwardFilter, s),
-                        s, in(0), in(1), in(2), ins.out[0] >= 0 ? out(0) : nullptr, out(1),
-                        ins.out[2] >= 0 ? out(2) : nullptr);
+                        s, in(0), in(1), in(2), out(0), out(1), out(2));  // absent outputs: null
       return;
     }
     case Instr::LinearFwd: linear_run_forward(h, LinearShape{m, ins.a, ins.b}, in(0), in(1), in(2), out(0)); return;
@@ -1190,15 +1189,13 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
   }
 }
 
-double Executor::begin_step(ThreadGovernor& gov) {
+Clock::time_point Executor::begin_step(ThreadGovernor& gov) {
   active_ = ThreadGovernor::enabled() ? gov.threads() : threads();
-  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+  return Clock::now();
 }
 
-void Executor::end_step(ThreadGovernor& gov, double t0, int64_t n) {
-  if (!ThreadGovernor::enabled()) return;
-  const double t1 = std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
-  gov.record(t1 - t0, (n + chunk_ - 1) / chunk_);
+void Executor::end_step(ThreadGovernor& gov, Clock::time_point t0, int64_t n) {
+  if (ThreadGovernor::enabled()) gov.record(since(t0), (n + chunk_ - 1) / chunk_);
 }
 
 RunStats Executor::collect(int64_t n, const char* op) {
@@ -1335,7 +1332,7 @@ RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, 
     return cuda_read_totals(n, "train_step", before);
   }
 #endif
-  const double t0 = begin_step(train_gov_);
+  const auto t0 = begin_step(train_gov_);
   run_batch(x, labels, n);
   RunStats st = collect(n, "train_step");  // raises, changing nothing, if the output is not finite
   commit_running(nullptr);
@@ -1372,7 +1369,7 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
       }
     };
     const float lr = checked_lr(schedule_lr(schedule, cfg_.optim.lr, iteration), iteration, "train");
-    const double t0 = begin_step(train_gov_);
+    const auto t0 = begin_step(train_gov_);
     ThreadPool::instance().run(active_, (n + chunk_ - 1) / chunk_, ItemFn(gather));
     run_batch(xb, yb, n);
     RunStats st = collect(n, "train");
@@ -1418,7 +1415,7 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
     }
 #endif
     std::fill(store_->loss.begin(), store_->loss.end(), 0.0);
-    const double t0 = begin_step(infer_gov_);
+    const auto t0 = begin_step(infer_gov_);
     run_batch(xb, yb, n);
     end_step(infer_gov_, t0, n);
     RunStats st = collect(n, labels ? "evaluate" : "predict");

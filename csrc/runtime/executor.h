@@ -24,6 +24,7 @@
 // the CPU. Nothing is allocated inside a step.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -206,8 +207,8 @@ class Executor {
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
   // Around one step (a training step, or one forward batch) on the CPU: begin sets the
   // workers it uses from the governor, end tells the governor how long it took.
-  double begin_step(ThreadGovernor& gov);
-  void end_step(ThreadGovernor& gov, double t0, int64_t n);
+  std::chrono::steady_clock::time_point begin_step(ThreadGovernor& gov);
+  void end_step(ThreadGovernor& gov, std::chrono::steady_clock::time_point t0, int64_t n);
   // Runs every phase for a batch of n at x (host or device memory of the backend).
   void run_batch(const float* x, const int64_t* labels, int64_t n);
   void exec(const Instr& ins, Handle& h, int64_t c, int worker, int64_t start, int64_t m, int64_t n);
