@@ -6,6 +6,7 @@
 #   TESTS          test files/folders, relative to the repository (default: tests)
 #   BENCH=1        also run `pylenet bench --device cuda --epoch` (pylenet vs PyTorch + cuDNN)
 #   SANITIZE=1     also run compute-sanitizer (memcheck, racecheck) over the CUDA kernel tests
+#   GRAPHS=0       skip the second run of tests/test_cuda_training.py with PYLENET_CUDA_GRAPHS=1
 # Builds for the local GPU only (sm from nvidia-smi), which is what a user's `pip install .`
 # does not do: it keeps the build short inside a device lease.
 set -o pipefail
@@ -31,6 +32,11 @@ $PY -c "import pylenet; print(pylenet.build_info()); print('cuda available:', py
 paths=$(for t in ${TESTS:-tests}; do echo "$REPO/$t"; done)
 timeout ${TEST_TIMEOUT:-420} $PY -m pytest -q -rs --durations=12 -p no:cacheprovider $paths "$@" 2>&1 | tee "$OUT/pytest.log" | tail -${TAIL:-80}
 status=$?
+if [ "${GRAPHS:-1}" = 1 ]; then  # the GPU training tests again, every epoch's full steps as CUDA graph replays
+  PYLENET_CUDA_GRAPHS=1 timeout ${GRAPHS_TIMEOUT:-180} $PY -m pytest -q -rs -p no:cacheprovider \
+    "$REPO/tests/test_cuda_training.py" 2>&1 | tee "$OUT/pytest-graphs.log" | tail -${TAIL:-30}
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 if [ "${BENCH:-0}" = 1 ]; then
   (cd "$REPO" && timeout ${BENCH_TIMEOUT:-240} $PY -m pylenet bench --device cuda --steps ${BENCH_STEPS:-200} --repeats 5 --epoch \
      --out "$OUT/cuda-bench.json" 2>&1 | tail -20)

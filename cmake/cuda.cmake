@@ -109,11 +109,12 @@ if(PYLENET_WITH_CUDA)
   enable_language(CUDA)
   find_package(CUDAToolkit REQUIRED)
 
-  # Host-only code (allocator, context: runtime API calls, no kernels) is plain C++ for the
+  # Host-only code (allocator, context, graph: runtime API calls, no kernels) is plain C++ for the
   # host compiler: nvcc would compile it once per architecture for nothing.
   add_library(pylenet_cuda STATIC
     cuda/allocator.cpp
     cuda/context.cpp
+    cuda/graph.cpp
     cuda/tensor.cpp
     cuda/gemm.cu
     cuda/conv.cu

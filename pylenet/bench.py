@@ -338,11 +338,14 @@ def _sync_torch():
     torch.cuda.synchronize()
 
 
-def setup_pylenet_cuda(name, batch, steps, images, labels, device=0):
+def setup_pylenet_cuda(name, batch, steps, images, labels, device=0, graphs=False):
     """(train, infer, info) on a GPU: the data uploaded once; each call ends synchronised
-    (the epoch reads its totals back, evaluation reads its totals back)."""
+    (the epoch reads its totals back, evaluation reads its totals back). graphs: training
+    steps captured as a CUDA graph and replayed (info["graph_stats"]() reports them)."""
     model = models.create(name, seed=0)
     net, infer, info = _compiled(model, batch, images.shape[1:], ("cuda", device))
+    net.cuda_graphs = bool(graphs)
+    info["graph_stats"] = net.cuda_graph_stats
     n = batch * steps
     net.upload_state()
     data = net.upload(images[:n], labels[:n])
@@ -350,7 +353,8 @@ def setup_pylenet_cuda(name, batch, steps, images, labels, device=0):
     idata = infer.upload(images[:n], labels[:n])
     order = np.arange(n, dtype=np.int64)
     sched = {"kind": "constant"}
-    net.train_epoch_device(data, order[: batch * 3], batch, sched, 0, None, 1)  # warm-up
+    # Warm-up over the timed order itself: the device buffers (and a CUDA graph) made for it are reused.
+    net.train_epoch_device(data, order, batch, sched, 0, None, steps)
     infer.evaluate_device(idata)
     return (lambda: net.train_epoch_device(data, order, batch, sched, 0, None, n // batch)), \
         (lambda: infer.evaluate_device(idata)), info
@@ -392,6 +396,7 @@ def measure_cuda(name, batch, steps, repeats, images, labels, with_torch):
     pylenet.cuda.empty_cache()
     pylenet.cuda.reset_peak_memory_stats()
     p_train, p_infer, p_info = setup_pylenet_cuda(name, batch, steps, images, labels)
+    g_train, _, g_info = setup_pylenet_cuda(name, batch, steps, images, labels, graphs=True)
     peers = {}
     if with_torch:
         import torch
@@ -404,10 +409,13 @@ def measure_cuda(name, batch, steps, repeats, images, labels, with_torch):
         fn()
         return time.perf_counter() - t0
 
-    times = {k: [] for k in ("p_train", "p_infer", *(f"{k}_{w}" for k in peers for w in ("train", "infer")))}
+    times = {k: [] for k in ("p_train", "p_infer", "g_train",
+                             *(f"{k}_{w}" for k in peers for w in ("train", "infer")))}
     for what, idx in (("train", 0), ("infer", 1)):
         for _ in range(repeats):  # alternate, so drifts hit every framework alike
             times[f"p_{what}"].append(timed((p_train, p_infer)[idx]))
+            if what == "train":
+                times["g_train"].append(timed(g_train))
             for k, fns in peers.items():
                 times[f"{k}_{what}"].append(timed(fns[idx]))
     med = {k: statistics.median(v) for k, v in times.items()}
@@ -416,7 +424,15 @@ def measure_cuda(name, batch, steps, repeats, images, labels, with_torch):
                        "train_gflops": p_info["flops_per_sample"] * n / med["p_train"] / 1e9,
                        "memory_plan_bytes": p_info["memory_plan_bytes"],
                        "device_peak_bytes": pylenet.cuda.memory_stats()["peak_bytes"],
-                       "conv_algorithms": p_info["conv_algorithms"]}}
+                       "conv_algorithms": p_info["conv_algorithms"]},
+           # the same training steps captured once as a CUDA graph and replayed
+           "pylenet_graphs": {"train_samples_per_s": n / med["g_train"], **g_info["graph_stats"](),
+                              "kernels_per_step_eager": p_info["graph_stats"]()["kernels_per_step"]},
+           "graph_train_speedup": statistics.median(p / g for p, g in zip(times["p_train"], times["g_train"]))}
+    if with_torch:
+        for k in peers:
+            run[f"graph_train_ratio_vs_{k}"] = statistics.median(
+                t / g for t, g in zip(times[f"{k}_train"], times["g_train"]))
     if with_torch:
         import torch
         for k, fns in peers.items():
@@ -436,6 +452,16 @@ def full_epoch_cuda(with_torch):
     pylenet.train(models.lenet5(), ds.subset(640), epochs=1, optimizer=sgd(), progress=False, device="cuda")
     h = pylenet.train(models.lenet5(), ds, epochs=2, batch_size=64, optimizer=sgd(), progress=False, device="cuda")
     out = {"pylenet": min(h.seconds)}
+    saved = os.environ.get("PYLENET_CUDA_GRAPHS")
+    os.environ["PYLENET_CUDA_GRAPHS"] = "1"
+    try:
+        h = pylenet.train(models.lenet5(), ds, epochs=2, batch_size=64, optimizer=sgd(), progress=False, device="cuda")
+        out["pylenet_graphs"] = min(h.seconds)
+    finally:
+        if saved is None:
+            del os.environ["PYLENET_CUDA_GRAPHS"]
+        else:
+            os.environ["PYLENET_CUDA_GRAPHS"] = saved
     if with_torch:
         import torch
         import torch.nn.functional as TF

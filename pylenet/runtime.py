@@ -17,6 +17,7 @@ and its buffers (running statistics) in place: nothing is copied per call on the
 GPU the executor keeps device copies, uploaded before a call and copied back after training.
 """
 import math
+import os
 import sys
 
 import numpy as np
@@ -145,10 +146,11 @@ def _device(device, op):
     return ("cpu", 0) if index is None else ("cuda", index)
 
 
-def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, conv_algo="heuristic", seed=0):
+def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, conv_algo="heuristic", seed=0,
+                   device_rules=False):
     """A native executor of traced graph `t` on the module's parameters and buffers where they
     live: for training when an optimizer is given (its state buffers are bound too), else
-    inference."""
+    inference. device_rules (tests): the CUDA backend's instruction fusions on the CPU too."""
     offsets, total = parameter_layout(module)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
@@ -161,7 +163,7 @@ def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, co
     state = optimizer._state_buffers(total) if train else []
     config = {"device": device[0], "cuda_device": device[1], "threads": _threads() if device[0] == "cpu" else 1,
               "capacity": int(capacity), "conv_algo": conv_algo, "train": train,
-              "optimizer": optimizer.spec() if train else None, "seed": int(seed)}
+              "optimizer": optimizer.spec() if train else None, "seed": int(seed), "device_rules": bool(device_rules)}
     try:
         ex = _C.Executor(t.graph, config, total, {vid: params[name] for name, vid in t.params.items()},
                          {vid: offsets[name] for name, vid in t.params.items()},
@@ -170,7 +172,21 @@ def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, co
         raise ValueError(f"{type(module).__name__}: {e}") from None
     if train:
         ex.optimizer_steps = int(optimizer.state["steps"])
+    if device[0] == "cuda":
+        ex.cuda_graphs = cuda_graphs_default()
     return ex
+
+
+def cuda_graphs_default():
+    """$PYLENET_CUDA_GRAPHS: 1 captures a GPU training epoch's full steps (and an evaluation's
+    full batches) as one CUDA graph each and replays it (bit-identical to the eager steps); 0 or
+    unset runs every step eagerly. Off by default until the graph path has been verified on a GPU."""
+    value = os.environ.get("PYLENET_CUDA_GRAPHS", "").strip().lower()
+    if value in ("1", "on", "true", "yes"):
+        return True
+    if value in ("", "0", "off", "false", "no"):
+        return False
+    raise ValueError(f"PYLENET_CUDA_GRAPHS must be 0 or 1, got {value!r}")
 
 
 def batch_dependent(t):

@@ -257,3 +257,145 @@ def test_lenet5_reaches_99_percent_on_gpu(gpu):
                       device="cuda", progress=False, eval_set=test_set)
     print("GPU lenet5 MNIST:", h.eval_accuracy[-1], "seconds/epoch:", h.seconds)
     assert h.eval_accuracy[-1] >= 0.99
+
+
+# ---- CUDA graphs: a full training step captured once and replayed (PYLENET_CUDA_GRAPHS=1)
+
+GRAPH_CASES = {
+    "lenet5-sgd-cosine": (models.lenet5, OPTIMS["sgd"], "cosine", pylenet.functional.cross_entropy),
+    "block-adam-dropout-bn": (lambda: Block(0.3), OPTIMS["adam"], "step", pylenet.functional.nll_loss),
+    "cudnn_lenet-adadelta": (models.cudnn_lenet, OPTIMS["adadelta"], None, pylenet.functional.cross_entropy),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GRAPH_CASES))
+@pytest.mark.parametrize("batch_size", [50, 37])  # 600 samples: no partial batch, and one of 8
+def test_cuda_graph_replay_is_bit_identical_to_eager(gpu, batch, monkeypatch, case, batch_size):
+    """Replayed steps read the rate, Adam's corrections, the dropout step and the batch's place
+    in the order on the device; anything frozen at capture instead would show as a difference."""
+    model_fn, opt_fn, schedule, loss = GRAPH_CASES[case]
+    x, y = batch
+    runs = []
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("PYLENET_CUDA_GRAPHS", graphs)
+        pylenet.manual_seed(0)
+        m, o = model_fn(), opt_fn()
+        h = pylenet.train(m, (x, y), epochs=2, batch_size=batch_size, optimizer=o, schedule=schedule, loss=loss,
+                          device="cuda", progress=False, seed=3, eval_set=(x[:100], y[:100]))
+        runs.append((weights(m), h, o.state["steps"], np.concatenate(o.state["buffers"])))
+    np.testing.assert_array_equal(runs[0][0], runs[1][0], err_msg="graph replay changed the weights")
+    np.testing.assert_array_equal(runs[0][3], runs[1][3], err_msg="graph replay changed the optimizer state")
+    for key in ("loss", "train_accuracy", "eval_accuracy"):
+        assert runs[0][1][key] == runs[1][1][key], key
+    assert runs[0][2] == runs[1][2]
+
+
+def _device_executor(model, opt, batch_size, loss=pylenet.functional.cross_entropy, graphs=True):
+    from pylenet import runtime
+    with runtime._EvalMode(model, training=True):
+        t = runtime.traced(model, (1, 28, 28), batch_size, loss)
+        ex = runtime.build_executor(model, t, capacity=batch_size, device=("cuda", 0), optimizer=opt, seed=3)
+    ex.cuda_graphs = graphs
+    ex.upload_state()
+    return ex
+
+
+@pytest.mark.parametrize("case", sorted(GRAPH_CASES))
+def test_every_graph_case_is_captured_and_replayed(gpu, batch, case):
+    """The cases above really replay (a failed capture would fall back to eager steps and make
+    the comparison above vacuous), and the executor's own epochs agree bit for bit too."""
+    model_fn, opt_fn, _, loss = GRAPH_CASES[case]
+    x, y = batch
+    results = []
+    for graphs in (False, True):
+        pylenet.manual_seed(0)
+        m = model_fn()
+        ex = _device_executor(m, opt_fn(), 50, loss, graphs)
+        data = ex.upload(x, y)
+        it = 0
+        for epoch in range(2):
+            order = np.random.default_rng(epoch).permutation(len(x)).astype(np.int64)
+            stats, it = ex.train_epoch_device(data, order, 50, {"kind": "step", "gamma": 0.5, "step_iters": 5}, it,
+                                              None, 4)
+        ex.download_state()
+        results.append((weights(m), stats, ex.cuda_graph_stats()))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    g = results[1][2]
+    assert g["off_reason"] == "", g
+    assert (g["eager_steps"], g["captures"], g["replayed_steps"]) == (1, 1, 22), g
+    assert results[0][2]["captures"] == 0 and results[0][2]["eager_steps"] == 24
+
+
+def test_cuda_graph_counts_its_steps_and_launches(gpu, batch):
+    x, y = batch
+    ex = _device_executor(models.lenet5(), OPTIMS["sgd"](), 64)
+    ex.cuda_graphs = True
+    data = ex.upload(x, y)
+    order = np.arange(len(x), dtype=np.int64)  # 9 full steps of 64, one of 24
+    _, it = ex.train_epoch_device(data, order, 64, {"kind": "cosine", "total_iters": 40}, 0, None, 1)
+    s = ex.cuda_graph_stats()
+    assert s["off_reason"] == "" and s["enabled"]
+    assert (s["eager_steps"], s["captures"], s["replayed_steps"]) == (1, 1, 7)  # warm-up, capture, replays
+    assert s["kernels_per_step"] >= 15 and s["graph_nodes"] >= s["kernels_per_step"]
+    ex.train_epoch_device(data, order, 64, {"kind": "cosine", "total_iters": 40}, it, None, 3)
+    s2 = ex.cuda_graph_stats()
+    assert (s2["captures"], s2["replayed_steps"]) == (1, 16)  # the graph outlives the epoch
+    other = ex.upload(x[::-1].copy(), y[::-1].copy())  # another dataset: captured again for it
+    ex.train_epoch_device(other, order, 64, {"kind": "constant"}, 0, None, 1)
+    assert ex.cuda_graph_stats()["captures"] == 2
+    assert ex.optimizer_steps == 30
+
+
+def test_cuda_graphs_are_off_while_profiling(gpu, batch):
+    x, y = batch
+    ex = _device_executor(models.lenet5(), OPTIMS["sgd"](), 64)
+    ex.cuda_graphs = True
+    ex.set_profiling(True)
+    data = ex.upload(x, y)
+    ex.train_epoch_device(data, np.arange(len(x), dtype=np.int64), 64, {"kind": "constant"}, 0, None, 1)
+    s = ex.cuda_graph_stats()
+    assert (s["captures"], s["replayed_steps"], s["eager_steps"]) == (0, 0, 9)
+    assert all(t > 0 for t in ex.profile()[:5])
+
+
+def test_cuda_graph_divergence_is_reported_like_eager(gpu, batch):
+    """A non-finite step inside a replayed stretch: later updates skipped on the device, the
+    error names the same step count as without graphs."""
+    x, y = batch
+    msgs = []
+    for graphs in (False, True):
+        ex = _device_executor(models.lenet5(), optim.SGD(0.01), 50, graphs=graphs)
+        data = ex.upload(x, y)
+        order = np.arange(len(x), dtype=np.int64)
+        _, it = ex.train_epoch_device(data, order, 50, {"kind": "constant"}, 0, None, 12)  # captured here
+        with pytest.raises(RuntimeError, match="diverged") as e:
+            ex.train_epoch_device(data, order, 50, {"kind": "table", "table": [1e12] * 12, "first_iter": it}, it,
+                                  None, 12)
+        msgs.append(str(e.value))
+        if graphs:
+            assert ex.cuda_graph_stats()["replayed_steps"] == 10 + 12  # the whole diverging epoch replayed
+    assert msgs[0] == msgs[1]
+
+
+def test_cuda_graph_evaluation_is_bit_identical_and_replays(gpu, batch, monkeypatch):
+    x, y = batch
+    m = models.lenet5()
+    pylenet.train(m, (x, y), epochs=1, optimizer=OPTIMS["sgd"](), progress=False)
+    results = []
+    for graphs in ("0", "1"):
+        monkeypatch.setenv("PYLENET_CUDA_GRAPHS", graphs)
+        twin = models.lenet5()
+        twin.load_state_dict(m.state_dict())
+        results.append([pylenet.evaluate(twin, (x, y), device="cuda", batch_size=bs) for bs in (100, 128, 128)])
+    assert results[0] == results[1]
+    from pylenet import runtime
+    ex = runtime.inference_executor(m, (1, 28, 28), 100, ("cuda", 0), loss=pylenet.functional.cross_entropy)
+    ex.cuda_graphs = True
+    ex.upload_state()
+    data = ex.upload(x, y)
+    first, second = ex.evaluate_device(data), ex.evaluate_device(data)
+    assert first == second
+    s = ex.cuda_graph_stats()["eval"]
+    assert (s["eager_steps"], s["captures"], s["replayed_steps"]) == (1, 1, 4 + 6), s
+    assert s["graph_nodes"] >= s["kernels_per_step"] > 0

@@ -445,3 +445,65 @@ def test_an_unpickled_model_with_batch_norm_compiles_and_trains():
     assert not np.allclose(m[1].running_mean, 0)
     np.testing.assert_array_equal(again[1].running_mean, m[1].running_mean)
     np.testing.assert_array_equal(again[4].weight, m[4].weight)
+
+
+def test_cuda_graphs_switch_is_read_from_the_environment(monkeypatch):
+    for value, on in (("", False), ("0", False), ("off", False), ("1", True), (" ON ", True), ("yes", True)):
+        monkeypatch.setenv("PYLENET_CUDA_GRAPHS", value)
+        assert runtime.cuda_graphs_default() is on, value
+    monkeypatch.delenv("PYLENET_CUDA_GRAPHS")
+    assert runtime.cuda_graphs_default() is False
+    monkeypatch.setenv("PYLENET_CUDA_GRAPHS", "sometimes")
+    with pytest.raises(ValueError, match="PYLENET_CUDA_GRAPHS must be 0 or 1, got 'sometimes'"):
+        runtime.cuda_graphs_default()
+
+
+class _PoolReluNet(nn.Module):
+    """Both poolings followed by a ReLU, batch norm and dropout between, an NLL head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 4, 5)
+        self.bn = nn.BatchNorm2d(4)
+        self.conv2 = nn.Conv2d(4, 6, 3, padding=1)
+        self.drop = nn.Dropout(0.3)
+        self.fc = nn.Linear(6 * 6 * 6, 10)
+
+    def forward(self, x):
+        x = F.relu(F.max_pool2d(self.bn(self.conv1(x)), 2))
+        x = F.relu(F.avg_pool2d(self.conv2(x), 2))
+        return F.log_softmax(self.fc(self.drop(x).flatten(1)), dim=1)
+
+
+@pytest.mark.parametrize("name", ["lenet5", "cudnn_lenet", "mnist_net", "pool_relu_net"])
+def test_cuda_lowering_rules_train_bit_for_bit_on_the_cpu(name, rng):
+    """The CUDA backend folds a ReLU into the pooling, conv or Linear before it and the loss, its gradient and
+    the accuracy count into one instruction. Applied on the CPU (device_rules), the rewritten
+    instruction list must train exactly like the plain one: the same values flow, only fewer
+    instructions and buffers carry them."""
+    make = _PoolReluNet if name == "pool_relu_net" else lambda: models.create(name, seed=0)
+    loss = F.nll_loss if name in ("mnist_net", "pool_relu_net") else F.cross_entropy
+    x = rng.standard_normal((80, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 80).astype(np.int64)
+    results = []
+    for rules in (False, True):
+        pylenet.manual_seed(0)
+        m = make()  # the same initial weights both times
+        with runtime._EvalMode(m, training=True):
+            t = runtime.traced(m, (1, 28, 28), 32, loss)
+            ex = runtime.build_executor(m, t, capacity=32, optimizer=optim.SGD(0.05, momentum=0.9), seed=5,
+                                        device_rules=rules)
+        labels = [i["op"] for i in ex.instructions()]
+        it = 0
+        for epoch in range(2):
+            order = np.random.default_rng(epoch).permutation(80).astype(np.int64)
+            stats, it = ex.train_epoch(x, y, order, 32, {"kind": "constant"}, it, None, 1)  # a partial batch too
+        results.append(({k: np.array(v) for k, v in m.state_dict().items()}, stats, labels))
+    (plain, s0, l0), (fused, s1, l1) = results
+    for k in plain:
+        np.testing.assert_array_equal(plain[k], fused[k], err_msg=k)
+    assert s0 == s1
+    assert "loss_head" in l1 and "classify" not in l1 and "loss_head" not in l0
+    folded = sum(op.endswith("+relu") for op in l1)
+    assert folded == {"lenet5": 6, "cudnn_lenet": 1, "mnist_net": 4, "pool_relu_net": 4}[name], l1
+    assert len(l1) == len(l0) - folded - 2  # each folded pair drops a ReLU and its backward

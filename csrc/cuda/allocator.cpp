@@ -100,8 +100,17 @@ DeviceGuard::~DeviceGuard() {
 
 namespace device_memory {
 
+namespace {
+thread_local bool capturing = false;
+}  // namespace
+
+void set_capturing(bool on) { capturing = on; }
+
 void* allocate(int device, size_t bytes) {
   if (bytes == 0) return nullptr;
+  if (capturing)
+    fail(ErrorKind::Runtime, "device memory (", bytes, " bytes) asked for while a CUDA graph was being captured; the "
+         "step runs without a graph");
   check_device(device);
   const size_t size = round_size(bytes);
   Pool& p = pool(device);

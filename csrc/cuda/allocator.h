@@ -56,6 +56,10 @@ namespace device_memory {
 void* allocate(int device, size_t bytes);
 void deallocate(int device, void* p);
 void empty_cache(int device);
+// Set by StreamGraph while this thread captures a CUDA graph: allocate() then throws (failing
+// the capture), because a block taken during capture would be baked into the graph while the
+// pool could hand it to someone else later.
+void set_capturing(bool on);
 DeviceMemoryStats stats(int device);
 void reset_peak(int device);
 }  // namespace device_memory

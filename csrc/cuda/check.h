@@ -14,11 +14,21 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
 
 #include "core/error.h"
 
 namespace pylenet::cuda {
+
+// Kernel launches made through PYL_CUDA_LAUNCH_CHECK (every launch of csrc/cuda is followed by
+// one), for the runtime's launches-per-step report. Launches replayed by a CUDA graph are not
+// counted: the graph's launch is one host call.
+inline std::atomic<uint64_t>& launch_counter() {
+  static std::atomic<uint64_t> count{0};
+  return count;
+}
 
 [[noreturn]] inline void throw_cuda_error(cudaError_t err, const char* call, const char* file, int line,
                                           size_t bytes_asked = 0) {
@@ -54,6 +64,7 @@ namespace pylenet::cuda {
 
 #define PYL_CUDA_LAUNCH_CHECK()                                                        \
   do {                                                                                 \
+    ::pylenet::cuda::launch_counter().fetch_add(1, std::memory_order_relaxed);         \
     const cudaError_t pyl_err_ = cudaGetLastError();                                   \
     if (pyl_err_ != cudaSuccess)                                                       \
       ::pylenet::cuda::throw_cuda_error(pyl_err_, "kernel launch", __FILE__, __LINE__); \

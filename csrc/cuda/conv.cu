@@ -106,8 +106,12 @@ PYL_HD inline float conv_backward_filter_naive_at(const Dims& d, const float* x,
   return acc;
 }
 
-__global__ void conv_forward_naive_kernel(Dims d, const float* x, const float* w, const float* b, float* y) {
-  PYL_GRID_STRIDE(i, int64_t(d.n) * d.k * d.ohw()) y[i] = conv_forward_naive_at(d, x, w, b, static_cast<int>(i));
+__global__ void conv_forward_naive_kernel(Dims d, const float* x, const float* w, const float* b, float* y,
+                                          bool relu) {
+  PYL_GRID_STRIDE(i, int64_t(d.n) * d.k * d.ohw()) {
+    const float v = conv_forward_naive_at(d, x, w, b, static_cast<int>(i));
+    y[i] = relu ? math::relu(v) : v;
+  }
 }
 __global__ void conv_backward_data_naive_kernel(Dims d, const float* w, const float* dy, float* dx) {
   PYL_GRID_STRIDE(i, int64_t(d.n) * d.c * d.hw()) dx[i] = conv_backward_data_naive_at(d, w, dy, static_cast<int>(i));
@@ -200,9 +204,11 @@ struct FwdStore {
   Dims d;
   const float* b;
   float* y;
+  bool relu;  // a ReLU folded into the epilogue
   PYL_HD void operator()(int, int k, int j, float acc) const {
     const int n = j / d.ohw(), p = j % d.ohw();
-    y[(n * d.k + k) * d.ohw() + p] = acc + (b ? b[k] : 0.0f);
+    const float v = acc + (b ? b[k] : 0.0f);
+    y[(n * d.k + k) * d.ohw() + p] = relu ? math::relu(v) : v;
   }
 };
 
@@ -315,15 +321,15 @@ int64_t conv_implicit_gemm_workspace_floats(ConvPass pass, const ConvShape& s) {
 
 // ---------------------------------------------------------------- forward
 void conv_forward_naive(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
-                        cudaStream_t stream) {
+                        cudaStream_t stream, bool relu) {
   const Dims d = dims_of("conv2d (cuda, naive)", s);
   const int64_t total = s.n * s.k * s.oh * s.ow;
-  conv_forward_naive_kernel<<<detail::grid_for(total), detail::kBlock, 0, stream>>>(d, x, w, b, y);
+  conv_forward_naive_kernel<<<detail::grid_for(total), detail::kBlock, 0, stream>>>(d, x, w, b, y, relu);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
 void conv_forward_im2col(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, bool relu) {
   const char* op = "conv2d (cuda, im2col)";
   const Dims d = dims_of(op, s);
   const int64_t crs = s.col_rows(), ohw = s.col_cols(), group = im2col_group(ConvPass::Forward, s);
@@ -334,16 +340,16 @@ void conv_forward_im2col(const ConvShape& s, const float* x, const float* w, con
     PYL_CUDA_LAUNCH_CHECK();
     // y[n] (K, OHW) = w (K, CRS) . cols[n] (CRS, OHW) + b, for the g images at once
     sgemm_strided_batched(false, false, s.k, ohw, crs, 1.0f, w, crs, 0, ws, ohw, crs * ohw, 0.0f,
-                          y + n0 * s.k * ohw, ohw, s.k * ohw, g, stream, b, nullptr);
+                          y + n0 * s.k * ohw, ohw, s.k * ohw, g, stream, b, nullptr, relu);
   }
 }
 
 void conv_forward_implicit_gemm(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
-                                cudaStream_t stream) {
+                                cudaStream_t stream, bool relu) {
   const char* op = "conv2d (cuda, implicit_gemm)";
   const Dims d = dims_of(op, s);
   launch_implicit(op, s.k, s.n * s.oh * s.ow, s.col_rows(), 1, FwdFilter{w, d.crs()}, FwdPatches{d, x},
-                  FwdStore{d, b, y}, stream);
+                  FwdStore{d, b, y, relu}, stream);
 }
 
 // ---------------------------------------------------------------- backward data

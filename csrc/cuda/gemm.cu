@@ -36,13 +36,14 @@ struct StoreC {
   float alpha, beta;
   const float* row_bias;
   const float* col_bias;
+  bool relu;  // a ReLU folded into the epilogue (after the biases)
   PYL_HD void operator()(int z, int m, int n, float acc) const {
     float* p = c + z * stride + m * ldc + n;
     float v = alpha * acc;
     if (beta != 0.0f) v += beta * *p;
     if (row_bias) v += row_bias[m];
     if (col_bias) v += col_bias[n];
-    *p = v;
+    *p = relu ? math::relu(v) : v;
   }
 };
 
@@ -59,7 +60,7 @@ void launch(int m, int n, int k, const float* a, int64_t lda, int64_t sa, const 
 void sgemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                            const float* a, int64_t lda, int64_t stride_a, const float* b, int64_t ldb,
                            int64_t stride_b, float beta, float* c, int64_t ldc, int64_t stride_c, int64_t batch,
-                           cudaStream_t stream, const float* row_bias, const float* col_bias) {
+                           cudaStream_t stream, const float* row_bias, const float* col_bias, bool relu) {
   const char* op = "cuda::sgemm";
   detail::check_int32(op, m, "m");
   detail::check_int32(op, n, "n");
@@ -67,7 +68,7 @@ void sgemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int
   PYL_CHECK_ARG((m + tile::kM - 1) / tile::kM <= 65535, op, ": m = ", m, " needs more than 65535 row tiles");
   PYL_CHECK_ARG(batch >= 0 && batch <= 65535, op, ": batch = ", batch, " is outside [0, 65535]");
   if (m == 0 || n == 0 || batch == 0) return;
-  const StoreC out{c, ldc, stride_c, alpha, beta, row_bias, col_bias};
+  const StoreC out{c, ldc, stride_c, alpha, beta, row_bias, col_bias, relu};
   const int M = static_cast<int>(m), N = static_cast<int>(n), K = static_cast<int>(k), B = static_cast<int>(batch);
   if (!trans_a && !trans_b) launch<false, false>(M, N, K, a, lda, stride_a, b, ldb, stride_b, out, B, stream);
   else if (!trans_a && trans_b) launch<false, true>(M, N, K, a, lda, stride_a, b, ldb, stride_b, out, B, stream);

@@ -18,10 +18,12 @@ void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float al
 
 // `batch` independent products in one launch: matrix i of X starts at x + i * stride_x
 // (stride 0 shares one matrix, e.g. the filter across images). The biases, when not null,
-// are added in the epilogue (conv adds its per-channel bias per row, linear per column).
+// are added in the epilogue (conv adds its per-channel bias per row, linear per column), and
+// with relu a ReLU is applied last (a ReLU the executor folded into the layer).
 void sgemm_strided_batched(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
                            const float* a, int64_t lda, int64_t stride_a, const float* b, int64_t ldb,
                            int64_t stride_b, float beta, float* c, int64_t ldc, int64_t stride_c, int64_t batch,
-                           cudaStream_t stream, const float* row_bias = nullptr, const float* col_bias = nullptr);
+                           cudaStream_t stream, const float* row_bias = nullptr, const float* col_bias = nullptr,
+                           bool relu = false);
 
 }  // namespace pylenet::cuda

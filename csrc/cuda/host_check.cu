@@ -171,8 +171,16 @@ void check_conv(int n, int c, int h, int w, int k, int r, int s, int ph, int pw,
   // implicit GEMM (the loaders of conv.cu, the launch arguments copied from it)
   out.assign(ys, NAN);
   emulate_gemm(S.k, S.n * S.oh * S.ow, crs, 1, FwdFilter{wt.data(), d.crs()}, FwdPatches{d, x.data()},
-               FwdStore{d, b.data(), out.data()});
+               FwdStore{d, b.data(), out.data(), false});
   compare("fwd implicit", out, y_ref, tol);
+  {  // a ReLU folded into the epilogue (Executor::fuse_relu): relu of the same values
+    std::vector<float> relu_ref(y_ref.begin(), y_ref.end());
+    for (float& v : relu_ref) v = math::relu(v);
+    out.assign(ys, NAN);
+    emulate_gemm(S.k, S.n * S.oh * S.ow, crs, 1, FwdFilter{wt.data(), d.crs()}, FwdPatches{d, x.data()},
+                 FwdStore{d, b.data(), out.data(), true});
+    compare("fwd implicit + relu", out, relu_ref, tol);
+  }
   out.assign(xs, NAN);
   emulate_gemm(S.c, S.n * S.h * S.w, S.k * S.r * S.s, 1, BwdDataFilter{wt.data(), d.c, d.rs()},
                BwdDataGrad{d, dy.data()}, BwdDataStore{d, out.data()});
@@ -206,17 +214,37 @@ void check_pool(int n, int c, int h, int w, int kh, int kw, int sh, int sw, int 
   cpu::max_pool_forward(S, x.data(), ref.data(), 1);
   for (int64_t i = 0; i < ys; ++i) out[i] = max_pool_forward_at(g, x.data(), i);
   cpu::max_pool_backward(S, x.data(), dy.data(), refb.data(), 1);
-  for (int64_t i = 0; i < xs; ++i) outb[i] = max_pool_backward_at(g, x.data(), dy.data(), i);
+  for (int64_t i = 0; i < xs; ++i) outb[i] = max_pool_backward_at(g, x.data(), dy.data(), nullptr, i);
   const bool same1 = std::memcmp(out.data(), ref.data(), ys * 4) == 0, same2 = std::memcmp(outb.data(), refb.data(), xs * 4) == 0;
   cpu::avg_pool_forward(S, x.data(), ref.data(), 1);
   for (int64_t i = 0; i < ys; ++i) out[i] = avg_pool_forward_at(g, x.data(), i);
   cpu::avg_pool_backward(S, dy.data(), refb.data(), 1);
-  for (int64_t i = 0; i < xs; ++i) outb[i] = avg_pool_backward_at(g, dy.data(), i);
+  for (int64_t i = 0; i < xs; ++i) outb[i] = avg_pool_backward_at(g, dy.data(), nullptr, i);
   const bool same3 = std::memcmp(out.data(), ref.data(), ys * 4) == 0, same4 = std::memcmp(outb.data(), refb.data(), xs * 4) == 0;
   if (!(same1 && same2 && same3 && same4)) {
     ++failures;
     std::printf("FAIL pool n%d c%d %dx%d k%dx%d s%d,%d p%d,%d ties=%d: bitwise max fwd %d bwd %d avg fwd %d bwd %d\n", n, c, h,
                 w, kh, kw, sh, sw, ph, pw, ties, same1, same2, same3, same4);
+  }
+  // A folded ReLU (Executor::fuse_relu) against the CPU's pooling and ReLU run apart.
+  for (PoolMode mode : {PoolMode::Max, PoolMode::Avg}) {
+    const bool max = mode == PoolMode::Max;
+    std::vector<float> ry(ys), dz(ys);
+    if (max) cpu::max_pool_forward(S, x.data(), ref.data(), 1);
+    else cpu::avg_pool_forward(S, x.data(), ref.data(), 1);
+    cpu::activation_forward(Activation::ReLU, ys, ref.data(), ry.data(), 0.0f, 1);
+    for (int64_t i = 0; i < ys; ++i) out[i] = epilogue(max ? max_pool_forward_at(g, x.data(), i) : avg_pool_forward_at(g, x.data(), i), true);
+    cpu::activation_backward(Activation::ReLU, ys, ry.data(), dy.data(), dz.data(), 0.0f, 1);
+    if (max) cpu::max_pool_backward(S, x.data(), dz.data(), refb.data(), 1);
+    else cpu::avg_pool_backward(S, dz.data(), refb.data(), 1);
+    for (int64_t i = 0; i < xs; ++i)
+      outb[i] = max ? max_pool_backward_at(g, x.data(), dy.data(), ry.data(), i) : avg_pool_backward_at(g, dy.data(), ry.data(), i);
+    const bool f = std::memcmp(out.data(), ry.data(), ys * 4) == 0, b = std::memcmp(outb.data(), refb.data(), xs * 4) == 0;
+    if (!(f && b)) {
+      ++failures;
+      std::printf("FAIL pool+relu %s n%d c%d %dx%d k%dx%d s%d,%d p%d,%d ties=%d: bitwise fwd %d bwd %d\n", max ? "max" : "avg",
+                  n, c, h, w, kh, kw, sh, sw, ph, pw, ties, f, b);
+    }
   }
 }
 

@@ -46,13 +46,14 @@ namespace pylenet::cuda {
 // kFilterChunk images (a constant, so the result does not depend on the GPU), added in
 // chunk order by a second kernel.
 
-// y (N,K,OH,OW) = conv(x (N,C,H,W), w (K,C,R,S)) + b (K,) [b may be null]
+// y (N,K,OH,OW) = conv(x (N,C,H,W), w (K,C,R,S)) + b (K,) [b may be null], then with relu a
+// ReLU in the epilogue (one the executor folded in).
 void conv_forward_naive(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
-                        cudaStream_t stream);
+                        cudaStream_t stream, bool relu = false);
 void conv_forward_im2col(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
-                         cudaStream_t stream);
+                         cudaStream_t stream, bool relu = false);
 void conv_forward_implicit_gemm(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
-                                cudaStream_t stream);
+                                cudaStream_t stream, bool relu = false);
 // dx (N,C,H,W) = conv_transpose(dy (N,K,OH,OW), w (K,C,R,S))
 void conv_backward_data_naive(const ConvShape& s, const float* w, const float* dy, float* dx, cudaStream_t stream);
 void conv_backward_data_im2col(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
@@ -77,16 +78,20 @@ int64_t conv_implicit_gemm_workspace_floats(ConvPass pass, const ConvShape& s);
 // y (N,C,OH,OW) from x (N,C,H,W). The same window walk, tie rule (first maximum) and NaN
 // rule (a NaN wins) as cpu::; backward gathers (one thread per dx element, windows visited
 // in the CPU's order), so the results are bit-identical to the CPU's.
-void max_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream);
-void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, cudaStream_t stream);
-void avg_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream);
-void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, cudaStream_t stream);
+// relu: a ReLU applied to the pooled values; relu_y (that ReLU's output, the shape of dy): the
+// gradient taken through it before the pooling's (a ReLU folded in, one launch less each way).
+void max_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream, bool relu = false);
+void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, cudaStream_t stream,
+                       const float* relu_y = nullptr);
+void avg_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream, bool relu = false);
+void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, cudaStream_t stream,
+                       const float* relu_y = nullptr);
 
 // ---------------------------------------------------------------- linear (linear.cu)
 // x (N,in), w (out,in), b (out,), y (N,out). Three SGEMMs and a column sum; unlike the CPU
 // the GEMM needs no workspace, so there is no `ws` argument.
 void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y,
-                    cudaStream_t stream);
+                    cudaStream_t stream, bool relu = false);  // relu: a ReLU folded into the epilogue
 void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx, cudaStream_t stream);
 void linear_backward_weight(const LinearShape& s, const float* dy, const float* x, float* dw, cudaStream_t stream);
 void linear_backward_bias(const LinearShape& s, const float* dy, float* db, cudaStream_t stream);
@@ -177,6 +182,9 @@ void nll_loss_backward(int64_t n, int64_t c, const int64_t* labels, float grad_s
 // any score is NaN/inf), device memory; one block.
 void classify(int64_t n, int64_t c, const float* scores, const int64_t* labels, int64_t* correct, int* nonfinite,
               cudaStream_t stream);
+// The three at once, one block (ops/loss.h loss_head): the same bits as the separate launches.
+void loss_head(bool nll, int64_t n, int64_t c, const float* z, const int64_t* labels, bool count, float grad_scale,
+               double* loss_sum, float* dz, int64_t* correct, int* nonfinite, cudaStream_t stream);
 
 // ---------------------------------------------------------------- optimizers (optim.cu)
 // One launch over a flat buffer of `count` parameters (a network keeps all its parameters
@@ -185,12 +193,15 @@ void classify(int64_t n, int64_t c, const float* scores, const int64_t* labels, 
 // finite (RunTotals::bad, set by accumulate_totals) leaves the parameters untouched without
 // the host having to wait for the answer.
 // velocity is null iff momentum == 0. m, v, square_avg, acc_delta: (count,), zero at first.
+// cur (device memory, may be null): the step's rate and bias corrections are read there, not
+// from o (a replayed CUDA graph; ops/math.h StepValues).
 void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o,
-              cudaStream_t stream, const int* skip = nullptr);
+              cudaStream_t stream, const int* skip = nullptr, const math::StepValues* cur = nullptr);
 void adam_step(int64_t count, float* param, const float* grad, float* m, float* v, const AdamParams& o,
-               cudaStream_t stream, const int* skip = nullptr);
+               cudaStream_t stream, const int* skip = nullptr, const math::StepValues* cur = nullptr);
 void adadelta_step(int64_t count, float* param, const float* grad, float* square_avg, float* acc_delta,
-                   const AdadeltaParams& o, cudaStream_t stream, const int* skip = nullptr);
+                   const AdadeltaParams& o, cudaStream_t stream, const int* skip = nullptr,
+                   const math::StepValues* cur = nullptr);
 // *nonfinite (device int) = 1 if x (count,) holds a NaN or inf, else 0. Queued, no sync.
 void check_finite(int64_t count, const float* x, int* nonfinite, cudaStream_t stream);
 // The cpu:: form: check_finite into `flag` (device int), then SYNCHRONISES and returns.
@@ -208,8 +219,14 @@ struct RunTotals {
 };
 // x (n, sample_floats) = images[order[i]], y (n,) = labels[order[i]]; order: device int64
 // indices already checked to lie in the dataset.
+// With cur (device memory), the batch starts at order[cur->start] (a replayed step). Without
+// an order (null), rows are taken in turn: images[cur->start + i] (images[i] without cur).
 void gather_batch(int64_t n, int64_t sample_floats, const float* images, const int64_t* labels,
-                  const int64_t* order, float* x, int64_t* y, cudaStream_t stream);
+                  const int64_t* order, float* x, int64_t* y, cudaStream_t stream,
+                  const math::StepValues* cur = nullptr);
+// The first launch of a step on the device: *current = table[*cursor], then ++*cursor. The
+// host fills the table for an epoch and zeroes the cursor; a graph replays this like any kernel.
+void begin_step(const math::StepValues* table, int64_t* cursor, math::StepValues* current, cudaStream_t stream);
 // After a step's loss and classify: totals += (loss_sum, correct, one step), or, when the step
 // found a non-finite output, totals->bad = 1 (sticky; the optimizer, given &totals->bad as its
 // skip flag, then does nothing). One thread.

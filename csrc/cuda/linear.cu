@@ -1,5 +1,6 @@
 // CUDA fully connected layer: three calls of our SGEMM (gemm.cu) and a column sum, the
-// same products as csrc/cpu/linear.cpp. The forward bias rides in the GEMM's epilogue.
+// same products as csrc/cpu/linear.cpp. The forward bias (and a folded ReLU) ride in the
+// GEMM's epilogue.
 #include "cuda/check.h"
 #include "cuda/common.cuh"
 #include "cuda/kernels.h"
@@ -20,10 +21,10 @@ __global__ void column_sum_kernel(int64_t rows, int64_t cols, const float* dy, f
 }  // namespace
 
 void linear_forward(const LinearShape& s, const float* x, const float* w, const float* b, float* y,
-                    cudaStream_t stream) {
-  // y (N, out) = x (N, in) . w^T (in, out) + b
+                    cudaStream_t stream, bool relu) {
+  // y (N, out) = x (N, in) . w^T (in, out) + b  [then relu]
   sgemm_strided_batched(false, true, s.n, s.out, s.in, 1.0f, x, s.in, 0, w, s.in, 0, 0.0f, y, s.out, 0, 1, stream,
-                        nullptr, b);
+                        nullptr, b, relu);
 }
 
 void linear_backward_data(const LinearShape& s, const float* dy, const float* w, float* dx, cudaStream_t stream) {

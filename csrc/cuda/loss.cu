@@ -1,4 +1,6 @@
-// CUDA softmax cross-entropy, the math of csrc/cpu/loss.cpp in three launches:
+// CUDA losses. The executor's: the loss sum, its gradient and the classification counts, as
+// three launches or fused into one (loss_head). The functional API's softmax cross-entropy,
+// the math of csrc/cpu/loss.cpp in three launches:
 //   1. validate: the first bad label and the first non-finite logit (atomicMin on integer
 //      indices: the answer does not depend on thread order);
 //   2. rows: one warp per row (classes are few: 10 for MNIST, so a block per row would idle),
@@ -148,7 +150,57 @@ __global__ void __launch_bounds__(kSumThreads) classify_kernel(int64_t n, int64_
   }
 }
 
+// The executor's loss head in one launch (ops/loss.h loss_head): loss_sum_kernel's sum (the
+// same rows per warp, in the same order, the same tree), each row's gradient as
+// cross_entropy_backward_kernel / nll_backward_kernel write it, and classify_kernel's counts
+// (integers: the order they are added in does not matter). So the same bits as the three.
+__global__ void __launch_bounds__(kSumThreads) loss_head_kernel(bool nll, int64_t n, int64_t c, const float* z_all,
+                                                                const int64_t* labels, bool count, float grad_scale,
+                                                                double* loss_sum, float* dz_all, int64_t* correct,
+                                                                int* nonfinite) {
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  double acc = 0.0;
+  long long right = 0;
+  int bad = 0;
+  for (int64_t row = warp; row < n; row += kSumThreads / 32) {
+    const float* z = z_all + row * c;
+    float* dz = dz_all + row * c;
+    const int64_t label = labels[row];
+    if (lane == 0) {
+      int64_t best = 0;  // the first maximum, as classify_kernel
+      for (int64_t j = 0; j < c; ++j) {
+        bad |= !isfinite(z[j]);
+        if (z[j] > z[best]) best = j;
+      }
+      right += count && best == label;
+    }
+    if (nll) {
+      if (lane == 0) acc -= z[label];
+      for (int64_t j = lane; j < c; j += 32) dz[j] = j == label ? -grad_scale : 0.0f;
+      continue;
+    }
+    const RowSums r = row_sums(z, c, label, lane);
+    if (lane == 0) acc += log(r.sum) + r.zmax - z[label];
+    write_row_grad(z, c, label, r, grad_scale, dz, lane);
+  }
+  acc = detail::block_sum<kSumThreads>(lane == 0 ? acc : 0.0);
+  right = detail::block_sum<kSumThreads>(right);
+  bad = detail::block_sum<kSumThreads>(bad);
+  if (threadIdx.x == 0) {
+    *loss_sum = acc;
+    *correct = right;
+    *nonfinite = bad ? 1 : 0;
+  }
+}
+
 }  // namespace
+
+void loss_head(bool nll, int64_t n, int64_t c, const float* z, const int64_t* labels, bool count, float grad_scale,
+               double* loss_sum, float* dz, int64_t* correct, int* nonfinite, cudaStream_t stream) {
+  loss_head_kernel<<<1, kSumThreads, 0, stream>>>(nll, n, c, z, labels, count, grad_scale, loss_sum, dz, correct,
+                                                  nonfinite);
+  PYL_CUDA_LAUNCH_CHECK();
+}
 
 void cross_entropy_forward(int64_t n, int64_t c, const float* logits, const int64_t* labels, double* loss_sum,
                            cudaStream_t stream) {

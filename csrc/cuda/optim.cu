@@ -19,21 +19,26 @@ __global__ void check_finite_kernel(int64_t count, const float* x, int* nonfinit
   }
 }
 
+// Each update kernel: nothing when *skip; the step's rate (and Adam's corrections) from *cur
+// when given (a replayed step, ops/math.h StepValues), else from the launch arguments.
 __global__ void sgd_kernel(int64_t count, float* param, const float* grad, float* velocity, SgdParams o,
-                           const int* skip) {
+                           const int* skip, const math::StepValues* cur) {
   if (skip && *skip) return;
+  math::apply_step(o, cur);
   PYL_GRID_STRIDE(i, count) math::sgd_update(param[i], grad[i], velocity ? velocity + i : nullptr, o);
 }
 
 __global__ void adam_kernel(int64_t count, float* param, const float* grad, float* m, float* v, AdamParams o,
-                            const int* skip) {
+                            const int* skip, const math::StepValues* cur) {
   if (skip && *skip) return;
+  math::apply_step(o, cur);
   PYL_GRID_STRIDE(i, count) math::adam_update(param[i], grad[i], m[i], v[i], o);
 }
 
 __global__ void adadelta_kernel(int64_t count, float* param, const float* grad, float* square_avg,
-                                float* acc_delta, AdadeltaParams o, const int* skip) {
+                                float* acc_delta, AdadeltaParams o, const int* skip, const math::StepValues* cur) {
   if (skip && *skip) return;
+  math::apply_step(o, cur);
   PYL_GRID_STRIDE(i, count) math::adadelta_update(param[i], grad[i], square_avg[i], acc_delta[i], o);
 }
 
@@ -55,25 +60,25 @@ bool all_finite(int64_t count, const float* x, int* flag, cudaStream_t stream) {
 }
 
 void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o,
-              cudaStream_t stream, const int* skip) {
+              cudaStream_t stream, const int* skip, const math::StepValues* cur) {
   if (count <= 0) return;
   sgd_kernel<<<detail::grid_for(count), detail::kBlock, 0, stream>>>(
-      count, param, grad, o.momentum != 0.0f ? velocity : nullptr, o, skip);
+      count, param, grad, o.momentum != 0.0f ? velocity : nullptr, o, skip, cur);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
 void adam_step(int64_t count, float* param, const float* grad, float* m, float* v, const AdamParams& o,
-               cudaStream_t stream, const int* skip) {
+               cudaStream_t stream, const int* skip, const math::StepValues* cur) {
   if (count <= 0) return;
-  adam_kernel<<<detail::grid_for(count), detail::kBlock, 0, stream>>>(count, param, grad, m, v, o, skip);
+  adam_kernel<<<detail::grid_for(count), detail::kBlock, 0, stream>>>(count, param, grad, m, v, o, skip, cur);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
 void adadelta_step(int64_t count, float* param, const float* grad, float* square_avg, float* acc_delta,
-                   const AdadeltaParams& o, cudaStream_t stream, const int* skip) {
+                   const AdadeltaParams& o, cudaStream_t stream, const int* skip, const math::StepValues* cur) {
   if (count <= 0) return;
   adadelta_kernel<<<detail::grid_for(count), detail::kBlock, 0, stream>>>(count, param, grad, square_avg,
-                                                                           acc_delta, o, skip);
+                                                                           acc_delta, o, skip, cur);
   PYL_CUDA_LAUNCH_CHECK();
 }
 

@@ -4,6 +4,9 @@
 // order and adds the same terms, so the result is bit-identical to the CPU's, with no
 // atomics. Products that feed a sum are rounded on their own (mul_rn), as on the CPU.
 // Each kernel is a grid-stride loop around a __host__ __device__ `*_at` function.
+// A ReLU the executor folds into the pooling (Executor::fuse_relu): forward applies it to
+// each pooled value, backward takes each window's gradient through it first, from the ReLU's
+// output `ry` (math::relu_backward, the separate kernels' arithmetic: the same bits).
 #include <algorithm>
 
 #include "cuda/check.h"
@@ -60,18 +63,25 @@ PYL_HD inline float max_pool_forward_at(const Geom& g, const float* x, int64_t i
   return plane[argmax_in_window(g, plane, o / g.ow, o % g.ow)];
 }
 
-PYL_HD inline float max_pool_backward_at(const Geom& g, const float* x, const float* dy, int64_t idx) {
+// Output o's gradient, through the folded ReLU when ry (its output) is given.
+PYL_HD inline float window_grad(const float* grad, const float* ry, int o) {
+  return ry ? math::relu_backward(ry[o], grad[o]) : grad[o];
+}
+
+PYL_HD inline float max_pool_backward_at(const Geom& g, const float* x, const float* dy, const float* ry,
+                                         int64_t idx) {
   const int cell = static_cast<int>(idx % (g.h * g.w));
   const int64_t p = idx / (g.h * g.w);
   const float* plane = x + p * g.h * g.w;
   const float* grad = dy + p * g.oh * g.ow;
+  const float* rplane = ry ? ry + p * g.oh * g.ow : nullptr;
   int oh0, oh1, ow0, ow1;
   covering(cell / g.w, g.ph, g.kh, g.sh, g.oh, oh0, oh1);
   covering(cell % g.w, g.pw, g.kw, g.sw, g.ow, ow0, ow1);
   float acc = 0.0f;
   for (int oh = oh0; oh < oh1; ++oh)
     for (int ow = ow0; ow < ow1; ++ow)
-      if (argmax_in_window(g, plane, oh, ow) == cell) acc += grad[oh * g.ow + ow];
+      if (argmax_in_window(g, plane, oh, ow) == cell) acc += window_grad(grad, rplane, oh * g.ow + ow);
   return acc;
 }
 
@@ -87,60 +97,70 @@ PYL_HD inline float avg_pool_forward_at(const Geom& g, const float* x, int64_t i
   return acc * scale;
 }
 
-PYL_HD inline float avg_pool_backward_at(const Geom& g, const float* dy, int64_t idx) {
+PYL_HD inline float avg_pool_backward_at(const Geom& g, const float* dy, const float* ry, int64_t idx) {
   const float scale = 1.0f / static_cast<float>(g.kh * g.kw);
   const int cell = static_cast<int>(idx % (g.h * g.w));
-  const float* grad = dy + (idx / (g.h * g.w)) * g.oh * g.ow;
+  const int64_t p = idx / (g.h * g.w);
+  const float* grad = dy + p * g.oh * g.ow;
+  const float* rplane = ry ? ry + p * g.oh * g.ow : nullptr;
   int oh0, oh1, ow0, ow1;
   covering(cell / g.w, g.ph, g.kh, g.sh, g.oh, oh0, oh1);
   covering(cell % g.w, g.pw, g.kw, g.sw, g.ow, ow0, ow1);
   float acc = 0.0f;
   for (int oh = oh0; oh < oh1; ++oh)
-    for (int ow = ow0; ow < ow1; ++ow) acc += detail::mul_rn(grad[oh * g.ow + ow], scale);
+    for (int ow = ow0; ow < ow1; ++ow) acc += detail::mul_rn(window_grad(grad, rplane, oh * g.ow + ow), scale);
   return acc;
 }
 
-__global__ void max_pool_forward_kernel(Geom g, int64_t planes, const float* x, float* y) {
-  PYL_GRID_STRIDE(i, planes * g.oh * g.ow) y[i] = max_pool_forward_at(g, x, i);
+// The forward value through the folded ReLU.
+PYL_HD inline float epilogue(float v, bool relu) { return relu ? math::relu(v) : v; }
+
+__global__ void max_pool_forward_kernel(Geom g, int64_t planes, const float* x, float* y, bool relu) {
+  PYL_GRID_STRIDE(i, planes * g.oh * g.ow) y[i] = epilogue(max_pool_forward_at(g, x, i), relu);
 }
-__global__ void max_pool_backward_kernel(Geom g, int64_t planes, const float* x, const float* dy, float* dx) {
-  PYL_GRID_STRIDE(i, planes * g.h * g.w) dx[i] = max_pool_backward_at(g, x, dy, i);
+__global__ void max_pool_backward_kernel(Geom g, int64_t planes, const float* x, const float* dy, const float* ry,
+                                         float* dx) {
+  PYL_GRID_STRIDE(i, planes * g.h * g.w) dx[i] = max_pool_backward_at(g, x, dy, ry, i);
 }
-__global__ void avg_pool_forward_kernel(Geom g, int64_t planes, const float* x, float* y) {
-  PYL_GRID_STRIDE(i, planes * g.oh * g.ow) y[i] = avg_pool_forward_at(g, x, i);
+__global__ void avg_pool_forward_kernel(Geom g, int64_t planes, const float* x, float* y, bool relu) {
+  PYL_GRID_STRIDE(i, planes * g.oh * g.ow) y[i] = epilogue(avg_pool_forward_at(g, x, i), relu);
 }
-__global__ void avg_pool_backward_kernel(Geom g, int64_t planes, const float* dy, float* dx) {
-  PYL_GRID_STRIDE(i, planes * g.h * g.w) dx[i] = avg_pool_backward_at(g, dy, i);
+__global__ void avg_pool_backward_kernel(Geom g, int64_t planes, const float* dy, const float* ry, float* dx) {
+  PYL_GRID_STRIDE(i, planes * g.h * g.w) dx[i] = avg_pool_backward_at(g, dy, ry, i);
 }
 
 }  // namespace
 
-void max_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream) {
+void max_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream, bool relu) {
   const Geom g = geom_of("max_pool2d (cuda)", s);
   const int64_t planes = s.n * s.c;
-  max_pool_forward_kernel<<<detail::grid_for(planes * s.oh * s.ow), detail::kBlock, 0, stream>>>(g, planes, x, y);
+  max_pool_forward_kernel<<<detail::grid_for(planes * s.oh * s.ow), detail::kBlock, 0, stream>>>(g, planes, x, y,
+                                                                                                 relu);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
-void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, cudaStream_t stream) {
+void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, cudaStream_t stream,
+                       const float* relu_y) {
   const Geom g = geom_of("max_pool2d_backward (cuda)", s);
   const int64_t planes = s.n * s.c;
   max_pool_backward_kernel<<<detail::grid_for(planes * s.h * s.w), detail::kBlock, 0, stream>>>(g, planes, x, dy,
-                                                                                                 dx);
+                                                                                                 relu_y, dx);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
-void avg_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream) {
+void avg_pool_forward(const PoolShape& s, const float* x, float* y, cudaStream_t stream, bool relu) {
   const Geom g = geom_of("avg_pool2d (cuda)", s);
   const int64_t planes = s.n * s.c;
-  avg_pool_forward_kernel<<<detail::grid_for(planes * s.oh * s.ow), detail::kBlock, 0, stream>>>(g, planes, x, y);
+  avg_pool_forward_kernel<<<detail::grid_for(planes * s.oh * s.ow), detail::kBlock, 0, stream>>>(g, planes, x, y,
+                                                                                                 relu);
   PYL_CUDA_LAUNCH_CHECK();
 }
 
-void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, cudaStream_t stream) {
+void avg_pool_backward(const PoolShape& s, const float* dy, float* dx, cudaStream_t stream, const float* relu_y) {
   const Geom g = geom_of("avg_pool2d_backward (cuda)", s);
   const int64_t planes = s.n * s.c;
-  avg_pool_backward_kernel<<<detail::grid_for(planes * s.h * s.w), detail::kBlock, 0, stream>>>(g, planes, dy, dx);
+  avg_pool_backward_kernel<<<detail::grid_for(planes * s.h * s.w), detail::kBlock, 0, stream>>>(g, planes, dy,
+                                                                                                 relu_y, dx);
   PYL_CUDA_LAUNCH_CHECK();
 }
 

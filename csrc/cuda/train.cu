@@ -9,10 +9,11 @@ namespace pylenet::cuda {
 namespace {
 
 __global__ void gather_kernel(int64_t n, int64_t sample, const float* images, const int64_t* labels,
-                              const int64_t* order, float* x, int64_t* y) {
+                              const int64_t* order, float* x, int64_t* y, const math::StepValues* cur) {
+  const int64_t start = cur ? cur->start : 0;
   PYL_GRID_STRIDE(i, n * sample) {
     const int64_t row = i / sample, col = i - row * sample;
-    const int64_t src = order[row];
+    const int64_t src = order ? order[start + row] : start + row;
     x[i] = images[src * sample + col];
     if (col == 0 && y) y[row] = labels[src];
   }
@@ -29,13 +30,23 @@ __global__ void accumulate_kernel(const double* loss_sum, const int64_t* correct
   totals->steps += 1;
 }
 
+__global__ void begin_step_kernel(const math::StepValues* table, int64_t* cursor, math::StepValues* current) {
+  *current = table[*cursor];
+  *cursor += 1;
+}
+
 }  // namespace
 
 void gather_batch(int64_t n, int64_t sample_floats, const float* images, const int64_t* labels,
-                  const int64_t* order, float* x, int64_t* y, cudaStream_t stream) {
+                  const int64_t* order, float* x, int64_t* y, cudaStream_t stream, const math::StepValues* cur) {
   if (n <= 0) return;
   gather_kernel<<<detail::grid_for(n * sample_floats), detail::kBlock, 0, stream>>>(n, sample_floats, images, labels,
-                                                                                   order, x, y);
+                                                                                   order, x, y, cur);
+  PYL_CUDA_LAUNCH_CHECK();
+}
+
+void begin_step(const math::StepValues* table, int64_t* cursor, math::StepValues* current, cudaStream_t stream) {
+  begin_step_kernel<<<1, 1, 0, stream>>>(table, cursor, current);
   PYL_CUDA_LAUNCH_CHECK();
 }
 

@@ -12,6 +12,7 @@
 #include "core/simd.h"
 #include "cpu/conv_direct.h"
 #include "cpu/conv_winograd.h"
+#include "ops/activation.h"
 #include "ops/dispatch.h"
 #ifdef PYLENET_HAVE_CUDA
 #include "cuda/check.h"
@@ -126,7 +127,8 @@ ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc&
 }
 
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
-              const float* bias, const float* dy, float* out) {
+              const float* bias, const float* dy, float* out, bool relu) {
+  PYL_CHECK_ARG(!relu || pass == ConvPass::Forward, "conv2d: a folded ReLU belongs to the forward pass");
   const size_t bytes = conv_workspace_size(h, algo, pass, s);
   float* ws = bytes ? h.workspace(bytes) : nullptr;
 #ifdef PYLENET_HAVE_CUDA
@@ -135,9 +137,9 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
     cudaStream_t st = stream_of(h);
     switch (pass) {
       case ConvPass::Forward:
-        if (algo == ConvAlgo::Naive) cuda::conv_forward_naive(s, x, w, bias, out, st);
-        else if (algo == ConvAlgo::Im2col) cuda::conv_forward_im2col(s, x, w, bias, out, ws, st);
-        else cuda::conv_forward_implicit_gemm(s, x, w, bias, out, st);
+        if (algo == ConvAlgo::Naive) cuda::conv_forward_naive(s, x, w, bias, out, st, relu);
+        else if (algo == ConvAlgo::Im2col) cuda::conv_forward_im2col(s, x, w, bias, out, ws, st, relu);
+        else cuda::conv_forward_implicit_gemm(s, x, w, bias, out, st, relu);
         return;
       case ConvPass::BackwardData:
         if (algo == ConvAlgo::Naive) cuda::conv_backward_data_naive(s, w, dy, out, st);
@@ -159,6 +161,8 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
       else if (algo == ConvAlgo::Direct) cpu::conv_forward_direct(s, x, w, bias, out, ws, t);
       else if (algo == ConvAlgo::Winograd) cpu::conv_forward_winograd(s, x, w, bias, out, ws, t);
       else cpu::conv_forward_im2col(s, x, w, bias, out, ws, t);
+      // The CPU's folded ReLU is a second pass (the executor folds it only under Config::device_rules).
+      if (relu) cpu::activation_forward(Activation::ReLU, s.n * s.k * s.oh * s.ow, out, out, 0.0f, t);
       return;
     case ConvPass::BackwardData:
       if (algo == ConvAlgo::Naive) cpu::conv_backward_data_naive(s, w, dy, out, t);

@@ -99,9 +99,10 @@ void conv_backward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* 
 // Prepared-shape fast path for callers that checked the shapes once (the executor): no
 // descriptors, no allocation beyond the handle's workspace. `algo` must be concrete;
 // conv_resolve_algo turns Auto and Heuristic into one (Auto measures on the given buffers,
-// cached per shape in the handle). `out` is y, dx or dw; `bias` is used by the forward pass.
+// cached per shape in the handle). `out` is y, dx or dw; `bias` is used by the forward pass,
+// and so is `relu`: a ReLU folded in (CUDA: the kernel's epilogue; the CPU: a second pass).
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
-              const float* bias, const float* dy, float* out);
+              const float* bias, const float* dy, float* out, bool relu = false);
 ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x,
                            const float* w, const float* dy, float* out);
 void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db);

@@ -14,6 +14,7 @@ void check_dropout_p(const char* op, double p) {
 
 void dropout_forward(Handle& h, const DropoutDesc& d, int64_t first, int64_t count, const float* x, float* y) {
   PYL_IF_CUDA(h, cuda::dropout(d, first, count, x, y, stream_of(h)));
+  PYL_CHECK_ARG(!d.device_step, "dropout: a step read from device memory needs a CUDA handle");
   cpu::dropout(d, first, count, x, y, h.threads());
 }
 

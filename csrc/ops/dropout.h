@@ -17,6 +17,9 @@ namespace pylenet {
 struct DropoutDesc {
   double p = 0.5;
   uint64_t key = 0;
+  // CUDA only (device memory): the step is read there and key is the op's base key
+  // (math::dropout_key_base), so that a replayed CUDA graph draws each step's mask.
+  const uint64_t* device_step = nullptr;
   // 1 / (1 - p), rounded once (in double, as PyTorch: p = 0.999 keeps values x 1000, not 1000.013)
   float scale() const { return p < 1.0 ? static_cast<float>(1.0 / (1.0 - p)) : 0.0f; }
 };

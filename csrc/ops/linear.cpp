@@ -1,6 +1,7 @@
 #include "ops/linear.h"
 
 #include "core/error.h"
+#include "ops/activation.h"
 #include "ops/dispatch.h"
 
 namespace pylenet {
@@ -51,9 +52,12 @@ void linear_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, con
   linear_run_backward_bias(h, LinearShape{dyd.dim(0), 0, dyd.dim(1)}, dy, db);
 }
 
-void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y) {
-  PYL_IF_CUDA(h, cuda::linear_forward(s, x, w, b, y, stream_of(h)));
+void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y,
+                        bool relu) {
+  PYL_IF_CUDA(h, cuda::linear_forward(s, x, w, b, y, stream_of(h), relu));
   cpu::linear_forward(s, x, w, b, y, h.workspace(sizeof(float) * cpu::linear_workspace_floats(s)), h.threads());
+  // The CPU's folded ReLU is a second pass (the executor folds it only under Config::device_rules).
+  if (relu) cpu::activation_forward(Activation::ReLU, s.n * s.out, y, y, 0.0f, h.threads());
 }
 
 void linear_run_backward_data(Handle& h, const LinearShape& s, const float* dy, const float* w, float* dx) {

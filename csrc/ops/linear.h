@@ -25,7 +25,9 @@ void linear_backward_weight(Handle& h, const TensorDesc& dyd, const float* dy, c
 void linear_backward_bias(Handle& h, const TensorDesc& dyd, const float* dy, const TensorDesc& dbd, float* db);
 
 // Prepared-shape fast path (shapes checked once by the caller); workspace from the handle.
-void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y);
+// relu: a ReLU folded in (CUDA: the GEMM's epilogue; the CPU: a second pass).
+void linear_run_forward(Handle& h, const LinearShape& s, const float* x, const float* w, const float* b, float* y,
+                        bool relu = false);
 void linear_run_backward_data(Handle& h, const LinearShape& s, const float* dy, const float* w, float* dx);
 void linear_run_backward_weight(Handle& h, const LinearShape& s, const float* dy, const float* x, float* dw);
 void linear_run_backward_bias(Handle& h, const LinearShape& s, const float* dy, float* db);

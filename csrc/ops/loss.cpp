@@ -43,6 +43,20 @@ void classify(Handle& h, int64_t n, int64_t c, const float* scores, const int64_
   *correct = labels ? cpu::count_correct(n, c, scores, labels) : 0;
 }
 
+void loss_head(Handle& h, bool nll, int64_t n, int64_t c, const float* z, const int64_t* labels, bool count,
+               float grad_scale, double* loss_sum, float* dz, int64_t* correct, int* nonfinite) {
+  PYL_IF_CUDA(h, cuda::loss_head(nll, n, c, z, labels, count, grad_scale, loss_sum, dz, correct, nonfinite,
+                                 stream_of(h)));
+  classify(h, n, c, z, count ? labels : nullptr, correct, nonfinite);
+  if (nll) {
+    nll_loss_forward(h, n, c, z, labels, loss_sum);
+    nll_loss_backward(h, n, c, labels, grad_scale, dz);
+  } else {
+    cross_entropy_forward(h, n, c, z, labels, loss_sum);
+    cross_entropy_backward(h, n, c, z, labels, grad_scale, dz);
+  }
+}
+
 double softmax_cross_entropy(Handle& h, const TensorDesc& ld, const float* logits, const TensorDesc& yd,
                              const int64_t* labels, float* dlogits) {
   const char* op = "softmax_cross_entropy";

@@ -35,6 +35,13 @@ void nll_loss_backward(Handle& h, int64_t n, int64_t c, const int64_t* labels, f
 void classify(Handle& h, int64_t n, int64_t c, const float* scores, const int64_t* labels, int64_t* correct,
               int* nonfinite);
 
+// A training step's loss head at once: the loss sum (cross-entropy of logits z, or nll of
+// log-probabilities z), its gradient dz, and classify's counts over z (correct only when
+// count, else 0). The same values as the three calls above; on CUDA one launch (the executor
+// fuses them there, Executor::fuse_loss_head).
+void loss_head(Handle& h, bool nll, int64_t n, int64_t c, const float* z, const int64_t* labels, bool count,
+               float grad_scale, double* loss_sum, float* dz, int64_t* correct, int* nonfinite);
+
 // The fused form of the functional API: checks shapes, labels and values, returns the mean
 // loss and writes dlogits (N, C) = (softmax - onehot) / N when dlogits is not null.
 double softmax_cross_entropy(Handle& h, const TensorDesc& logits_d, const float* logits, const TensorDesc& labels_d,

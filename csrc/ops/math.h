@@ -44,9 +44,12 @@ PYL_HD inline uint32_t hash32(uint32_t x) {
   x *= 0x846ca68bu;
   return x ^ (x >> 16);
 }
-// The key of one dropout op at one step.
+// The key of one dropout op at one step, in two halves: the op's base key (fixed for a run)
+// and the step mixed in (a replayed CUDA graph does this on the device, from StepValues).
+PYL_HD inline uint64_t dropout_key_base(uint64_t seed, uint64_t op) { return mix64(seed + 0x9e3779b97f4a7c15ull * (op + 1)); }
+PYL_HD inline uint64_t dropout_key_at(uint64_t base, uint64_t step) { return mix64(base + step); }
 PYL_HD inline uint64_t dropout_key(uint64_t seed, uint64_t step, uint64_t op) {
-  return mix64(mix64(seed + 0x9e3779b97f4a7c15ull * (op + 1)) + step);
+  return dropout_key_at(dropout_key_base(seed, op), step);
 }
 // 24 uniform bits of element i: kept when >= threshold = round(p * 2^24).
 PYL_HD inline bool dropout_keep(uint64_t key, uint64_t i, uint32_t threshold) {
@@ -99,6 +102,32 @@ PYL_HD inline void adadelta_update(float& p, float grad, float& square_avg, floa
   const float delta = sqrtf(acc_delta + o.eps) / sqrtf(square_avg + o.eps) * g;
   acc_delta = o.rho * acc_delta + (1.0f - o.rho) * delta * delta;
   p -= o.lr * delta;
+}
+
+// The values of one training step that change from step to step. A CUDA graph of the step
+// (runtime/executor.cpp) cannot take them as launch arguments, which it would freeze at
+// capture: the host computes them for a whole epoch ahead, a one-thread kernel copies the
+// current step's row to a fixed device slot, and the kernels that need them read it there.
+struct StepValues {
+  float lr = 0.0f;
+  float bc1 = 1.0f, bc2 = 1.0f;  // Adam's bias corrections for this step
+  uint64_t step = 0;             // optimizer steps before this one: the dropout keys' step
+  int64_t start = 0;             // the batch's first position in the epoch's sample order
+};
+// Adam's bias corrections at step `step` (counted from 1), the same expression everywhere.
+inline void adam_bias_corrections(float beta1, float beta2, int64_t step, float& bc1, float& bc2) {
+  bc1 = 1.0f - std::pow(beta1, static_cast<float>(step));
+  bc2 = 1.0f - std::pow(beta2, static_cast<float>(step));
+}
+// The per-step fields of an update's parameters, taken from `s` when the step is on the device.
+PYL_HD inline void apply_step(SgdParams& o, const StepValues* s) { if (s) o.lr = s->lr; }
+PYL_HD inline void apply_step(AdadeltaParams& o, const StepValues* s) { if (s) o.lr = s->lr; }
+PYL_HD inline void apply_step(AdamParams& o, const StepValues* s) {
+  if (s) {
+    o.lr = s->lr;
+    o.bc1 = s->bc1;
+    o.bc2 = s->bc2;
+  }
 }
 
 }  // namespace pylenet::math

@@ -67,8 +67,7 @@ void adam_step(Handle& h, const TensorDesc& d, float* param, const float* grad, 
   d.check(op, "param", -1);
   PYL_CHECK_ARG(step >= 1, op, ": step counts from 1, got ", step);
   check_finite_gradient(h, op, d, grad);
-  o.bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(step));
-  o.bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(step));
+  math::adam_bias_corrections(o.beta1, o.beta2, step, o.bc1, o.bc2);
   PYL_IF_CUDA(h, cuda::adam_step(d.numel(), param, grad, m, v, o, stream_of(h)));
   cpu::adam_step(d.numel(), param, grad, m, v, o, h.threads());
 }
@@ -94,25 +93,28 @@ void check_optim_spec(const OptimSpec& o) {
 }
 
 void optimizer_update(Handle& h, const OptimSpec& o, float lr, int64_t step, int64_t count, float* param,
-                      const float* grad, float* state0, float* state1, const int* skip) {
+                      const float* grad, float* state0, float* state1, const int* skip,
+                      const math::StepValues* on_device) {
   const SgdParams sgd{lr, o.momentum, o.weight_decay, o.nesterov};
   AdamParams adam{lr, o.beta1, o.beta2, o.eps, o.weight_decay};
-  adam.bc1 = 1.0f - std::pow(o.beta1, static_cast<float>(step));
-  adam.bc2 = 1.0f - std::pow(o.beta2, static_cast<float>(step));
+  math::adam_bias_corrections(o.beta1, o.beta2, step, adam.bc1, adam.bc2);
   const AdadeltaParams adadelta{lr, o.rho, o.eps, o.weight_decay};
   float* velocity = o.momentum != 0.0f ? state0 : nullptr;
 #ifdef PYLENET_HAVE_CUDA
   if (h.on_cuda()) {
     cudaStream_t st = stream_of(h);
     switch (o.kind) {
-      case OptimKind::SGD: cuda::sgd_step(count, param, grad, velocity, sgd, st, skip); return;
-      case OptimKind::Adam: cuda::adam_step(count, param, grad, state0, state1, adam, st, skip); return;
-      case OptimKind::Adadelta: cuda::adadelta_step(count, param, grad, state0, state1, adadelta, st, skip); return;
+      case OptimKind::SGD: cuda::sgd_step(count, param, grad, velocity, sgd, st, skip, on_device); return;
+      case OptimKind::Adam: cuda::adam_step(count, param, grad, state0, state1, adam, st, skip, on_device); return;
+      case OptimKind::Adadelta:
+        cuda::adadelta_step(count, param, grad, state0, state1, adadelta, st, skip, on_device);
+        return;
     }
   }
 #else
   PYL_IF_CUDA(h, );
 #endif
+  PYL_CHECK_ARG(!on_device && !skip, "optimizer_update: per-step values and skip flags live on a CUDA device only");
   switch (o.kind) {
     case OptimKind::SGD: cpu::sgd_step(count, param, grad, velocity, sgd, h.threads()); return;
     case OptimKind::Adam: cpu::adam_step(count, param, grad, state0, state1, adam, h.threads()); return;

@@ -31,9 +31,12 @@ void check_optim_spec(const OptimSpec& optim);  // InvalidArgument for bad hyper
 // One update of `count` parameters with learning rate lr at optimizer step `step` (from 1):
 // state0/state1 are the spec's state buffers (velocity; m, v; square_avg, acc_delta). No
 // checks: the executor checked the spec, and the step's output was finite. `skip` (CUDA only, device memory,
-// may be null): when it holds non-zero the update does nothing.
+// may be null): when it holds non-zero the update does nothing. `on_device` (CUDA only, device
+// memory, may be null): the step's rate and bias corrections are read there instead (a
+// replayed CUDA graph; ops/math.h StepValues).
 void optimizer_update(Handle& h, const OptimSpec& o, float lr, int64_t step, int64_t count, float* param,
-                      const float* grad, float* state0, float* state1, const int* skip = nullptr);
+                      const float* grad, float* state0, float* state1, const int* skip = nullptr,
+                      const math::StepValues* on_device = nullptr);
 void check_adam_params(const AdamParams& o);
 void check_adadelta_params(const AdadeltaParams& o);
 

@@ -1,6 +1,7 @@
 #include "ops/pool.h"
 
 #include "core/error.h"
+#include "ops/activation.h"
 #include "ops/dispatch.h"
 
 namespace pylenet {
@@ -33,16 +34,25 @@ void pool_forward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const floa
   pool_run_forward(h, p.mode, s, x, y);
 }
 
-void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y) {
-  PYL_IF_CUDA(h, mode == PoolMode::Max ? cuda::max_pool_forward(s, x, y, stream_of(h))
-                                       : cuda::avg_pool_forward(s, x, y, stream_of(h)));
+void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y, bool relu) {
+  PYL_IF_CUDA(h, mode == PoolMode::Max ? cuda::max_pool_forward(s, x, y, stream_of(h), relu)
+                                       : cuda::avg_pool_forward(s, x, y, stream_of(h), relu));
   if (mode == PoolMode::Max) cpu::max_pool_forward(s, x, y, h.threads());
   else cpu::avg_pool_forward(s, x, y, h.threads());
+  // The CPU's folded ReLU is a second pass (the executor folds it only under Config::device_rules).
+  if (relu) cpu::activation_forward(Activation::ReLU, s.n * s.c * s.oh * s.ow, y, y, 0.0f, h.threads());
 }
 
-void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx) {
-  PYL_IF_CUDA(h, mode == PoolMode::Max ? cuda::max_pool_backward(s, x, dy, dx, stream_of(h))
-                                       : cuda::avg_pool_backward(s, dy, dx, stream_of(h)));
+void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx,
+                       const float* relu_y) {
+  PYL_IF_CUDA(h, mode == PoolMode::Max ? cuda::max_pool_backward(s, x, dy, dx, stream_of(h), relu_y)
+                                       : cuda::avg_pool_backward(s, dy, dx, stream_of(h), relu_y));
+  if (relu_y) {  // the ReLU's gradient first, into scratch (a second pass on the CPU)
+    const int64_t count = s.n * s.c * s.oh * s.ow;
+    float* t = h.workspace(sizeof(float) * static_cast<size_t>(count));
+    cpu::activation_backward(Activation::ReLU, count, relu_y, dy, t, 0.0f, h.threads());
+    dy = t;
+  }
   if (mode == PoolMode::Max) cpu::max_pool_backward(s, x, dy, dx, h.threads());
   else cpu::avg_pool_backward(s, dy, dx, h.threads());
 }

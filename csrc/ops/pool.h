@@ -36,8 +36,12 @@ void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const flo
                    const float* dy, const TensorDesc& dxd, float* dx);
 
 // Prepared-shape fast path (shapes checked once by the caller).
-void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y);
-void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx);
+// relu / relu_y: a ReLU folded in, applied to the pooled values, and its gradient taken from
+// its output relu_y (the shape of dy) before the pooling's: in the CUDA kernels' epilogue; on
+// the CPU a second pass (backward: through the handle's workspace).
+void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, float* y, bool relu = false);
+void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx,
+                       const float* relu_y = nullptr);
 
 namespace cpu {
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads);

@@ -200,6 +200,7 @@ void bind_runtime(py::module_& m) {
              cfg.train = config["train"].cast<bool>();
              if (cfg.train) cfg.optim = optim_spec_of(config["optimizer"].cast<py::dict>());
              cfg.seed = config.contains("seed") ? config["seed"].cast<uint64_t>() : 0;
+             cfg.device_rules = config.contains("device_rules") && config["device_rules"].cast<bool>();
              auto px = std::make_unique<PyExecutor>();
              runtime::Bindings b;
              PYL_CHECK_ARG(num_params >= 0, "compile: bad parameter count ", num_params);
@@ -342,7 +343,27 @@ void bind_runtime(py::module_& m) {
       })
       .def("evaluate_device", [](PyExecutor& p, const Data& data) {
         return stats_dict(p.run([&] { return p.ex->evaluate_device(data); }));
-      });
+      })
+      .def_property("cuda_graphs", [](PyExecutor& p) { return p.run([&] { return p.ex->cuda_graph_stats().enabled; }); },
+                    [](PyExecutor& p, bool on) { p.run([&] { p.ex->set_cuda_graphs(on); }); },
+                    "Capture a full training step of train_epoch_device as a CUDA graph and replay it.")
+      .def("cuda_graph_stats", [](PyExecutor& p) {
+        const auto g = p.run([&] { return p.ex->cuda_graph_stats(); });
+        const auto counts = [](const runtime::Executor::GraphCounts& c, py::dict d) {
+          d["captures"] = c.captures;
+          d["replayed_steps"] = c.replayed;
+          d["eager_steps"] = c.eager;
+          d["kernels_per_step"] = c.kernels_per_step;
+          d["graph_nodes"] = c.graph_nodes;
+          return d;
+        };
+        py::dict d = counts(g.train, py::dict());
+        d["eval"] = counts(g.eval, py::dict());
+        d["enabled"] = g.enabled;
+        d["off_reason"] = g.off_reason;
+        return d;
+      }, "Full training steps (and, under 'eval', evaluation batches) run as graph replays and eagerly, "
+         "the kernel launches of an eager one and the nodes of the graph.");
 #endif
 
   m.def("schedule_lr", [](const py::dict& s, double lr, int64_t iter) {

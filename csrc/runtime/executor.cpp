@@ -538,6 +538,10 @@ void Executor::lower() {
   std::stable_sort(deferred.begin(), deferred.end(), [&](const Instr& x, const Instr& y) {
     return cost(x) > cost(y);  // largest jobs first: claimed first, the small ones fill in
   });
+  if (on_device() || cfg_.device_rules) {
+    fuse_relu();
+    if (cfg_.train && cfg_.capacity <= 1024) fuse_loss_head();  // one CUDA block does the whole batch
+  }
   // Phases: runs of chunk instructions, split by batch instructions; the Linear jobs last.
   for (size_t k = 0; k < instrs_.size(); ++k) {
     if (instrs_[k].batch || phases_.empty() || phases_.back().batch) phases_.push_back(Phase{instrs_[k].batch, {}});
@@ -555,6 +559,108 @@ void Executor::lower() {
     store_->classes = static_cast<int>(g_.value(logits).numel());
   }
   store_->out_floats = g_.output() >= 0 ? g_.value(g_.output()).numel() : 0;
+}
+
+// CUDA: a ReLU right after a pooling (as defer_relu_past_max_pool leaves LeNets), a convolution
+// or a Linear layer becomes that kernel's epilogue: one launch and one pass over the tensor
+// less, the same bits (cuda/pool.cu, conv.cu, gemm.cu). After a pooling its backward becomes
+// part of the pooling's backward too (which then reads the ReLU's output); after a convolution
+// or a Linear layer it stays (their backward passes never read the pre-activation value).
+// Only where that value feeds nothing but the ReLU (nor is the output), and, when folding the
+// backward, the ReLU's gradient nothing but the pooling's backward. The CPU keeps them apart:
+// its chunks are in cache, a pass costs little there.
+void Executor::fuse_relu() {
+  const auto& nodes = g_.nodes();
+  const int V = static_cast<int>(g_.values().size());
+  const auto root = [&](int v) {
+    while (v >= 0 && g_.value(v).producer >= 0 && nodes[g_.value(v).producer].op == Op::Reshape)
+      v = nodes[g_.value(v).producer].in[0];
+    return v;
+  };
+  std::vector<int> readers(V, 0);
+  for (const Instr& ins : instrs_)
+    for (int v : ins.in)
+      if (v >= 0) ++readers[root(v)];
+  const int out_root = g_.output() >= 0 ? root(g_.output()) : -1;
+  const auto first_of = [&](Instr::Kind kind, const auto& pred) -> int {
+    for (size_t k = 0; k < instrs_.size(); ++k)
+      if (instrs_[k].kind == kind && pred(instrs_[k])) return static_cast<int>(k);
+    return -1;
+  };
+  std::vector<char> drop(instrs_.size(), 0);
+  for (size_t k = 0; k < instrs_.size(); ++k) {
+    Instr& pool = instrs_[k];  // or the convolution / Linear layer
+    const bool is_pool = pool.kind == Instr::PoolFwd;
+    const bool foldable = is_pool || pool.kind == Instr::ConvFwd || pool.kind == Instr::LinearFwd;
+    const int p = foldable && !pool.out.empty() ? pool.out[0] : -1;
+    if (p < 0 || root(p) != p || p == out_root || readers[p] != 1) continue;
+    const int a = first_of(Instr::ActFwd, [&](const Instr& j) {
+      return j.in[0] == p && nodes[j.node].attrs.act == Activation::ReLU && j.out[0] >= 0;
+    });
+    if (a < 0) continue;
+    const Instr act = instrs_[a];
+    // Its backward, if any: relu_backward(y, dy) -> dz, read by nothing but the pooling's backward.
+    const int b = !is_pool ? -1 : first_of(Instr::ActBwd, [&](const Instr& j) {
+      return nodes[j.node].attrs.forward == act.node;
+    });
+    int q = -1;
+    if (b >= 0) {
+      const int dz = instrs_[b].out[0];
+      q = first_of(Instr::PoolBwd, [&](const Instr& j) {
+        return nodes[j.node].attrs.forward == pool.node && j.in[1] == dz;
+      });
+      if (dz < 0 || root(dz) != dz || readers[dz] != 1 || q < 0 || instrs_[b].in[0] != act.out[0]) continue;
+    }
+    pool.out[0] = act.out[0];
+    pool.relu = true;
+    pool.label += "+relu";
+    drop[a] = 1;
+    if (b >= 0) {
+      Instr& back = instrs_[q];
+      back.in = {back.in[0], instrs_[b].in[1], act.out[0]};  // x, the ReLU output's gradient, the ReLU's output
+      back.relu = true;
+      back.label += "+relu";
+      drop[b] = 1;
+    }
+  }
+  std::vector<Instr> kept;
+  for (size_t k = 0; k < instrs_.size(); ++k)
+    if (!drop[k]) kept.push_back(std::move(instrs_[k]));
+  instrs_ = std::move(kept);
+}
+
+// CUDA, training: the loss, its gradient and the accuracy count in one launch (ops/loss.h
+// loss_head: the same bits as the three) at the loss's place; the gradient is then written
+// early, which only lengthens its slot's life by the loss-to-backward stretch.
+void Executor::fuse_loss_head() {
+  const auto& nodes = g_.nodes();
+  const auto root = [&](int v) {
+    while (v >= 0 && g_.value(v).producer >= 0 && nodes[g_.value(v).producer].op == Op::Reshape)
+      v = nodes[g_.value(v).producer].in[0];
+    return v;
+  };
+  int cls = -1, loss = -1, back = -1;
+  for (size_t k = 0; k < instrs_.size(); ++k) {
+    const Instr::Kind kind = instrs_[k].kind;
+    if (kind == Instr::Classify && cls < 0) cls = static_cast<int>(k);
+    if (kind == Instr::CrossEntropy || kind == Instr::Nll) loss = static_cast<int>(k);
+    if (kind == Instr::CrossEntropyBwd || kind == Instr::NllBwd) back = static_cast<int>(k);
+  }
+  if (cls < 0 || loss < 0 || back < 0) return;
+  const Instr& l = instrs_[loss];
+  const Instr& b = instrs_[back];
+  const bool nll = l.kind == Instr::Nll;
+  if ((b.kind == Instr::NllBwd) != nll || root(instrs_[cls].in[0]) != root(l.in[0]) || b.out.empty() || b.out[0] < 0 ||
+      (!nll && b.in[0] != l.in[0]))
+    return;
+  Instr f = l;
+  f.kind = Instr::LossHead;
+  f.in = {l.in[0], l.in[1], instrs_[cls].in[0]};  // scores, labels, the output (classify's view of the scores)
+  f.out = {b.out[0]};
+  f.b = nll ? 1 : 0;
+  f.label = "loss_head";
+  instrs_[loss] = std::move(f);
+  for (int k : {std::max(cls, back), std::min(cls, back)}) instrs_.erase(instrs_.begin() + k);
 }
 
 // ---- memory: every value's home, arenas by liveness
@@ -833,6 +939,10 @@ void Executor::choose_algorithms() {
         if (!on_device())
           ws = std::max<int64_t>(ws, sizeof(float) * cpu::linear_workspace_floats(LinearShape{chunk_, ins.a, ins.b}));
         break;
+      case Instr::PoolBwd:  // the CPU's folded ReLU (Config::device_rules) takes its gradient there
+        if (ins.relu && !on_device())
+          ws = std::max<int64_t>(ws, sizeof(float) * chunk_ * ins.pool.c * ins.pool.oh * ins.pool.ow);
+        break;
       case Instr::LinearGradJob: {
         const auto& s = st.stashes[ins.linear];
         ws = std::max<int64_t>(
@@ -911,6 +1021,19 @@ void Executor::copy_grads(float* host) const {
 }
 
 // ---- pointers
+// Rows [start, start + m) of the output, from the backend's memory to forward()'s host array.
+void Executor::copy_output(const float* scores, int64_t start, int64_t m) {
+  const int64_t per = store_->out_floats;
+#ifdef PYLENET_HAVE_CUDA
+  if (on_device()) {
+    PYL_CUDA_CHECK(cudaMemcpyAsync(out_ + start * per, scores, sizeof(float) * m * per, cudaMemcpyDeviceToHost,
+                                   cuda_->ctx.stream()));
+    return;
+  }
+#endif
+  std::memcpy(out_ + start * per, scores, sizeof(float) * m * per);
+}
+
 float* Executor::ptr(int v, int64_t c, int worker) const {
   if (v < 0) return nullptr;
   const Store& st = *store_;
@@ -991,7 +1114,8 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::ConvFwd: {
       ConvShape s = ins.conv;
       s.n = m;
-      conv_run(h, conv_algo_for(ins, ConvPass::Forward, s), ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0));
+      conv_run(h, conv_algo_for(ins, ConvPass::Forward, s), ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0),
+               ins.relu);
       return;
     }
     case Instr::ConvBwdData: {
@@ -1019,7 +1143,9 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
                         s, in(0), in(1), in(2), out(0), out(1), out(2));  // absent outputs: null
       return;
     }
-    case Instr::LinearFwd: linear_run_forward(h, LinearShape{m, ins.a, ins.b}, in(0), in(1), in(2), out(0)); return;
+    case Instr::LinearFwd:
+      linear_run_forward(h, LinearShape{m, ins.a, ins.b}, in(0), in(1), in(2), out(0), ins.relu);
+      return;
     case Instr::LinearBwdData: linear_run_backward_data(h, LinearShape{m, ins.a, ins.b}, in(0), in(1), out(0)); return;
     case Instr::LinearBwdWeight:
       linear_run_backward_weight(h, LinearShape{m, ins.a, ins.b}, in(1), in(0), out(0));
@@ -1049,13 +1175,13 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::PoolFwd: {
       PoolShape s = ins.pool;
       s.n = m;
-      pool_run_forward(h, a.pool, s, in(0), out(0));
+      pool_run_forward(h, a.pool, s, in(0), out(0), ins.relu);
       return;
     }
     case Instr::PoolBwd: {
       PoolShape s = ins.pool;
       s.n = m;
-      pool_run_backward(h, a.pool, s, in(0), in(1), out(0));
+      pool_run_backward(h, a.pool, s, in(0), in(1), out(0), ins.relu ? in(2) : nullptr);
       return;
     }
     case Instr::ActFwd:
@@ -1082,8 +1208,11 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::DropoutFwd:
     case Instr::DropoutBwd: {
       const int fwd = ins.kind == Instr::DropoutFwd ? ins.node : a.forward;
-      const DropoutDesc d{a.p, math::dropout_key(cfg_.seed, static_cast<uint64_t>(steps_),
-                                                                     static_cast<uint64_t>(fwd))};
+      DropoutDesc d{a.p, math::dropout_key(cfg_.seed, static_cast<uint64_t>(steps_), static_cast<uint64_t>(fwd))};
+      if (dstep_) {  // the step is read on the device (a CUDA graph replays this launch)
+        d.key = math::dropout_key_base(cfg_.seed, static_cast<uint64_t>(fwd));
+        d.device_step = &dstep_->step;
+      }
       dropout_forward(h, d, start * ins.a, m * ins.a, in(0), out(0));
       return;
     }
@@ -1137,17 +1266,19 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       return;
     case Instr::Nll: nll_loss_forward(h, m, ins.a, in(0), labels(ins.in[1]), loss_slot(c)); return;
     case Instr::NllBwd: nll_loss_backward(h, m, ins.a, labels(ins.in[0]), 1.0f / static_cast<float>(n), out(0)); return;
+    case Instr::LossHead: {
+      const bool count = y_ != nullptr && g_.value(ins.in[2]).shape.size() == 1;
+      loss_head(h, ins.b != 0, m, ins.a, in(0), labels(ins.in[1]), count, 1.0f / static_cast<float>(n), loss_slot(c),
+                out(0), correct_slot(c), bad_slot(c));
+      if (out_) copy_output(in(2), start, m);
+      return;
+    }
     case Instr::Classify: {
       const float* scores = in(0);
       const int64_t per = store_->out_floats;
       const bool has_labels = y_ != nullptr && ins.in[1] >= 0 && g_.value(ins.in[0]).shape.size() == 1;
       classify(h, m, per, scores, has_labels ? labels(ins.in[1]) : nullptr, correct_slot(c), bad_slot(c));
-      if (out_ && !on_device()) std::memcpy(out_ + start * per, scores, sizeof(float) * m * per);
-#ifdef PYLENET_HAVE_CUDA
-      if (out_ && on_device())
-        PYL_CUDA_CHECK(cudaMemcpyAsync(out_ + start * per, scores, sizeof(float) * m * per, cudaMemcpyDeviceToHost,
-                                       cuda_->ctx.stream()));
-#endif
+      if (out_) copy_output(scores, start, m);
       return;
     }
   }
@@ -1451,6 +1582,7 @@ void Executor::cuda_allocate() {
     if (store_->at[v].home == Home::Buffer) c.buffers.emplace(v, Memory(Device::CUDA, dev, value_bytes(g_.value(v))));
   c.step = Memory(Device::CUDA, dev, 64);
   c.totals = Memory(Device::CUDA, dev, 64);
+  c.step_slot = Memory(Device::CUDA, dev, 16 + sizeof(math::StepValues));
 }
 
 // Parameters, optimizer state and buffers between their host homes and the device copies,
@@ -1543,7 +1675,7 @@ void Executor::cuda_update(int64_t chunks, float lr) {
   const int* skip = &cuda_->run_totals()->bad;
   for (const auto& [lo, hi] : runs_) {
     optimizer_update(h, cfg_.optim, lr, steps_, hi - lo, cuda_->params.floats() + lo, grads + lo, s0 ? s0 + lo : nullptr,
-                     s1 ? s1 + lo : nullptr, skip);
+                     s1 ? s1 + lo : nullptr, skip, dstep_);
   }
 }
 
@@ -1579,33 +1711,54 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
   for (int64_t i = 0; i < order_len; ++i)
     PYL_CHECK_ARG(order[i] >= 0 && order[i] < data.count, "train: sample index ", order[i], " is outside [0, ",
                   data.count, ")");
-  out_ = nullptr;
-  cuda::DeviceGuard guard(cfg_.cuda_device);
-  cudaStream_t st = cuda_->ctx.stream();
-  if (order_len > cuda_->order_len) {  // once per run (the same length every epoch)
-    cuda_->order = Memory(Device::CUDA, cfg_.cuda_device, sizeof(int64_t) * order_len);
-    cuda_->order_len = order_len;
-  }
-  // The order is the only upload of the epoch; it must land before the host array may change.
-  PYL_CUDA_CHECK(cudaMemcpyAsync(cuda_->order.data(), order, sizeof(int64_t) * order_len, cudaMemcpyHostToDevice, st));
-  cuda_->synchronize();
-  cuda_reset_totals();
-  const int64_t before = steps_;
-  const auto* dorder = static_cast<const int64_t*>(cuda_->order.data());
-  float* xb = store_->input.floats();
-  auto* yb = static_cast<int64_t*>(store_->labels.data());
   const int64_t steps = (order_len + batch_size - 1) / batch_size;
+  // The epoch's per-step values, made and checked before the first step: inside the loop
+  // nothing that a step reads changes on the host (so a CUDA graph of it can be replayed).
+  std::vector<math::StepValues> table(static_cast<size_t>(std::max<int64_t>(steps, 1)));
+  for (int64_t s = 0; s < steps; ++s) {
+    math::StepValues& v = table[static_cast<size_t>(s)];
+    v.lr = checked_lr(schedule_lr(schedule, cfg_.optim.lr, iteration + s), iteration + s, "train");
+    v.step = static_cast<uint64_t>(steps_ + s);
+    math::adam_bias_corrections(cfg_.optim.beta1, cfg_.optim.beta2, steps_ + s + 1, v.bc1, v.bc2);
+    v.start = s * batch_size;
+  }
+  out_ = nullptr;
+  CudaState& c = *cuda_;
+  cuda::DeviceGuard guard(cfg_.cuda_device);
+  cudaStream_t st = c.ctx.stream();
+  if (order_len > c.order_len) {  // once per run (the same length every epoch)
+    c.order = Memory(Device::CUDA, cfg_.cuda_device, sizeof(int64_t) * order_len);
+    c.order_len = order_len;
+  }
+  if (steps > c.step_table_len) {
+    c.step_table = Memory(Device::CUDA, cfg_.cuda_device, sizeof(math::StepValues) * steps);
+    c.step_table_len = steps;
+  }
+  // The epoch's only uploads; they must land before the host arrays may change.
+  PYL_CUDA_CHECK(cudaMemcpyAsync(c.order.data(), order, sizeof(int64_t) * order_len, cudaMemcpyHostToDevice, st));
+  PYL_CUDA_CHECK(cudaMemcpyAsync(c.step_table.data(), table.data(), sizeof(math::StepValues) * steps,
+                                 cudaMemcpyHostToDevice, st));
+  PYL_CUDA_CHECK(cudaMemsetAsync(c.step_cursor(), 0, sizeof(int64_t), st));
+  c.synchronize();
+  cuda_reset_totals();
+  struct Unbind {  // the step values are this loop's only
+    const math::StepValues*& p;
+    ~Unbind() { p = nullptr; }
+  } unbind{dstep_};
+  dstep_ = c.current_step();
+  const int64_t before = steps_;
   RunStats total;
   int64_t samples = 0;
   for (int64_t s = 0; s < steps; ++s) {
-    const int64_t start = s * batch_size, n = std::min(batch_size, order_len - start);
-    const float lr = checked_lr(schedule_lr(schedule, cfg_.optim.lr, iteration), iteration, "train");
-    cuda::gather_batch(n, data.sample_floats, data.images.floats(), static_cast<const int64_t*>(data.labels.data()),
-                       dorder + start, xb, yb, st);
-    run_batch(xb, yb, n);
-    cuda_accumulate();
-    commit_running(&cuda_->run_totals()->bad);
-    update(n, lr);
+    const int64_t n = std::min(batch_size, order_len - s * batch_size);
+    const float lr = table[static_cast<size_t>(s)].lr;
+    if (n == batch_size && c.graphs && !profiling_) {
+      if (graph_step(true, data, c.order.data(), c.step_table.data(), batch_size, [&] { device_step(data, n, lr); }))
+        ++steps_;  // the host's count of the update the graph made
+    } else {
+      device_step(data, n, lr);
+      if (n == batch_size) ++c.train_graph.eager;
+    }
     ++iteration;
     samples += n;
     if ((s + 1) % std::max<int64_t>(every, 1) == 0 || s + 1 == steps) {
@@ -1617,6 +1770,81 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
   return total;
 }
 
+void Executor::device_step(const DeviceData& data, int64_t n, float lr) {
+  CudaState& c = *cuda_;
+  cudaStream_t st = c.ctx.stream();
+  float* xb = store_->input.floats();
+  auto* yb = static_cast<int64_t*>(store_->labels.data());
+  cuda::begin_step(static_cast<const math::StepValues*>(c.step_table.data()), c.step_cursor(), c.current_step(), st);
+  cuda::gather_batch(n, data.sample_floats, data.images.floats(), static_cast<const int64_t*>(data.labels.data()),
+                     static_cast<const int64_t*>(c.order.data()), xb, yb, st, dstep_);
+  run_batch(xb, yb, n);
+  cuda_accumulate();
+  commit_running(&c.run_totals()->bad);
+  update(n, lr);
+}
+
+bool Executor::graph_step(bool training, const DeviceData& data, const void* order, const void* table, int64_t batch,
+                          const std::function<void()>& run) {
+  CudaState& c = *cuda_;
+  CudaState::CapturedStep& slot = training ? c.train_graph : c.eval_graph;
+  cudaStream_t st = c.ctx.stream();
+  // What a captured step holds on to (the plan's workspace is reserved before any step).
+  const CudaState::GraphKey key{data.images.data(), data.labels.data(), order, table,
+                                workers_[0]->workspace(store_->workspace_bytes), batch, cfg_.seed};
+  if (c.graphs && slot.graph.ready() && slot.key == key) {
+    slot.graph.launch(st);
+    ++slot.replayed;
+    return true;
+  }
+  if (c.graphs && slot.warm == key) {  // (a failed capture turned graphs off: no second try)
+    const int64_t before = steps_;
+    try {
+      slot.graph.begin(st);
+      run();  // recorded, not run
+      slot.graph.end(st);
+      slot.graph.launch(st);
+      slot.key = key;
+      ++slot.captures;
+      return false;  // run()'s host-side effects happened, for the step the launch runs
+    } catch (const std::exception& e) {
+      slot.graph.abort(st);
+      steps_ = before;  // the recorded update never ran; the step runs eagerly below
+      c.graphs = false;
+      c.graphs_off = e.what();
+    }
+  }
+  const uint64_t k0 = cuda::launch_counter().load();
+  run();
+  slot.kernels_per_step = cuda::launch_counter().load() - k0;
+  slot.warm = key;
+  ++slot.eager;
+  return false;
+}
+
+void Executor::set_cuda_graphs(bool on) {
+  PYL_CHECK_ARG(cuda_, "cuda_graphs: this executor is not on a CUDA device");
+  cuda_->graphs = on;
+  if (!on) {
+    cuda_->train_graph.graph.reset();
+    cuda_->eval_graph.graph.reset();
+  }
+  if (on) cuda_->graphs_off.clear();
+}
+
+Executor::GraphStats Executor::cuda_graph_stats() const {
+  GraphStats g;
+  if (!cuda_) return g;
+  const auto counts = [](const CudaState::CapturedStep& s) {
+    return GraphCounts{s.captures, s.replayed, s.eager, s.kernels_per_step, s.graph.nodes()};
+  };
+  g.enabled = cuda_->graphs;
+  g.train = counts(cuda_->train_graph);
+  g.eval = counts(cuda_->eval_graph);
+  g.off_reason = cuda_->graphs_off;
+  return g;
+}
+
 RunStats Executor::evaluate_device(const DeviceData& data) {
   PYL_CHECK_ARG(cuda_, "evaluate: this network is not on a CUDA device");
   PYL_CHECK_ARG(data.device == cfg_.cuda_device, "evaluate: the dataset is on cuda:", data.device,
@@ -1625,13 +1853,54 @@ RunStats Executor::evaluate_device(const DeviceData& data) {
                 data.sample_floats, " values, the model's input ", g_.value(g_.input()).numel());
   PYL_CHECK_ARG(g_.loss() < 0 || data.labels.data(), "evaluate: the dataset has no labels");
   out_ = nullptr;
+  CudaState& c = *cuda_;
   cuda::DeviceGuard guard(cfg_.cuda_device);
+  cudaStream_t st = c.ctx.stream();
   cuda_reset_totals();
   const int64_t* labels = static_cast<const int64_t*>(data.labels.data());
-  for (int64_t base = 0; base < data.count; base += cfg_.capacity) {
-    const int64_t n = std::min(cfg_.capacity, data.count - base);
-    run_batch(data.images.floats() + base * data.sample_floats, labels ? labels + base : nullptr, n);
-    cuda_accumulate();
+  const int64_t batches = (data.count + cfg_.capacity - 1) / cfg_.capacity;
+  if (!c.graphs || profiling_) {  // the batches straight from the dataset
+    for (int64_t base = 0; base < data.count; base += cfg_.capacity) {
+      const int64_t n = std::min(cfg_.capacity, data.count - base);
+      run_batch(data.images.floats() + base * data.sample_floats, labels ? labels + base : nullptr, n);
+      cuda_accumulate();
+    }
+    return cuda_read_totals(data.count, "evaluate", -1);
+  }
+  // With graphs: each batch is copied into the input buffer from the row its step says, so
+  // the captured batch reads from fixed addresses.
+  std::vector<math::StepValues> table(static_cast<size_t>(batches));
+  for (int64_t b = 0; b < batches; ++b) {
+    table[static_cast<size_t>(b)].step = static_cast<uint64_t>(steps_);
+    table[static_cast<size_t>(b)].start = b * cfg_.capacity;
+  }
+  if (batches > c.eval_table_len) {
+    c.eval_table = Memory(Device::CUDA, cfg_.cuda_device, sizeof(math::StepValues) * batches);
+    c.eval_table_len = batches;
+  }
+  PYL_CUDA_CHECK(cudaMemcpyAsync(c.eval_table.data(), table.data(), sizeof(math::StepValues) * batches,
+                                 cudaMemcpyHostToDevice, st));
+  PYL_CUDA_CHECK(cudaMemsetAsync(c.step_cursor(), 0, sizeof(int64_t), st));
+  c.synchronize();  // the table must land before the host vector goes
+  struct Unbind {
+    const math::StepValues*& p;
+    ~Unbind() { p = nullptr; }
+  } unbind{dstep_};
+  dstep_ = c.current_step();
+  float* xb = store_->input.floats();
+  auto* yb = static_cast<int64_t*>(store_->labels.data());
+  for (int64_t b = 0; b < batches; ++b) {
+    const int64_t n = std::min(cfg_.capacity, data.count - b * cfg_.capacity);
+    const auto run = [&] {
+      cuda::begin_step(static_cast<const math::StepValues*>(c.eval_table.data()), c.step_cursor(), c.current_step(),
+                       st);
+      cuda::gather_batch(n, data.sample_floats, data.images.floats(), labels, nullptr, xb, labels ? yb : nullptr, st,
+                         dstep_);
+      run_batch(xb, labels ? yb : nullptr, n);
+      cuda_accumulate();
+    };
+    if (n == cfg_.capacity) graph_step(false, data, nullptr, c.eval_table.data(), n, run);
+    else run();
   }
   return cuda_read_totals(data.count, "evaluate", -1);
 }

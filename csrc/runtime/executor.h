@@ -59,6 +59,10 @@ struct Config {
   bool train = false;              // differentiate the loss and update the parameters
   OptimSpec optim;
   uint64_t seed = 0;               // dropout masks
+  // The CUDA backend's lowering rules (fuse_relu, fuse_loss_head) applied on the CPU
+  // too: for tests on machines without a GPU, which check that the rewritten instruction list
+  // trains bit for bit like the plain one. No faster on the CPU (its folded ReLU is a second pass).
+  bool device_rules = false;
 };
 
 // Where the model state lives (host memory, owned by the caller, who keeps it alive). The
@@ -117,6 +121,7 @@ struct Instr {
     PoolFwd, PoolBwd, ActFwd, ActBwd, Add, Cat, Slice, DropoutFwd, DropoutBwd,
     BnStats, BnStatsFinalize, BnApply, BnInference, BnBwdPartial, BnBwdFinalize, BnBwdApply, BnInferenceBwd,
     SoftmaxFwd, SoftmaxBwd, CrossEntropy, CrossEntropyBwd, Nll, NllBwd, Classify,
+    LossHead,  // CUDA: the loss, its gradient and Classify at once; in (scores, labels, output), b = nll
   };
   Kind kind;
   int node = -1;                   // the graph node it comes from
@@ -131,6 +136,8 @@ struct Instr {
   int64_t r0 = 0, r1 = 0;          // LinearGradJob: rows of dW; batch-norm finalize: r0 = the
                                    // chunks' partials in the fixed arena
   int64_t fixed = -1;              // a scratch area of the fixed arena (BN partials, coefficients)
+  bool relu = false;               // PoolFwd / PoolBwd / ConvFwd / LinearFwd (CUDA): a ReLU folded
+                                   // in (fuse_relu); PoolBwd's in[2] is then the ReLU's output
   std::string label;               // for profiles
 };
 
@@ -190,6 +197,27 @@ class Executor {
                               const ScheduleSpec& schedule, int64_t& iteration, const ProgressFn& progress,
                               int64_t every);
   RunStats evaluate_device(const DeviceData& data);
+
+  // CUDA graphs for train_epoch_device and evaluate_device: with them on, the first full step
+  // (a full batch) of a run goes eagerly (lazy allocations and algorithm choices happen outside
+  // capture), the next is captured as one CUDA graph, and every later full step of this and
+  // later runs replays it (a last, partial batch runs eagerly). The results are the eager
+  // steps' bit for bit: the same kernels with the same arguments, the per-step values read on
+  // the device (an evaluation batch is copied from the dataset into the input buffer first,
+  // at the row its step says). If a capture fails, graphs turn off for this executor and the
+  // step runs eagerly. Off while profiling.
+  void set_cuda_graphs(bool on);
+  struct GraphCounts {
+    int64_t captures = 0, replayed = 0, eager = 0;  // full steps (eager: run without a graph)
+    uint64_t kernels_per_step = 0;  // kernel launches of an eager full step (0: none yet)
+    size_t graph_nodes = 0;         // kernels, copies and memsets of the captured step
+  };
+  struct GraphStats {
+    bool enabled = false;
+    GraphCounts train, eval;        // training steps, evaluation batches
+    std::string off_reason;         // why a capture failed ("" if none did)
+  };
+  GraphStats cuda_graph_stats() const;
 #endif
 
   // While profiling is on: seconds per instruction (summed over the workers, so on the CPU it
@@ -202,6 +230,9 @@ class Executor {
  private:
   struct Store;  // where each value lives (memory plan)
   void lower();
+  void fuse_relu();       // CUDA: a ReLU after a pooling, conv or Linear becomes its epilogue
+  void fuse_loss_head();  // CUDA training: loss, gradient and accuracy in one launch
+  void copy_output(const float* scores, int64_t start, int64_t m);  // output rows -> forward()'s out
   void plan_memory();
   void choose_algorithms();
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
@@ -239,6 +270,15 @@ class Executor {
   void cuda_update(int64_t chunks, float lr);
   void copy_state(bool to_device);  // upload_state / download_state
   void cuda_reset_totals();
+  // One training step of train_epoch_device on the device's batch: begin_step, gather, the
+  // phases, totals, running statistics and the update (queued, or recorded while capturing).
+  void device_step(const DeviceData& data, int64_t n, float lr);
+  // The full step `run` queues (a training step, or an evaluation batch): replayed from the
+  // kind's graph when that was captured for the same data, order, table, batch and seed, else
+  // captured (after one eager run for the same), else run eagerly. Returns true when it
+  // replayed (then the host-side effects of `run` did not happen).
+  bool graph_step(bool training, const DeviceData& data, const void* order, const void* table, int64_t batch,
+                  const std::function<void()>& run);
 #endif
 
   graph::Graph g_;
@@ -259,6 +299,9 @@ class Executor {
   const float* x_ = nullptr;
   const int64_t* y_ = nullptr;
   float* out_ = nullptr;
+  // CUDA, inside train_epoch_device: the step's values on the device (ops/math.h StepValues),
+  // which the gather, dropout and optimizer kernels read instead of host arguments; else null.
+  const math::StepValues* dstep_ = nullptr;
   // The update's layout, made by plan_update() at the first step: per parameter with a
   // gradient its range, the blocks the workers take, and the runs of adjacent ranges (CUDA).
   struct Range { int64_t lo, hi; size_t grad; };
