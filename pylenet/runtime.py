@@ -147,10 +147,11 @@ def _device(device, op):
 
 
 def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, conv_algo="heuristic", seed=0,
-                   device_rules=False):
+                   device_rules=False, fuse=True):
     """A native executor of traced graph `t` on the module's parameters and buffers where they
     live: for training when an optimizer is given (its state buffers are bound too), else
-    inference. device_rules (tests): the CUDA backend's instruction fusions on the CPU too."""
+    inference. Tests: device_rules applies the CUDA backend's instruction fusions on the CPU
+    too; fuse=False leaves them out on CUDA (to compare the fused kernels' bits)."""
     offsets, total = parameter_layout(module)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())
@@ -163,7 +164,8 @@ def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, co
     state = optimizer._state_buffers(total) if train else []
     config = {"device": device[0], "cuda_device": device[1], "threads": _threads() if device[0] == "cpu" else 1,
               "capacity": int(capacity), "conv_algo": conv_algo, "train": train,
-              "optimizer": optimizer.spec() if train else None, "seed": int(seed), "device_rules": bool(device_rules)}
+              "optimizer": optimizer.spec() if train else None, "seed": int(seed), "device_rules": bool(device_rules),
+              "fuse": bool(fuse)}
     try:
         ex = _C.Executor(t.graph, config, total, {vid: params[name] for name, vid in t.params.items()},
                          {vid: offsets[name] for name, vid in t.params.items()},

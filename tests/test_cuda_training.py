@@ -378,24 +378,49 @@ def test_cuda_graph_divergence_is_reported_like_eager(gpu, batch):
     assert msgs[0] == msgs[1]
 
 
-def test_cuda_graph_evaluation_is_bit_identical_and_replays(gpu, batch, monkeypatch):
+def test_cuda_graph_evaluation_is_bit_identical_and_replays(gpu, batch):
     x, y = batch
     m = models.lenet5()
     pylenet.train(m, (x, y), epochs=1, optimizer=OPTIMS["sgd"](), progress=False)
-    results = []
-    for graphs in ("0", "1"):
-        monkeypatch.setenv("PYLENET_CUDA_GRAPHS", graphs)
-        twin = models.lenet5()
-        twin.load_state_dict(m.state_dict())
-        results.append([pylenet.evaluate(twin, (x, y), device="cuda", batch_size=bs) for bs in (100, 128, 128)])
-    assert results[0] == results[1]
     from pylenet import runtime
-    ex = runtime.inference_executor(m, (1, 28, 28), 100, ("cuda", 0), loss=pylenet.functional.cross_entropy)
-    ex.cuda_graphs = True
-    ex.upload_state()
-    data = ex.upload(x, y)
-    first, second = ex.evaluate_device(data), ex.evaluate_device(data)
-    assert first == second
-    s = ex.cuda_graph_stats()["eval"]
-    assert (s["eager_steps"], s["captures"], s["replayed_steps"]) == (1, 1, 4 + 6), s
-    assert s["graph_nodes"] >= s["kernels_per_step"] > 0
+    for capacity, full in ((100, 6), (128, 4)):  # 600 images: no partial batch, and one of 88
+        results = []
+        for graphs in (False, True):
+            ex = runtime.build_executor(m, runtime.traced(m, (1, 28, 28), capacity, pylenet.functional.cross_entropy),
+                                        capacity=capacity, device=("cuda", 0))
+            ex.cuda_graphs = graphs
+            ex.upload_state()
+            data = ex.upload(x, y)
+            results.append([ex.evaluate_device(data) for _ in range(2)] + [ex.cuda_graph_stats()["eval"]])
+        assert results[0][:2] == results[1][:2] and results[1][0] == results[1][1]
+        off, on = results[0][2], results[1][2]
+        assert (off["eager_steps"], off["captures"], off["replayed_steps"]) == (2 * full, 0, 0), off
+        assert (on["eager_steps"], on["captures"], on["replayed_steps"]) == (1, 1, 2 * full - 2), on
+        assert on["graph_nodes"] >= on["kernels_per_step"] > 0
+
+
+@pytest.mark.parametrize("name", ["lenet5", "mnist_net", "cudnn_lenet"])
+def test_fused_kernels_give_the_unfused_bits(gpu, batch, name):
+    """The ReLU epilogues of pooling, conv and Linear, the ReLU backward folded into pooling's,
+    and the one-launch loss head against the kernels run apart (executor fuse=False)."""
+    from pylenet import runtime
+    x, y = batch
+    loss = pylenet.functional.nll_loss if name == "mnist_net" else pylenet.functional.cross_entropy
+    order = np.random.default_rng(0).permutation(len(x)).astype(np.int64)
+    results = []
+    for fuse in (False, True):
+        m = models.create(name, seed=0)
+        with runtime._EvalMode(m, training=True):
+            t = runtime.traced(m, (1, 28, 28), 50, loss)
+            ex = runtime.build_executor(m, t, capacity=50, device=("cuda", 0), optimizer=OPTIMS["adam"](), seed=3,
+                                        fuse=fuse)
+        ops = [i["op"] for i in ex.instructions()]
+        ex.upload_state()
+        data = ex.upload(x, y)
+        stats, _ = ex.train_epoch_device(data, order, 50, {"kind": "constant"}, 0, None, 4)
+        ex.download_state()
+        results.append((weights(m), stats, ops))
+    np.testing.assert_array_equal(results[0][0], results[1][0])
+    assert results[0][1] == results[1][1]
+    assert "loss_head" in results[1][2] and any(op.endswith("+relu") for op in results[1][2])
+    assert "loss_head" not in results[0][2] and not any(op.endswith("+relu") for op in results[0][2])

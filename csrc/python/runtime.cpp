@@ -201,6 +201,7 @@ void bind_runtime(py::module_& m) {
              if (cfg.train) cfg.optim = optim_spec_of(config["optimizer"].cast<py::dict>());
              cfg.seed = config.contains("seed") ? config["seed"].cast<uint64_t>() : 0;
              cfg.device_rules = config.contains("device_rules") && config["device_rules"].cast<bool>();
+             cfg.fuse = !config.contains("fuse") || config["fuse"].cast<bool>();
              auto px = std::make_unique<PyExecutor>();
              runtime::Bindings b;
              PYL_CHECK_ARG(num_params >= 0, "compile: bad parameter count ", num_params);

@@ -538,7 +538,7 @@ void Executor::lower() {
   std::stable_sort(deferred.begin(), deferred.end(), [&](const Instr& x, const Instr& y) {
     return cost(x) > cost(y);  // largest jobs first: claimed first, the small ones fill in
   });
-  if (on_device() || cfg_.device_rules) {
+  if ((on_device() && cfg_.fuse) || cfg_.device_rules) {
     fuse_relu();
     if (cfg_.train && cfg_.capacity <= 1024) fuse_loss_head();  // one CUDA block does the whole batch
   }
@@ -1743,8 +1743,9 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
   cuda_reset_totals();
   struct Unbind {  // the step values are this loop's only
     const math::StepValues*& p;
-    ~Unbind() { p = nullptr; }
-  } unbind{dstep_};
+    const math::StepValues* before;
+    ~Unbind() { p = before; }
+  } unbind{dstep_, dstep_};
   dstep_ = c.current_step();
   const int64_t before = steps_;
   RunStats total;
@@ -1755,9 +1756,13 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
     if (n == batch_size && c.graphs && !profiling_) {
       if (graph_step(true, data, c.order.data(), c.step_table.data(), batch_size, [&] { device_step(data, n, lr); }))
         ++steps_;  // the host's count of the update the graph made
+    } else if (n == batch_size) {  // counted as graph_step counts its eager steps
+      const uint64_t k0 = cuda::launch_counter().load();
+      device_step(data, n, lr);
+      c.train_graph.kernels_per_step = cuda::launch_counter().load() - k0;
+      ++c.train_graph.eager;
     } else {
       device_step(data, n, lr);
-      if (n == batch_size) ++c.train_graph.eager;
     }
     ++iteration;
     samples += n;
@@ -1862,8 +1867,13 @@ RunStats Executor::evaluate_device(const DeviceData& data) {
   if (!c.graphs || profiling_) {  // the batches straight from the dataset
     for (int64_t base = 0; base < data.count; base += cfg_.capacity) {
       const int64_t n = std::min(cfg_.capacity, data.count - base);
+      const uint64_t k0 = cuda::launch_counter().load();
       run_batch(data.images.floats() + base * data.sample_floats, labels ? labels + base : nullptr, n);
       cuda_accumulate();
+      if (n == cfg_.capacity) {
+        c.eval_graph.kernels_per_step = cuda::launch_counter().load() - k0;
+        ++c.eval_graph.eager;
+      }
     }
     return cuda_read_totals(data.count, "evaluate", -1);
   }
@@ -1882,10 +1892,11 @@ RunStats Executor::evaluate_device(const DeviceData& data) {
                                  cudaMemcpyHostToDevice, st));
   PYL_CUDA_CHECK(cudaMemsetAsync(c.step_cursor(), 0, sizeof(int64_t), st));
   c.synchronize();  // the table must land before the host vector goes
-  struct Unbind {
+  struct Unbind {  // the step values are this loop's only
     const math::StepValues*& p;
-    ~Unbind() { p = nullptr; }
-  } unbind{dstep_};
+    const math::StepValues* before;
+    ~Unbind() { p = before; }
+  } unbind{dstep_, dstep_};
   dstep_ = c.current_step();
   float* xb = store_->input.floats();
   auto* yb = static_cast<int64_t*>(store_->labels.data());

@@ -63,6 +63,7 @@ struct Config {
   // too: for tests on machines without a GPU, which check that the rewritten instruction list
   // trains bit for bit like the plain one. No faster on the CPU (its folded ReLU is a second pass).
   bool device_rules = false;
+  bool fuse = true;  // CUDA: apply those rules (off: the unfused kernels, for comparing bits)
 };
 
 // Where the model state lives (host memory, owned by the caller, who keeps it alive). The
