@@ -31,7 +31,6 @@ struct CudaState {
   Memory order;                  // an epoch's sample order
   int64_t order_len = 0;
   Memory step_table;             // an epoch's StepValues, one per step
-  int64_t step_table_len = 0;
   Memory step_slot;              // the cursor into step_table (int64), then the current StepValues
 
   // What a captured step was captured with: valid while every pointer and value here is.
@@ -53,7 +52,6 @@ struct CudaState {
   };
   CapturedStep train_graph, eval_graph;
   Memory eval_table;                 // an evaluation's StepValues (the batches' first rows)
-  int64_t eval_table_len = 0;
   bool graphs = false;               // capture and replay full steps (Executor::set_cuda_graphs)
   std::string graphs_off;            // why a capture failed, turning graphs off ("" if none did)
 

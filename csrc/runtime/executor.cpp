@@ -1570,6 +1570,32 @@ void Executor::download_state() {}
 // ------------------------------------------------------------------------------ CUDA
 namespace {
 size_t value_bytes(const graph::Value& v) { return (v.is_int ? 8 : 4) * static_cast<size_t>(v.numel()); }
+
+// Binds a loop's step values on the device (Executor::dstep_) and restores what was bound before.
+struct BindSteps {
+  const math::StepValues*& slot;
+  const math::StepValues* before;
+  BindSteps(const math::StepValues*& s, const math::StepValues* now) : slot(s), before(s) { slot = now; }
+  ~BindSteps() { slot = before; }
+};
+
+// A full step run without a graph: counted, and its kernel launches measured.
+void run_eager(CudaState::CapturedStep& slot, const std::function<void()>& run) {
+  const uint64_t k0 = cuda::launch_counter().load();
+  run();
+  slot.kernels_per_step = cuda::launch_counter().load() - k0;
+  ++slot.eager;
+}
+
+// A run's step values into `mem` (grown when short), the cursor zeroed; waits, so the host
+// vector may go.
+void upload_steps(CudaState& c, int device, Memory& mem, const std::vector<math::StepValues>& table) {
+  const size_t bytes = sizeof(math::StepValues) * table.size();
+  if (mem.bytes() < bytes) mem = Memory(Device::CUDA, device, bytes);
+  PYL_CUDA_CHECK(cudaMemcpyAsync(mem.data(), table.data(), bytes, cudaMemcpyHostToDevice, c.ctx.stream()));
+  PYL_CUDA_CHECK(cudaMemsetAsync(c.step_cursor(), 0, sizeof(int64_t), c.ctx.stream()));
+  c.synchronize();
+}
 }  // namespace
 
 void Executor::cuda_allocate() {
@@ -1730,23 +1756,11 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
     c.order = Memory(Device::CUDA, cfg_.cuda_device, sizeof(int64_t) * order_len);
     c.order_len = order_len;
   }
-  if (steps > c.step_table_len) {
-    c.step_table = Memory(Device::CUDA, cfg_.cuda_device, sizeof(math::StepValues) * steps);
-    c.step_table_len = steps;
-  }
-  // The epoch's only uploads; they must land before the host arrays may change.
+  // The epoch's only uploads; they land before the host arrays may change (upload_steps waits).
   PYL_CUDA_CHECK(cudaMemcpyAsync(c.order.data(), order, sizeof(int64_t) * order_len, cudaMemcpyHostToDevice, st));
-  PYL_CUDA_CHECK(cudaMemcpyAsync(c.step_table.data(), table.data(), sizeof(math::StepValues) * steps,
-                                 cudaMemcpyHostToDevice, st));
-  PYL_CUDA_CHECK(cudaMemsetAsync(c.step_cursor(), 0, sizeof(int64_t), st));
-  c.synchronize();
+  upload_steps(c, cfg_.cuda_device, c.step_table, table);
   cuda_reset_totals();
-  struct Unbind {  // the step values are this loop's only
-    const math::StepValues*& p;
-    const math::StepValues* before;
-    ~Unbind() { p = before; }
-  } unbind{dstep_, dstep_};
-  dstep_ = c.current_step();
+  const BindSteps bound(dstep_, c.current_step());
   const int64_t before = steps_;
   RunStats total;
   int64_t samples = 0;
@@ -1756,11 +1770,8 @@ RunStats Executor::train_epoch_device(const DeviceData& data, const int64_t* ord
     if (n == batch_size && c.graphs && !profiling_) {
       if (graph_step(true, data, c.order.data(), c.step_table.data(), batch_size, [&] { device_step(data, n, lr); }))
         ++steps_;  // the host's count of the update the graph made
-    } else if (n == batch_size) {  // counted as graph_step counts its eager steps
-      const uint64_t k0 = cuda::launch_counter().load();
-      device_step(data, n, lr);
-      c.train_graph.kernels_per_step = cuda::launch_counter().load() - k0;
-      ++c.train_graph.eager;
+    } else if (n == batch_size) {
+      run_eager(c.train_graph, [&] { device_step(data, n, lr); });
     } else {
       device_step(data, n, lr);
     }
@@ -1819,11 +1830,8 @@ bool Executor::graph_step(bool training, const DeviceData& data, const void* ord
       c.graphs_off = e.what();
     }
   }
-  const uint64_t k0 = cuda::launch_counter().load();
-  run();
-  slot.kernels_per_step = cuda::launch_counter().load() - k0;
+  run_eager(slot, run);
   slot.warm = key;
-  ++slot.eager;
   return false;
 }
 
@@ -1867,13 +1875,12 @@ RunStats Executor::evaluate_device(const DeviceData& data) {
   if (!c.graphs || profiling_) {  // the batches straight from the dataset
     for (int64_t base = 0; base < data.count; base += cfg_.capacity) {
       const int64_t n = std::min(cfg_.capacity, data.count - base);
-      const uint64_t k0 = cuda::launch_counter().load();
-      run_batch(data.images.floats() + base * data.sample_floats, labels ? labels + base : nullptr, n);
-      cuda_accumulate();
-      if (n == cfg_.capacity) {
-        c.eval_graph.kernels_per_step = cuda::launch_counter().load() - k0;
-        ++c.eval_graph.eager;
-      }
+      const auto run = [&] {
+        run_batch(data.images.floats() + base * data.sample_floats, labels ? labels + base : nullptr, n);
+        cuda_accumulate();
+      };
+      if (n == cfg_.capacity) run_eager(c.eval_graph, run);
+      else run();
     }
     return cuda_read_totals(data.count, "evaluate", -1);
   }
@@ -1884,20 +1891,8 @@ RunStats Executor::evaluate_device(const DeviceData& data) {
     table[static_cast<size_t>(b)].step = static_cast<uint64_t>(steps_);
     table[static_cast<size_t>(b)].start = b * cfg_.capacity;
   }
-  if (batches > c.eval_table_len) {
-    c.eval_table = Memory(Device::CUDA, cfg_.cuda_device, sizeof(math::StepValues) * batches);
-    c.eval_table_len = batches;
-  }
-  PYL_CUDA_CHECK(cudaMemcpyAsync(c.eval_table.data(), table.data(), sizeof(math::StepValues) * batches,
-                                 cudaMemcpyHostToDevice, st));
-  PYL_CUDA_CHECK(cudaMemsetAsync(c.step_cursor(), 0, sizeof(int64_t), st));
-  c.synchronize();  // the table must land before the host vector goes
-  struct Unbind {  // the step values are this loop's only
-    const math::StepValues*& p;
-    const math::StepValues* before;
-    ~Unbind() { p = before; }
-  } unbind{dstep_, dstep_};
-  dstep_ = c.current_step();
+  upload_steps(c, cfg_.cuda_device, c.eval_table, table);
+  const BindSteps bound(dstep_, c.current_step());
   float* xb = store_->input.floats();
   auto* yb = static_cast<int64_t*>(store_->labels.data());
   for (int64_t b = 0; b < batches; ++b) {
