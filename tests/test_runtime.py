@@ -109,9 +109,9 @@ def _in_threads(n, fn):
 
 @pytest.mark.parametrize("name", ["cudnn_lenet", "mnist_net"])
 def test_heuristic_applies_per_call(rng, name):
-    """The rule picks per chunk by its images: one image through model(x) runs cudnn_lenet's
-    conv2 on direct, a batch on winograd (mnist_net's 3x3 layer is on winograd for both). The
-    answers agree; each path stays bit-identical with itself."""
+    """The rule picks per chunk by its images, except where an inference executor keeps the
+    filter prepared (then every call runs the chunk's choice: cudnn_lenet's conv2 on winograd
+    for one image too). The answers agree; each path stays bit-identical with itself."""
     m = models.create(name, seed=0)
     m.eval()
     x = rng.standard_normal((40, 1, 28, 28)).astype(np.float32)
@@ -122,6 +122,68 @@ def test_heuristic_applies_per_call(rng, name):
     np.testing.assert_array_equal(m(x), batch)
     last = m(x[:35])  # 32 + a chunk of 3: the short chunk takes the few-images choice
     np.testing.assert_allclose(last, batch[:35], rtol=1e-4, atol=1e-5)
+
+
+def _conv_weights(m):
+    return [p for name, p in m.named_parameters() if p.ndim == 4]
+
+
+@pytest.mark.parametrize("name", ["cudnn_lenet", "lenet5"])
+def test_inference_prepares_filters_once_and_sees_every_change(rng, name):
+    """Inference executors keep winograd's transformed filter (cudnn_lenet conv2) and direct's
+    transposed one (lenet5 conv2) between calls, in the memory plan. Before each call they
+    compare the weights, bias and SIMD path with what they prepared from, so a write into a
+    parameter, load_state_dict or set_simd gives exactly what a freshly built model gives."""
+    m = models.create(name, seed=0).eval()
+    x = rng.standard_normal((40, 1, 28, 28)).astype(np.float32)
+    first = m(x)
+    plan = runtime.inference_executor(m, (1, 28, 28), runtime.DEFAULT_INFERENCE_BATCH).memory_plan()
+    assert plan["prepared"] > 0 and plan["total"] >= plan["prepared"]
+
+    def fresh(inputs=x):
+        f = models.create(name, seed=1).eval()
+        f.load_state_dict(m.state_dict())
+        return f(inputs)
+
+    np.testing.assert_array_equal(m(x), first)
+    for w in _conv_weights(m):  # in place, through the parameter's own array
+        w[0, 0, 0, 0] += 1.0
+        changed = m(x)
+        assert not np.array_equal(changed, first)
+        np.testing.assert_array_equal(changed, fresh())
+    bias = [p for n, p in m.named_parameters() if n.endswith("bias") and p.ndim == 1][1]  # the second conv's
+    bias[3] -= 0.5
+    np.testing.assert_array_equal(m(x), fresh())
+    np.testing.assert_array_equal(m(x[:1]), fresh(x[:1]))  # one image: the same prepared filters
+    sd = models.create(name, seed=3).state_dict()
+    m.load_state_dict(sd)
+    np.testing.assert_array_equal(m(x), fresh())
+    before = pylenet.get_simd()
+    try:
+        for path in pylenet.available_simd() + (["avx512:8", "avx512:16"] if "avx512" in pylenet.available_simd() else []):
+            pylenet.set_simd(path)
+            np.testing.assert_array_equal(m(x), fresh(), err_msg=path)
+    finally:
+        pylenet.set_simd(before)
+
+
+@pytest.mark.parametrize("name", ["cudnn_lenet", "lenet5", "mnist_net"])
+def test_a_one_chunk_batch_gives_the_same_bits_on_any_thread_count(rng, name):
+    """A batch of one chunk (one image, or up to 32) runs its large ops (cudnn_lenet's fc1 and
+    winograd conv2) on all workers inside the op: the bits are those of one thread."""
+    m = models.create(name, seed=0).eval()
+    xs = [rng.standard_normal((n, 1, 28, 28)).astype(np.float32) for n in (1, 7, 32)]
+    before = pylenet.get_num_threads()
+    try:
+        outs = {}
+        for t in (1, 2, 3):
+            pylenet.set_num_threads(t)
+            outs[t] = [m(x) for x in xs]
+        for t in (2, 3):
+            for a, b in zip(outs[1], outs[t]):
+                np.testing.assert_array_equal(a, b)
+    finally:
+        pylenet.set_num_threads(before)
 
 
 @pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "winograd", "auto"])

@@ -21,6 +21,14 @@ int64_t conv_direct_workspace_floats(ConvPass pass, const ConvShape& s, int thre
 
 void conv_forward_direct(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
                          int threads);
+// The forward pass in two steps, for callers that keep the prepared filter between calls (an
+// inference executor): rows narrower than a vector take the filter transposed to (C, R, S, KP)
+// with the bias padded to KP; other shapes read w and b as they are (0 floats). The layout
+// depends on the SIMD level: prepare again when it changes. ws: the forward workspace.
+int64_t conv_direct_prepared_floats(const ConvShape& s);
+void conv_direct_prepare(const ConvShape& s, const float* w, const float* b, float* prepared);
+void conv_forward_direct_prepared(const ConvShape& s, const float* x, const float* w, const float* b,
+                                  const float* prepared, float* y, float* ws, int threads);
 void conv_backward_data_direct(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
                                int threads);
 void conv_backward_filter_direct(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,

@@ -108,18 +108,30 @@ int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int th
   return 0;
 }
 
+int64_t conv_winograd_prepared_floats(const ConvShape& s) {
+  const Geometry g = winograd::forward_geometry(s);
+  return round16(kPoints * g.cinp * g.coutp) + round16(g.coutp);
+}
+
+void conv_winograd_prepare(const ConvShape& s, const float* w, const float* b, float* prepared, int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  float* bias = prepared + round16(kPoints * g.cinp * g.coutp);
+  winograd::run_filter_transform(s, w, false, g, prepared, threads);
+  std::fill(bias, bias + g.coutp, 0.0f);
+  if (b) std::copy(b, b + s.k, bias);
+}
+
+void conv_forward_winograd_prepared(const ConvShape& s, const float* x, const float* prepared, bool bias, float* y,
+                                    float* ws, int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  winograd::run_forward(g, x, prepared, bias ? prepared + round16(kPoints * g.cinp * g.coutp) : nullptr, y, ws,
+                        threads);
+}
+
 void conv_forward_winograd(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
                            int threads) {
-  const Geometry g = winograd::forward_geometry(s);
-  float* u = ws;
-  float* bias = u + winograd::round16(kPoints * g.cinp * g.coutp);
-  float* scratch = bias + winograd::round16(g.coutp);
-  winograd::run_filter_transform(s, w, false, g, u, threads);
-  if (b) {
-    std::fill(bias, bias + g.coutp, 0.0f);
-    std::copy(b, b + s.k, bias);
-  }
-  winograd::run_forward(g, x, u, b ? bias : nullptr, y, scratch, threads);
+  conv_winograd_prepare(s, w, b, ws, threads);
+  conv_forward_winograd_prepared(s, x, ws, b != nullptr, y, ws + conv_winograd_prepared_floats(s), threads);
 }
 
 void conv_backward_data_winograd(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,

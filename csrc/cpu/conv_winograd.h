@@ -34,6 +34,14 @@ int64_t conv_winograd_workspace_floats(ConvPass pass, const ConvShape& s, int th
 
 void conv_forward_winograd(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,
                            int threads);
+// The forward pass in two steps, for callers that keep the filter's transform between calls
+// (an inference executor): U = G w G^T and the bias, once per filter, then passes reading
+// them (ws: the forward workspace less conv_winograd_prepared_floats). Same bits as the one
+// call. U's zero lanes depend on the SIMD level: prepare again when it changes.
+int64_t conv_winograd_prepared_floats(const ConvShape& s);
+void conv_winograd_prepare(const ConvShape& s, const float* w, const float* b, float* prepared, int threads);
+void conv_forward_winograd_prepared(const ConvShape& s, const float* x, const float* prepared, bool bias, float* y,
+                                    float* ws, int threads);
 void conv_backward_data_winograd(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
                                  int threads);
 void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,

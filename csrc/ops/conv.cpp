@@ -127,8 +127,10 @@ ConvShape ConvShape::make(const char* op, const TensorDesc& x, const TensorDesc&
 }
 
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
-              const float* bias, const float* dy, float* out, bool relu) {
+              const float* bias, const float* dy, float* out, bool relu, const float* prepared) {
   PYL_CHECK_ARG(!relu || pass == ConvPass::Forward, "conv2d: a folded ReLU belongs to the forward pass");
+  PYL_CHECK_ARG(!prepared || (pass == ConvPass::Forward && !h.on_cuda()),
+                "conv2d: a prepared filter belongs to the CPU's forward pass");
   const size_t bytes = conv_workspace_size(h, algo, pass, s);
   float* ws = bytes ? h.workspace(bytes) : nullptr;
 #ifdef PYLENET_HAVE_CUDA
@@ -158,7 +160,10 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
   switch (pass) {
     case ConvPass::Forward:
       if (algo == ConvAlgo::Naive) cpu::conv_forward_naive(s, x, w, bias, out, t);
+      else if (algo == ConvAlgo::Direct && prepared) cpu::conv_forward_direct_prepared(s, x, w, bias, prepared, out, ws, t);
       else if (algo == ConvAlgo::Direct) cpu::conv_forward_direct(s, x, w, bias, out, ws, t);
+      else if (algo == ConvAlgo::Winograd && prepared)
+        cpu::conv_forward_winograd_prepared(s, x, prepared, bias != nullptr, out, ws, t);
       else if (algo == ConvAlgo::Winograd) cpu::conv_forward_winograd(s, x, w, bias, out, ws, t);
       else cpu::conv_forward_im2col(s, x, w, bias, out, ws, t);
       // The CPU's folded ReLU is a second pass (the executor folds it only under Config::device_rules).
@@ -177,6 +182,20 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
       else cpu::conv_backward_filter_im2col(s, x, dy, out, ws, t);
       return;
   }
+}
+
+int64_t conv_prepared_filter_floats(Device dev, ConvAlgo algo, const ConvShape& s) {
+  if (dev == Device::CUDA) return 0;
+  if (algo == ConvAlgo::Winograd) return cpu::conv_winograd_prepared_floats(s);
+  if (algo == ConvAlgo::Direct) return cpu::conv_direct_prepared_floats(s);
+  return 0;
+}
+
+void conv_prepare_filter(Handle& h, ConvAlgo algo, const ConvShape& s, const float* w, const float* bias,
+                         float* prepared) {
+  if (conv_prepared_filter_floats(h.device(), algo, s) == 0) return;  // (a SIMD path whose kernel reads w)
+  if (algo == ConvAlgo::Winograd) cpu::conv_winograd_prepare(s, w, bias, prepared, h.threads());
+  else cpu::conv_direct_prepare(s, w, bias, prepared);
 }
 
 namespace {

@@ -69,7 +69,9 @@ struct ConvShape {
 // forward and backward filter stay direct for output rows under 16 columns. Measured on LeNet
 // shapes: direct is 1.5-4x faster at C*R*S = 25 and 150; at 500 (8 columns) direct wins forward
 // and filter by ~1.4x and ties backward data. On CUDA: implicit_gemm (no column buffer, one
-// launch per pass). The executor applies the rule per call, to the images of the chunk.
+// launch per pass). The executor applies the rule per call, to the images of the chunk,
+// except where an inference executor keeps the filter prepared (conv_prepare_filter): then
+// the transform is paid once, and every call runs the chunk's choice.
 ConvAlgo conv_heuristic_algo(Device dev, ConvPass pass, const ConvShape& s);
 // Whether `algo` can run this shape on `dev` (direct, CPU only: stride 1, padding < kernel,
 // kernel width <= 8; winograd, CPU only: 3x3 or 5x5, stride 1, padding < kernel; implicit_gemm:
@@ -101,8 +103,19 @@ void conv_backward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* 
 // conv_resolve_algo turns Auto and Heuristic into one (Auto measures on the given buffers,
 // cached per shape in the handle). `out` is y, dx or dw; `bias` is used by the forward pass,
 // and so is `relu`: a ReLU folded in (CUDA: the kernel's epilogue; the CPU: a second pass).
+// `prepared`, forward only: the filter as conv_prepare_filter left it (then w and bias are
+// read only where the algorithm has nothing prepared).
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
-              const float* bias, const float* dy, float* out, bool relu = false);
+              const float* bias, const float* dy, float* out, bool relu = false, const float* prepared = nullptr);
+// Filters prepared once for many forward passes, as inference engines prepack weights: the
+// CPU's winograd transform G w G^T (half of a single image's convolution) and direct's
+// transposed filter for narrow rows. 0 floats: the algorithm reads the filter as it is (and
+// nothing on CUDA; preparing then does nothing). What is prepared depends on the SIMD path
+// (simd::path_name()) and on w and bias: the caller prepares again when any of them changes,
+// into a buffer of the size conv_prepared_filter_floats gave (the same for every path).
+int64_t conv_prepared_filter_floats(Device dev, ConvAlgo algo, const ConvShape& s);
+void conv_prepare_filter(Handle& h, ConvAlgo algo, const ConvShape& s, const float* w, const float* bias,
+                         float* prepared);
 ConvAlgo conv_resolve_algo(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x,
                            const float* w, const float* dy, float* out);
 void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, float* db);

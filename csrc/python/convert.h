@@ -100,6 +100,7 @@ inline py::dict memory_plan_dict(const runtime::MemoryPlan& p) {
   d["activations"] = p.activations;
   d["activations_unshared"] = p.activations_unshared;
   d["workspace"] = p.workspace;
+  d["prepared"] = p.prepared;
   d["total"] = p.total();
   return d;
 }

@@ -12,6 +12,7 @@
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "core/simd.h"
 #include "cpu/gemm.h"
 #include "graph/passes.h"
 #include "ops/activation.h"
@@ -176,7 +177,21 @@ struct Executor::Store {
   std::vector<int64_t> correct;
   std::vector<int> bad;
   Memory input, labels;  // the gathered batch (train_epoch)
+  // Inference on the CPU: convolution filters prepared once (conv_prepare_filter), each with
+  // the weights, bias and SIMD level it was made from, compared before every forward call so
+  // that a write to the parameters is never missed.
+  struct Prepared {
+    int instr = -1;
+    int64_t offset = 0, floats = 0;  // in `prepared`
+    int64_t seen = 0, seen_floats = 0;  // in `prepared`: the weights, then the bias, it was made from
+    simd::Level level = simd::Level::Scalar;
+    int lanes512 = 0;                // with the direct convolution's forced AVX-512 lanes
+    bool ready = false;
+  };
+  std::vector<Prepared> prepared_filters;
+  Memory prepared;
   int64_t workspace_bytes = 0;  // per worker: the most any instruction's kernels ask for
+  int64_t wide_workspace_bytes = 0;  // the wide handle's (Instr::wide)
   int classes = 0;       // the loss's classes (for label checks), 0 without a loss
   int64_t out_floats = 0;
 };
@@ -266,6 +281,8 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
       workers_.push_back(std::make_unique<Handle>());
       workers_.back()->set_threads(1);
     }
+    wide_ = std::make_unique<Handle>();
+    wide_->set_threads(cfg.threads);
     chunk_ = std::min(kCpuChunk, cfg.capacity);
   }
   max_chunks_ = (cfg.capacity + chunk_ - 1) / chunk_;
@@ -281,6 +298,8 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
   lower();
   plan_memory();
   choose_algorithms();
+  plan_prepared_filters();
+  plan_wide_ops();
   set_profiling(false);
 }
 
@@ -969,6 +988,88 @@ void Executor::choose_algorithms() {
   if (st.chunk_grads.bytes()) std::memset(st.chunk_grads.data(), 0, st.chunk_grads.bytes());
 }
 
+void Executor::plan_prepared_filters() {
+  if (on_device()) return;
+  Store& st = *store_;
+  int64_t total = 0;  // floats
+  for (size_t i = 0; i < instrs_.size(); ++i) {
+    Instr& ins = instrs_[i];
+    if (cfg_.train || ins.kind != Instr::ConvFwd) continue;
+    // Only filters the forward pass reads as they are stored (parameters, buffers): one that
+    // the graph computes changes within the call, after the check.
+    const auto stored = [&](size_t k) {
+      if (k >= ins.in.size() || ins.in[k] < 0) return k == 2;  // no bias is fine
+      const Home home = st.at[ins.in[k]].home;
+      return home == Home::Param || home == Home::Buffer;
+    };
+    if (!stored(1) || !stored(2)) continue;
+    ConvShape s = ins.conv;
+    s.n = chunk_;
+    const int64_t floats = conv_prepared_filter_floats(cfg_.device, ins.algo, s);
+    if (floats == 0) continue;
+    const auto aligned = [](int64_t f) { return (f + 15) / 16 * 16; };  // 64 bytes
+    Store::Prepared p;
+    p.instr = static_cast<int>(i);
+    p.offset = total;
+    p.floats = aligned(floats);
+    p.seen = p.offset + p.floats;
+    p.seen_floats = s.k * s.c * s.r * s.s + (ins.in.size() > 2 && ins.in[2] >= 0 ? s.k : 0);
+    total = p.seen + aligned(p.seen_floats);
+    ins.prepared = static_cast<int>(st.prepared_filters.size());
+    st.prepared_filters.push_back(p);
+  }
+  if (total) st.prepared = Memory(cfg_.device, cfg_.cuda_device, sizeof(float) * total);
+}
+
+void Executor::plan_wide_ops() {
+  if (on_device() || threads() < 2) return;
+  int64_t ws = 0;
+  for (Instr& ins : instrs_) {
+    // A lone chunk's Linear with a large weight (cudnn_lenet fc1, 800 x 500: 1.6 MB read for
+    // one image) splits its rows over the workers; small ones lose more to the hand-off
+    // than they gain (lenet5's, measured).
+    if (ins.kind == Instr::LinearFwd && ins.a * ins.b >= (int64_t{1} << 16)) {
+      ins.wide = true;
+      ws = std::max<int64_t>(ws, sizeof(float) * cpu::linear_workspace_floats(LinearShape{chunk_, ins.a, ins.b}));
+    }
+    // Winograd's forward splits one image's tiles into bands of rows (cudnn_lenet conv2), when
+    // every call runs it (a prepared filter; the rule would take direct for a few images).
+    if (ins.kind == Instr::ConvFwd && ins.algo == ConvAlgo::Winograd && ins.prepared >= 0) {
+      ins.wide = true;
+      ConvShape s = ins.conv;
+      s.n = chunk_;
+      ws = std::max<int64_t>(ws, static_cast<int64_t>(conv_workspace_size(cfg_.device, ins.algo, ConvPass::Forward, s,
+                                                                          threads())));
+    }
+  }
+  store_->wide_workspace_bytes = ws;
+  if (ws) wide_->workspace(static_cast<size_t>(ws));
+}
+
+void Executor::refresh_prepared_filters() {
+  Store& st = *store_;
+  for (Store::Prepared& p : st.prepared_filters) {
+    const Instr& ins = instrs_[p.instr];
+    ConvShape s = ins.conv;
+    s.n = chunk_;
+    const float* w = ptr(ins.in[1], 0, 0);
+    const float* b = ins.in.size() > 2 && ins.in[2] >= 0 ? ptr(ins.in[2], 0, 0) : nullptr;
+    const int64_t nw = s.k * s.c * s.r * s.s;
+    float* seen = st.prepared.floats() + p.seen;
+    // (memcmp: bits, so a NaN written into a weight counts as a change too)
+    if (p.ready && p.level == simd::active() && p.lanes512 == simd::lanes512() &&
+        std::memcmp(seen, w, sizeof(float) * nw) == 0 &&
+        (!b || std::memcmp(seen + nw, b, sizeof(float) * (p.seen_floats - nw)) == 0))
+      continue;
+    conv_prepare_filter(*workers_[0], ins.algo, s, w, b, st.prepared.floats() + p.offset);
+    std::memcpy(seen, w, sizeof(float) * nw);
+    if (b) std::memcpy(seen + nw, b, sizeof(float) * (p.seen_floats - nw));
+    p.level = simd::active();
+    p.lanes512 = simd::lanes512();
+    p.ready = true;
+  }
+}
+
 MemoryPlan Executor::memory_plan() const {
   const Store& st = *store_;
   MemoryPlan m;
@@ -983,7 +1084,8 @@ MemoryPlan Executor::memory_plan() const {
   m.activations = static_cast<int64_t>(st.worker.bytes() + st.chunk.bytes() + st.fixed.bytes() + st.stash.bytes());
   m.activations_unshared = static_cast<int64_t>(sizeof(float) * st.unshared * (on_device() ? 1 : max_chunks_)) +
                            static_cast<int64_t>(st.fixed.bytes() + st.stash.bytes());
-  m.workspace = st.workspace_bytes * static_cast<int64_t>(workers_.size());
+  m.workspace = st.workspace_bytes * static_cast<int64_t>(workers_.size()) + st.wide_workspace_bytes;
+  m.prepared = static_cast<int64_t>(st.prepared.bytes());
   return m;
 }
 
@@ -1099,6 +1201,9 @@ void Executor::check_labels(const int64_t* labels, int64_t n, const char* op) co
 }
 
 ConvAlgo Executor::conv_algo_for(const Instr& ins, ConvPass pass, const ConvShape& s) const {
+  // A prepared filter takes away the per-call cost that makes the rule depend on the images
+  // per call (winograd's transform): every call runs the chunk's algorithm.
+  if (ins.prepared >= 0) return ins.algo;
   if (cfg_.conv_algo == ConvAlgo::Heuristic) return conv_heuristic_algo(cfg_.device, pass, s);
   return ins.kind == Instr::ConvBwd && pass == ConvPass::BackwardData ? ins.algo_data : ins.algo;
 }
@@ -1114,8 +1219,10 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::ConvFwd: {
       ConvShape s = ins.conv;
       s.n = m;
+      const float* prep = ins.prepared >= 0 ? store_->prepared.floats() + store_->prepared_filters[ins.prepared].offset
+                                            : nullptr;
       conv_run(h, conv_algo_for(ins, ConvPass::Forward, s), ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0),
-               ins.relu);
+               ins.relu, prep);
       return;
     }
     case Instr::ConvBwdData: {
@@ -1304,10 +1411,13 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
       ThreadPool::instance().run(on_device() ? 1 : active_, static_cast<int64_t>(ph.instrs.size()), ItemFn(job));
       continue;
     }
+    // A batch of one chunk leaves the other workers idle: its large ops use them inside
+    // (wide_: every kernel's result is the same for any thread count).
+    const bool lone = chunks == 1 && active_ > 1 && !on_device();
     const auto chunk_job = [&](int64_t c, int w) {
       const int64_t start = c * chunk_, m = std::min(chunk_, n - start);
-      Handle& h = *workers_[w];
       for (int k : ph.instrs) {
+        Handle& h = lone && instrs_[k].wide ? *wide_ : *workers_[w];
         const auto t0 = profiling_ ? Clock::now() : Clock::time_point{};
         exec(instrs_[k], h, c, w, start, m, n);
         if (profiling_) {
@@ -1316,7 +1426,12 @@ void Executor::run_batch(const float* x, const int64_t* y, int64_t n) {
         }
       }
     };
-    ThreadPool::instance().run(on_device() ? 1 : active_, chunks, ItemFn(chunk_job));
+    if (lone) {
+      wide_->set_threads(active_);
+      chunk_job(0, 0);
+    } else {
+      ThreadPool::instance().run(on_device() ? 1 : active_, chunks, ItemFn(chunk_job));
+    }
   }
 }
 
@@ -1545,6 +1660,7 @@ RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count,
       continue;
     }
 #endif
+    if (base == 0) refresh_prepared_filters();
     std::fill(store_->loss.begin(), store_->loss.end(), 0.0);
     const auto t0 = begin_step(infer_gov_);
     run_batch(xb, yb, n);

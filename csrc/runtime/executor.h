@@ -110,7 +110,10 @@ struct MemoryPlan {
   int64_t activations = 0;         // both arenas, the Linear stash and the batch statistics
   int64_t activations_unshared = 0;  // what the activations would take without reuse
   int64_t workspace = 0;
-  int64_t total() const { return params + grads + grad_slots + optimizer_state + buffers + input + activations + workspace; }
+  int64_t prepared = 0;            // inference: filters prepared once (conv_prepare_filter)
+  int64_t total() const {
+    return params + grads + grad_slots + optimizer_state + buffers + input + activations + workspace + prepared;
+  }
 };
 
 // One step of the compiled graph (see the file comment).
@@ -139,6 +142,8 @@ struct Instr {
   int64_t fixed = -1;              // a scratch area of the fixed arena (BN partials, coefficients)
   bool relu = false;               // PoolFwd / PoolBwd / ConvFwd / LinearFwd (CUDA): a ReLU folded
                                    // in (fuse_relu); PoolBwd's in[2] is then the ReLU's output
+  int prepared = -1;               // ConvFwd (CPU inference): its prepared filter (Store::Prepared)
+  bool wide = false;               // CPU: runs on all workers when the batch is one chunk
   std::string label;               // for profiles
 };
 
@@ -236,6 +241,9 @@ class Executor {
   void copy_output(const float* scores, int64_t start, int64_t m);  // output rows -> forward()'s out
   void plan_memory();
   void choose_algorithms();
+  void plan_prepared_filters();  // CPU inference: which convolutions keep a prepared filter
+  void refresh_prepared_filters();  // prepares those whose weights, bias or SIMD level changed
+  void plan_wide_ops();  // CPU: which ops of a one-chunk batch run on all workers (Instr::wide)
   void check_labels(const int64_t* labels, int64_t n, const char* op) const;
   // Around one step (a training step, or one forward batch) on the CPU: begin sets the
   // workers it uses from the governor, end tells the governor how long it took.
@@ -292,6 +300,7 @@ class Executor {
   std::vector<Phase> phases_;
   std::unique_ptr<Store> store_;
   std::vector<std::unique_ptr<Handle>> workers_;  // CPU: one single-threaded handle per worker
+  std::unique_ptr<Handle> wide_;                   // CPU: a batch of one chunk, all workers inside its ops
   ThreadGovernor train_gov_, infer_gov_;
   int active_ = 1;                                // the workers this step uses (<= threads())
   std::unique_ptr<CudaState> cuda_;
