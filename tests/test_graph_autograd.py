@@ -5,8 +5,9 @@ traced into the native graph, differentiated, and run by ``pylenet.compile`` wit
 lr 0, so one step leaves the weights where they are and ``step.grads()`` holds that step's
 gradients. Each model carries ``ref(P, B, x)``: the same computation in torch.nn.functional
 on float64 copies of its parameters ``P`` and buffers ``B`` (PyTorch names), which autograd
-differentiates. Batch sizes 7, 32 and 70 give one partial chunk, one full chunk, and three
-chunks with a partial last one (the CPU runtime splits a batch into chunks of 32 samples).
+differentiates. Batch sizes 7, 32 and 70 give one chunk, two chunks, and three chunks with a
+partial last one (the CPU runtime splits a batch into chunks of 32 samples, a batch of up to
+64 into two halves).
 
 Also covered: dropout masks (statistics, scaling, keys per step / op / seed, thread-count
 independence, eval mode), bit-identical training across thread counts, tracing errors
@@ -25,7 +26,7 @@ import pylenet.functional as F  # noqa: E402
 import pylenet.nn as nn  # noqa: E402
 from conftest import assert_close  # noqa: E402
 
-BATCHES = [7, 32, 70]  # one partial chunk, one full chunk, three chunks (32 + 32 + 6)
+BATCHES = [7, 32, 70]  # one chunk, two full chunks (16 + 16), three chunks (32 + 32 + 6)
 GRAD_RTOL, GRAD_ATOL = 1e-4, 1e-6
 
 

@@ -186,6 +186,32 @@ def test_a_one_chunk_batch_gives_the_same_bits_on_any_thread_count(rng, name):
         pylenet.set_num_threads(before)
 
 
+@pytest.mark.parametrize("batch,chunk", [(1, 1), (8, 8), (16, 8), (24, 12), (32, 16), (48, 24), (64, 32), (100, 32)])
+def test_a_small_batch_is_split_in_two_chunks_whatever_the_thread_count(rng, batch, chunk):
+    """Chunks of 32 samples, a batch of up to 64 in two halves of at least 8, so that a batch of
+    32 keeps two workers busy (in one chunk it trained at half the speed of a batch of 64). The
+    size follows the compiled batch size only: training gives the same bits on 1, 2 and 3
+    threads."""
+    x = rng.standard_normal((batch, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, batch)
+    before = pylenet.get_num_threads()
+    try:
+        runs = {}
+        for t in (1, 2, 3):
+            pylenet.set_num_threads(t)
+            m = models.lenet5(seed=0)
+            step = pylenet.compile(m, optimizer=optim.SGD(0.05, momentum=0.9), batch_size=batch)
+            losses = [step(x, y) for _ in range(3)]
+            assert step.executor(x.shape[1:]).chunk == chunk
+            runs[t] = (losses, {k: v.copy() for k, v in m.state_dict().items()})
+        for t in (2, 3):
+            assert runs[t][0] == runs[1][0]
+            for k, v in runs[1][1].items():
+                np.testing.assert_array_equal(runs[t][1][k], v, err_msg=f"{k} on {t} threads")
+    finally:
+        pylenet.set_num_threads(before)
+
+
 @pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "winograd", "auto"])
 def test_eager_ops_from_several_threads(rng, algo):
     """Each thread has its own handle: no shared workspace is resized under another thread.

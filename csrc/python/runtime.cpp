@@ -245,6 +245,8 @@ void bind_runtime(py::module_& m) {
            py::arg("graph"), py::arg("config"), py::arg("num_params"), py::arg("params"), py::arg("param_offsets"),
            py::arg("buffers"), py::arg("state"))
       .def_property_readonly("conv_algorithms", [](PyExecutor& p) { return p.ex->conv_algorithms(); })
+      .def_property_readonly("chunk", [](PyExecutor& p) { return p.ex->chunk(); },
+                             "Samples per chunk: a batch is split into chunks of this size (CUDA: one).")
       .def("thread_counts", [](PyExecutor& p, bool training) {
              return p.run([&] { return p.ex->governor(training).steps_at(); });
            }, py::arg("training"),

@@ -29,6 +29,11 @@
 
 namespace pylenet::runtime {
 
+int64_t cpu_chunk(int64_t capacity) {
+  if (capacity <= kCpuMinChunk) return std::max<int64_t>(capacity, 1);
+  return std::clamp<int64_t>((capacity + 1) / 2, kCpuMinChunk, kCpuChunk);
+}
+
 using graph::Node;
 using graph::Op;
 using graph::ValueKind;
@@ -283,7 +288,7 @@ Executor::Executor(const graph::Graph& g, const Config& cfg, Bindings bind)
     }
     wide_ = std::make_unique<Handle>();
     wide_->set_threads(cfg.threads);
-    chunk_ = std::min(kCpuChunk, cfg.capacity);
+    chunk_ = cpu_chunk(cfg.capacity);
   }
   max_chunks_ = (cfg.capacity + chunk_ - 1) / chunk_;
   train_gov_ = infer_gov_ = ThreadGovernor(threads());

@@ -47,7 +47,12 @@
 
 namespace pylenet::runtime {
 
-constexpr int64_t kCpuChunk = 32;
+// CPU chunks: at most kCpuChunk samples, and a batch of up to 2 kCpuChunk is split in two
+// halves of at least kCpuMinChunk, so that a batch of 32 keeps two cores busy (in one chunk it
+// trained at half the speed of a batch of 64). The size depends on the executor's capacity
+// only, never on the thread count: the chunks fix the order of the gradient sums.
+constexpr int64_t kCpuChunk = 32, kCpuMinChunk = 8;
+int64_t cpu_chunk(int64_t capacity);
 struct CudaState;  // runtime/cuda_state.h: the device side of a CUDA executor
 
 struct Config {
@@ -163,6 +168,7 @@ class Executor {
   const graph::Graph& graph() const { return g_; }
   int64_t num_params() const { return bind_.num_params; }
   int threads() const { return static_cast<int>(workers_.size()); }
+  int64_t chunk() const { return chunk_; }  // samples per chunk (CUDA: the whole batch)
   // How many of the workers the steps use, step by step (core/thread_governor.h): training
   // steps and forward batches each have their own.
   const ThreadGovernor& governor(bool training) const { return training ? train_gov_ : infer_gov_; }
