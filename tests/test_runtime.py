@@ -212,6 +212,56 @@ def test_a_small_batch_is_split_in_two_chunks_whatever_the_thread_count(rng, bat
         pylenet.set_num_threads(before)
 
 
+TINY, SMALL = np.float32(1e-20), np.float32(1e-25)  # TINY * TINY, TINY * SMALL: denormal float32s
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_steps_flush_denormals_and_leave_the_callers_mode_alone(threads):
+    """Executor steps and forward passes flush denormals to zero on every worker (x86 takes a
+    microcode assist per denormal: examples/mnist's net ran its third epoch 60 % slower than
+    its first); eager ops, on any worker, and the calling thread's own arithmetic keep IEEE
+    denormals. The products here are 1e-45, their sums about 1e-42."""
+    assert TINY * TINY > 0  # this thread's mode before
+    m = nn.Linear(2048, 64, bias=False)
+    m.weight[...] = SMALL
+    x = np.full((256, 2048), TINY, np.float32)  # eight chunks of a few microseconds: workers take some
+    # (denormal arithmetic is slow where it is not flushed: the eager ops get small inputs)
+    xc, wc = np.full((16, 8, 12, 12), TINY, np.float32), np.full((8, 8, 3, 3), SMALL, np.float32)
+    before = pylenet.get_num_threads()
+    try:
+        pylenet.set_num_threads(threads, adaptive=False)  # every step on all the workers
+        assert F.linear(x[:4], m.weight).min() > 0
+        assert F.conv2d(xc, wc).min() > 0  # images split over the workers
+        np.testing.assert_array_equal(m(x), 0.0)
+        assert TINY * TINY > 0  # restored after the call
+        step = pylenet.compile(m, optimizer=optim.SGD(0.0), loss=F.cross_entropy, batch_size=256)
+        step(x, np.zeros(256, np.int64))
+        assert TINY * TINY > 0
+        assert F.conv2d(xc, wc).min() > 0  # whatever mode the pool's threads were started in
+        np.testing.assert_array_equal(m(x), 0.0)
+    finally:
+        pylenet.set_num_threads(before, adaptive=True)
+
+
+def test_a_progress_callback_runs_in_the_callers_float_mode(rng):
+    """train_epoch calls back into Python between steps: the callback sees the user's IEEE
+    mode, not the step's flushing one."""
+    m = models.lenet5(seed=0)
+    step = pylenet.compile(m, optimizer=optim.SGD(0.01), batch_size=16)
+    x = rng.standard_normal((64, 1, 28, 28)).astype(np.float32)
+    y = rng.integers(0, 10, 64)
+    ex = step.executor(x.shape[1:])
+    seen = []
+
+    def progress(done, total, stats):
+        seen.append(float(TINY * TINY))
+        return True
+
+    ex.train_epoch(x, y, np.arange(64), 16, {"kind": "constant"}, 0, progress, 1)
+    assert len(seen) == 4 and min(seen) > 0
+    assert TINY * TINY > 0
+
+
 @pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "winograd", "auto"])
 def test_eager_ops_from_several_threads(rng, algo):
     """Each thread has its own handle: no shared workspace is resized under another thread.

@@ -5,6 +5,8 @@
 #include <chrono>
 #include <new>
 
+#include "core/float_mode.h"
+
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <immintrin.h>
 #define PYL_PAUSE() _mm_pause()
@@ -140,7 +142,10 @@ void ThreadPool::worker_loop() {
     }
     if (!job) continue;  // woke up after the job was over
     const int w = job->next_worker.fetch_add(1);
-    if (w < job->max_workers) work_on(*job, w);
+    if (w < job->max_workers) {
+      FloatModeScope mode(job->float_mode);  // the caller's, so no result depends on the worker
+      work_on(*job, w);
+    }
     release(job);
   }
 }
@@ -167,6 +172,7 @@ void ThreadPool::run(int threads, int64_t n, ItemFn fn) {
     job->fn = fn;
     job->n = n;
     job->max_workers = workers;
+    job->float_mode = float_mode();
     job->next = 0;
     job->done = 0;
     job->next_worker = 1;

@@ -60,6 +60,7 @@ class ThreadPool {
     ItemFn fn;
     int64_t n = 0;
     int max_workers = 1;
+    uint32_t float_mode = 0;  // the caller's (core/float_mode.h): every item runs in it
     std::atomic<int64_t> next{0}, done{0};
     std::atomic<int> next_worker{1};
     std::atomic<int> refs{0};

@@ -11,6 +11,7 @@
 #include <optional>
 
 #include "core/error.h"
+#include "core/float_mode.h"
 #include "core/parallel.h"
 #include "core/simd.h"
 #include "cpu/gemm.h"
@@ -1570,6 +1571,7 @@ RunStats Executor::train_step(const float* x, const int64_t* labels, int64_t n, 
   check_labels(labels, n, "train_step");  // the loss indexes scores by label
   checked_lr(lr, steps_, "train_step");
   out_ = nullptr;
+  const FlushDenormals flush;  // core/float_mode.h: the step's host work without microcode assists
 #ifdef PYLENET_HAVE_CUDA
   if (cuda_) {
     cuda::DeviceGuard guard(cfg_.cuda_device);
@@ -1603,6 +1605,7 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
     PYL_CHECK_ARG(order[i] >= 0 && order[i] < count, "train: sample index ", order[i], " is outside [0, ", count, ")");
   check_labels(labels, count, "train");
   out_ = nullptr;
+  const FlushDenormals flush;
   const int64_t sample = g_.value(g_.input()).numel();
   float* xb = store_->input.floats();
   int64_t* yb = static_cast<int64_t*>(store_->labels.data());
@@ -1632,8 +1635,10 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
     total.correct += st.correct;
     total.samples += st.samples;
     total.steps += 1;
-    if (progress && ((step + 1) % std::max<int64_t>(every, 1) == 0 || step + 1 == steps))
+    if (progress && ((step + 1) % std::max<int64_t>(every, 1) == 0 || step + 1 == steps)) {
+      const FloatModeScope user(flush.saved());  // the callback is the user's Python
       if (!progress(step + 1, steps, total)) break;
+    }
   }
   return total;
 }
@@ -1641,6 +1646,7 @@ RunStats Executor::train_epoch(const float* images, const int64_t* labels, int64
 RunStats Executor::forward(const float* x, const int64_t* labels, int64_t count, float* out) {
   PYL_CHECK_ARG(count >= 1, "forward: no samples");
   PYL_CHECK_ARG(labels || g_.loss() < 0, "forward: this network computes a loss and needs the labels");
+  const FlushDenormals flush;
 #ifdef PYLENET_HAVE_CUDA
   std::optional<cuda::DeviceGuard> guard;
   if (cuda_) guard.emplace(cfg_.cuda_device);
