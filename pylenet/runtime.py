@@ -284,8 +284,11 @@ def run(module, *args, **kwargs):
         module.__dict__["_last_input_shape"] = x.shape[1:]  # as traced() records it
     if device[0] == "cuda":
         ex.upload_state()
-    from .nn.init import draw_seed
-    out, _ = ex.forward(x, None, True, draw_seed() if whole else None)
+    seed = None
+    if whole:  # a batch-dependent forward (dropout in training mode) draws its masks' seed
+        from .nn.init import draw_seed
+        seed = draw_seed()
+    out, _ = ex.forward(x, None, True, seed)
     if device[0] == "cuda" and whole:
         ex.download_state()  # running statistics
     if on_gpu:

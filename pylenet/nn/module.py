@@ -39,6 +39,20 @@ def structure_version():
     return _structure["version"]
 
 
+# pylenet.graph and pylenet.runtime import this module, so __call__ reaches them through
+# these (an import statement per call cost a microsecond of a single image's 20).
+@functools.lru_cache(maxsize=None)
+def _graph():
+    from .. import graph
+    return graph
+
+
+@functools.lru_cache(maxsize=None)
+def _runtime():
+    from .. import runtime
+    return runtime
+
+
 def _to_numpy(v):
     if hasattr(v, "detach") and hasattr(v, "cpu"):  # a torch tensor
         v = v.detach().cpu().numpy()
@@ -251,12 +265,10 @@ class Module:
                                   "module computes")
 
     def __call__(self, *args, **kwargs):
-        from .. import graph
-        tracer = graph.current_tracer()
+        tracer = _graph().current_tracer()
         if tracer is not None:
             return tracer.call_module(self, args, kwargs)
-        from .. import runtime
-        return runtime.run(self, *args, **kwargs)
+        return _runtime().run(self, *args, **kwargs)
 
     # ---- traversal ------------------------------------------------------------------------
     def named_modules(self, memo=None, prefix="", remove_duplicate=True):
