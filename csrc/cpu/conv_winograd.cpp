@@ -15,8 +15,8 @@ Geometry forward_geometry(const ConvShape& s) {
   return Geometry::make(s.n, s.c, s.h, s.w, s.k, s.oh, s.ow, s.ph, s.pw, s.r);
 }
 void run_forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,
-                 int threads) {
-  PYL_SIMD_DISPATCH(simd::active(), forward, g, x, u, bias, y, ws, threads);
+                 int threads, bool max_pool = false) {
+  PYL_SIMD_DISPATCH(simd::active(), forward, g, x, u, bias, y, ws, threads, max_pool);
 }
 void run_backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads) {
   PYL_SIMD_DISPATCH(simd::active(), backward_data, g, dy, ut, dx, ws, threads);
@@ -126,6 +126,13 @@ void conv_forward_winograd_prepared(const ConvShape& s, const float* x, const fl
   const Geometry g = winograd::forward_geometry(s);
   winograd::run_forward(g, x, prepared, bias ? prepared + round16(kPoints * g.cinp * g.coutp) : nullptr, y, ws,
                         threads);
+}
+
+void conv_forward_winograd_prepared_max_pool(const ConvShape& s, const float* x, const float* prepared, bool bias,
+                                             float* y, float* ws, int threads) {
+  const Geometry g = winograd::forward_geometry(s);
+  winograd::run_forward(g, x, prepared, bias ? prepared + round16(kPoints * g.cinp * g.coutp) : nullptr, y, ws,
+                        threads, true);
 }
 
 void conv_forward_winograd(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,

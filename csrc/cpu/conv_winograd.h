@@ -42,6 +42,11 @@ int64_t conv_winograd_prepared_floats(const ConvShape& s);
 void conv_winograd_prepare(const ConvShape& s, const float* w, const float* b, float* prepared, int threads);
 void conv_forward_winograd_prepared(const ConvShape& s, const float* x, const float* prepared, bool bias, float* y,
                                     float* ws, int threads);
+// The same followed by a 2 x 2, stride 2 max pooling, done on the output tiles in registers:
+// y (n, k, oh / 2, ow / 2), the bits of conv_forward_winograd_prepared then cpu's max pooling
+// (its first-maximum and NaN rules), without writing the convolution's output.
+void conv_forward_winograd_prepared_max_pool(const ConvShape& s, const float* x, const float* prepared, bool bias,
+                                             float* y, float* ws, int threads);
 void conv_backward_data_winograd(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
                                  int threads);
 void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
@@ -93,8 +98,9 @@ struct Geometry {
   namespace ns {                                                                                     \
   /* y (n, cout, oh, ow) = the convolution of x (n, cin, h, w) whose transformed filter is U      */ \
   /* (36, cinp, coutp); bias (coutp,) zero-padded, or null. ws: workers x worker_floats().       */ \
+  /* max_pool: y (n, cout, oh / 2, ow / 2) = its 2 x 2 max pooling (stride 2) instead.            */ \
   void forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,      \
-               int threads);                                                                         \
+               int threads, bool max_pool);                                                          \
   /* S[chunk] (36, cinp, coutp) = sum over the chunk's tiles of V^T (A dy A^T), for x the input    */ \
   /* (n, cin, h, w) and dy the output gradient (n, cout, oh, ow).                                 */ \
   void filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads);  \

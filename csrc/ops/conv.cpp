@@ -184,6 +184,18 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
   }
 }
 
+bool conv_max_pool_fusable(Device dev, ConvAlgo algo, const float* prepared) {
+  return dev == Device::CPU && algo == ConvAlgo::Winograd && prepared != nullptr;
+}
+
+void conv_run_max_pool(Handle& h, const ConvShape& s, const float* x, const float* prepared, bool bias, float* pooled) {
+  PYL_CHECK_ARG(conv_max_pool_fusable(h.device(), ConvAlgo::Winograd, prepared),
+                "conv2d + max_pool2d: fused only on the CPU, for winograd with a prepared filter");
+  const size_t bytes = conv_workspace_size(h, ConvAlgo::Winograd, ConvPass::Forward, s);
+  cpu::conv_forward_winograd_prepared_max_pool(s, x, prepared, bias, pooled, bytes ? h.workspace(bytes) : nullptr,
+                                               h.threads());
+}
+
 int64_t conv_prepared_filter_floats(Device dev, ConvAlgo algo, const ConvShape& s) {
   if (dev == Device::CUDA) return 0;
   if (algo == ConvAlgo::Winograd) return cpu::conv_winograd_prepared_floats(s);

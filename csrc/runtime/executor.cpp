@@ -566,6 +566,8 @@ void Executor::lower() {
   if ((on_device() && cfg_.fuse) || cfg_.device_rules) {
     fuse_relu();
     if (cfg_.train && cfg_.capacity <= 1024) fuse_loss_head();  // one CUDA block does the whole batch
+  } else if (!on_device() && !cfg_.train && cfg_.fuse) {
+    fuse_conv_max_pool();
   }
   // Phases: runs of chunk instructions, split by batch instructions; the Linear jobs last.
   for (size_t k = 0; k < instrs_.size(); ++k) {
@@ -647,6 +649,46 @@ void Executor::fuse_relu() {
       back.label += "+relu";
       drop[b] = 1;
     }
+  }
+  std::vector<Instr> kept;
+  for (size_t k = 0; k < instrs_.size(); ++k)
+    if (!drop[k]) kept.push_back(std::move(instrs_[k]));
+  instrs_ = std::move(kept);
+}
+
+// CPU inference: a 2x2, stride-2 max pooling that alone reads a convolution's output joins the
+// convolution's instruction. Where the convolution runs winograd with a prepared filter (the
+// second layers of mnist_net and cudnn_lenet) the pooling is done on the output tiles in
+// registers and the convolution's output is never written: mnist_net's conv2 wrote 147 KB per
+// image back to NCHW (15 of its 62 us) for the pooling to read again (8 us). Otherwise the
+// instruction runs the two kernels, through the convolution's own output (out[1]), which the
+// plan keeps for that.
+void Executor::fuse_conv_max_pool() {
+  const auto& nodes = g_.nodes();
+  std::vector<int> readers(g_.values().size(), 0);
+  for (const Instr& ins : instrs_)
+    for (int v : ins.in)
+      if (v >= 0) ++readers[v];
+  std::vector<char> drop(instrs_.size(), 0);
+  for (size_t k = 0; k + 1 < instrs_.size(); ++k) {
+    Instr& conv = instrs_[k];
+    if (conv.kind != Instr::ConvFwd || conv.relu || conv.out.empty()) continue;
+    const int y = conv.out[0];
+    if (y < 0 || y == g_.output() || readers[y] != 1) continue;
+    size_t q = k + 1;
+    while (q < instrs_.size() && !(instrs_[q].kind == Instr::PoolFwd && instrs_[q].in[0] == y)) ++q;
+    if (q == instrs_.size()) continue;
+    const Instr& pool = instrs_[q];
+    const PoolShape& p = pool.pool;
+    if (nodes[pool.node].attrs.pool != PoolMode::Max || pool.relu || p.kh != 2 || p.kw != 2 || p.sh != 2 ||
+        p.sw != 2 || p.ph != 0 || p.pw != 0 || p.oh != conv.conv.oh / 2 || p.ow != conv.conv.ow / 2)
+      continue;
+    // The pooling reads y alone, which nothing else reads: it can run at the convolution's place.
+    conv.out = {pool.out[0], y};
+    conv.max_pool = true;
+    conv.pool = p;
+    conv.label += "+max_pool2d";
+    drop[q] = 1;
   }
   std::vector<Instr> kept;
   for (size_t k = 0; k < instrs_.size(); ++k)
@@ -914,8 +956,8 @@ void Executor::choose_algorithms() {
         const float* x = pass == ConvPass::BackwardData ? nullptr : ptr(ins.in[0], 0, 0);
         const float* w = pass == ConvPass::BackwardFilter ? nullptr : ptr(ins.in[1], 0, 0);
         const float* dy = pass == ConvPass::Forward ? nullptr : ptr(ins.in[pass == ConvPass::BackwardData ? 0 : 1], 0, 0);
-        float* out = ins.out[0] >= 0 ? (pass == ConvPass::BackwardFilter ? grad_ptr(ins.out[0], 0) : ptr(ins.out[0], 0, 0))
-                                     : nullptr;
+        const int o = ins.max_pool ? ins.out[1] : ins.out[0];  // the convolution's own output
+        float* out = o >= 0 ? (pass == ConvPass::BackwardFilter ? grad_ptr(o, 0) : ptr(o, 0, 0)) : nullptr;
         if (!out) break;
         try {
           ins.algo = conv_resolve_algo(h, cfg_.conv_algo, pass, s, x, w, dy, out);
@@ -1227,8 +1269,17 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       s.n = m;
       const float* prep = ins.prepared >= 0 ? store_->prepared.floats() + store_->prepared_filters[ins.prepared].offset
                                             : nullptr;
-      conv_run(h, conv_algo_for(ins, ConvPass::Forward, s), ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0),
-               ins.relu, prep);
+      const ConvAlgo algo = conv_algo_for(ins, ConvPass::Forward, s);
+      if (!ins.max_pool) {
+        conv_run(h, algo, ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0), ins.relu, prep);
+      } else if (conv_max_pool_fusable(h.device(), algo, prep)) {
+        conv_run_max_pool(h, s, in(0), prep, in(2) != nullptr, out(0));
+      } else {  // the two kernels, through the convolution's own output
+        conv_run(h, algo, ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(1), false, prep);
+        PoolShape p = ins.pool;
+        p.n = m;
+        pool_run_forward(h, PoolMode::Max, p, out(1), out(0));
+      }
       return;
     }
     case Instr::ConvBwdData: {

@@ -148,6 +148,8 @@ struct Instr {
   bool relu = false;               // PoolFwd / PoolBwd / ConvFwd / LinearFwd (CUDA): a ReLU folded
                                    // in (fuse_relu); PoolBwd's in[2] is then the ReLU's output
   int prepared = -1;               // ConvFwd (CPU inference): its prepared filter (Store::Prepared)
+  bool max_pool = false;           // ConvFwd (CPU inference): a 2x2 max pooling folded in
+                                   // (fuse_conv_max_pool); out = (pooled, the convolution's own)
   bool wide = false;               // CPU: runs on all workers when the batch is one chunk
   std::string label;               // for profiles
 };
@@ -243,6 +245,7 @@ class Executor {
   struct Store;  // where each value lives (memory plan)
   void lower();
   void fuse_relu();       // CUDA: a ReLU after a pooling, conv or Linear becomes its epilogue
+  void fuse_conv_max_pool();  // CPU inference: a 2x2 max pooling after a convolution joins it
   void fuse_loss_head();  // CUDA training: loss, gradient and accuracy in one launch
   void copy_output(const float* scores, int64_t start, int64_t m);  // output rows -> forward()'s out
   void plan_memory();
