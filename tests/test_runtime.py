@@ -265,22 +265,24 @@ def test_a_progress_callback_runs_in_the_callers_float_mode(rng):
 class _ConvPool(nn.Module):
     """A 3x3 convolution wide enough for winograd, then ReLU and 2x2 max pooling (the ReLU
     runs after the pool, so the pool reads the convolution), optionally a second reader of
-    the convolution's output (then nothing may be folded)."""
+    the convolution's output, directly or through a view (then nothing may be folded)."""
 
-    def __init__(self, twice=False):
+    def __init__(self, twice=False, view=False):
         super().__init__()
         self.conv = nn.Conv2d(16, 24, 3)
-        self.twice = twice
+        self.twice, self.view = twice, view
 
     def forward(self, x):
         y = self.conv(x)
         z = F.flatten(F.max_pool2d(F.relu(y), 2), 1)
+        if self.view:  # the convolution's output also read through a view of it
+            return F.cat([z, F.flatten(y, 1)], 1)
         return z + F.flatten(F.max_pool2d(y, 2), 1) if self.twice else z
 
 
 @pytest.mark.parametrize("name,size,batch", [("mnist_net", 28, 70), ("cudnn_lenet", 28, 33), ("lenet5", 28, 9),
                                              ("mnist_net", 28, 1), ("cudnn_lenet", 28, 1), ("convpool", 27, 20),
-                                             ("convpool", 26, 1), ("twice", 26, 5)])
+                                             ("convpool", 26, 1), ("twice", 26, 5), ("view", 26, 5)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_inference_folds_max_pooling_into_the_convolution_with_the_same_bits(rng, name, size, batch, threads):
     """CPU inference runs a 2x2 max pooling that alone reads a convolution inside the
@@ -289,9 +291,10 @@ def test_inference_folds_max_pooling_into_the_convolution_with_the_same_bits(rng
     output otherwise (direct: lenet5, cudnn_lenet's conv1). Same bits as the two kernels
     (fuse=False), for ties too (zero inputs: every output is its bias)."""
     pylenet.manual_seed(0)
-    m = {"convpool": lambda: _ConvPool(), "twice": lambda: _ConvPool(twice=True)}.get(name, lambda: models.create(name, seed=0))()
+    m = {"convpool": lambda: _ConvPool(), "twice": lambda: _ConvPool(twice=True),
+         "view": lambda: _ConvPool(view=True)}.get(name, lambda: models.create(name, seed=0))()
     m.eval()
-    shape = (16, size, size) if name in ("convpool", "twice") else (1, size, size)
+    shape = (16, size, size) if name in ("convpool", "twice", "view") else (1, size, size)
     x = rng.standard_normal((batch,) + shape).astype(np.float32)
     x[batch // 2] = 0.0
     before = pylenet.get_num_threads()
@@ -302,7 +305,7 @@ def test_inference_folds_max_pooling_into_the_convolution_with_the_same_bits(rng
         plain = runtime.build_executor(m, t, capacity=batch, fuse=False)
         ops = [d["op"] for d in fused.instructions()]
         folded = sum(op.endswith("+max_pool2d") for op in ops)
-        assert folded == {"mnist_net": 1, "cudnn_lenet": 2, "lenet5": 2, "convpool": 1, "twice": 0}[name], ops
+        assert folded == {"mnist_net": 1, "cudnn_lenet": 2, "lenet5": 2, "convpool": 1, "twice": 0, "view": 0}[name], ops
         assert not any(op.endswith("+max_pool2d") for op in (d["op"] for d in plain.instructions()))
         np.testing.assert_array_equal(fused.forward(x, None, True)[0], plain.forward(x, None, True)[0])
     finally:

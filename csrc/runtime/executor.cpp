@@ -596,18 +596,32 @@ void Executor::lower() {
 // Only where that value feeds nothing but the ReLU (nor is the output), and, when folding the
 // backward, the ReLU's gradient nothing but the pooling's backward. The CPU keeps them apart:
 // its chunks are in cache, a pass costs little there.
-void Executor::fuse_relu() {
+int Executor::view_root(int v) const {
   const auto& nodes = g_.nodes();
-  const int V = static_cast<int>(g_.values().size());
-  const auto root = [&](int v) {
-    while (v >= 0 && g_.value(v).producer >= 0 && nodes[g_.value(v).producer].op == Op::Reshape)
-      v = nodes[g_.value(v).producer].in[0];
-    return v;
-  };
-  std::vector<int> readers(V, 0);
+  while (v >= 0 && g_.value(v).producer >= 0 && nodes[g_.value(v).producer].op == Op::Reshape)
+    v = nodes[g_.value(v).producer].in[0];
+  return v;
+}
+
+std::vector<int> Executor::readers_by_root() const {
+  std::vector<int> readers(g_.values().size(), 0);
   for (const Instr& ins : instrs_)
     for (int v : ins.in)
-      if (v >= 0) ++readers[root(v)];
+      if (v >= 0) ++readers[view_root(v)];
+  return readers;
+}
+
+void Executor::drop_instrs(const std::vector<char>& drop) {
+  std::vector<Instr> kept;
+  for (size_t k = 0; k < instrs_.size(); ++k)
+    if (!drop[k]) kept.push_back(std::move(instrs_[k]));
+  instrs_ = std::move(kept);
+}
+
+void Executor::fuse_relu() {
+  const auto& nodes = g_.nodes();
+  const auto root = [&](int v) { return view_root(v); };
+  const std::vector<int> readers = readers_by_root();
   const int out_root = g_.output() >= 0 ? root(g_.output()) : -1;
   const auto first_of = [&](Instr::Kind kind, const auto& pred) -> int {
     for (size_t k = 0; k < instrs_.size(); ++k)
@@ -650,10 +664,7 @@ void Executor::fuse_relu() {
       drop[b] = 1;
     }
   }
-  std::vector<Instr> kept;
-  for (size_t k = 0; k < instrs_.size(); ++k)
-    if (!drop[k]) kept.push_back(std::move(instrs_[k]));
-  instrs_ = std::move(kept);
+  drop_instrs(drop);
 }
 
 // CPU inference: a 2x2, stride-2 max pooling that alone reads a convolution's output joins the
@@ -665,16 +676,14 @@ void Executor::fuse_relu() {
 // plan keeps for that.
 void Executor::fuse_conv_max_pool() {
   const auto& nodes = g_.nodes();
-  std::vector<int> readers(g_.values().size(), 0);
-  for (const Instr& ins : instrs_)
-    for (int v : ins.in)
-      if (v >= 0) ++readers[v];
+  const std::vector<int> readers = readers_by_root();  // a view's reader reads its root too
+  const int out_root = g_.output() >= 0 ? view_root(g_.output()) : -1;
   std::vector<char> drop(instrs_.size(), 0);
   for (size_t k = 0; k + 1 < instrs_.size(); ++k) {
     Instr& conv = instrs_[k];
     if (conv.kind != Instr::ConvFwd || conv.relu || conv.out.empty()) continue;
     const int y = conv.out[0];
-    if (y < 0 || y == g_.output() || readers[y] != 1) continue;
+    if (y < 0 || view_root(y) != y || y == out_root || readers[y] != 1) continue;
     size_t q = k + 1;
     while (q < instrs_.size() && !(instrs_[q].kind == Instr::PoolFwd && instrs_[q].in[0] == y)) ++q;
     if (q == instrs_.size()) continue;
@@ -690,22 +699,14 @@ void Executor::fuse_conv_max_pool() {
     conv.label += "+max_pool2d";
     drop[q] = 1;
   }
-  std::vector<Instr> kept;
-  for (size_t k = 0; k < instrs_.size(); ++k)
-    if (!drop[k]) kept.push_back(std::move(instrs_[k]));
-  instrs_ = std::move(kept);
+  drop_instrs(drop);
 }
 
 // CUDA, training: the loss, its gradient and the accuracy count in one launch (ops/loss.h
 // loss_head: the same bits as the three) at the loss's place; the gradient is then written
 // early, which only lengthens its slot's life by the loss-to-backward stretch.
 void Executor::fuse_loss_head() {
-  const auto& nodes = g_.nodes();
-  const auto root = [&](int v) {
-    while (v >= 0 && g_.value(v).producer >= 0 && nodes[g_.value(v).producer].op == Op::Reshape)
-      v = nodes[g_.value(v).producer].in[0];
-    return v;
-  };
+  const auto root = [&](int v) { return view_root(v); };
   int cls = -1, loss = -1, back = -1;
   for (size_t k = 0; k < instrs_.size(); ++k) {
     const Instr::Kind kind = instrs_[k].kind;

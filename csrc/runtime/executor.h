@@ -244,6 +244,11 @@ class Executor {
  private:
   struct Store;  // where each value lives (memory plan)
   void lower();
+  // Lowering rewrites: a value's root through views (Reshape), how many instructions read
+  // each root, and removing the instructions a rewrite absorbed.
+  int view_root(int v) const;
+  std::vector<int> readers_by_root() const;
+  void drop_instrs(const std::vector<char>& drop);
   void fuse_relu();       // CUDA: a ReLU after a pooling, conv or Linear becomes its epilogue
   void fuse_conv_max_pool();  // CPU inference: a 2x2 max pooling after a convolution joins it
   void fuse_loss_head();  // CUDA training: loss, gradient and accuracy in one launch
