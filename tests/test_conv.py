@@ -248,7 +248,8 @@ def test_conv2d_stride1_vs_torch(F, rng, case, algo):
 # narrower than a vector with many channels (forward and filter with channels in the lanes,
 # 1-4 vectors of them, ragged pixel blocks), several channel blocks in backward filter with
 # a partial last column vector, padding rows skipped in backward data, and interior output
-# rows in groups (several rows per weight broadcast).
+# rows in groups (several rows per weight broadcast), kernel rows of the filter gradient in
+# uneven blocks.
 DIRECT_PATHS = [
     (3, 6, 14, 14, 16, 5, 5, 1, 0),   # LeNet conv2: 10 columns, 16 channels
     (2, 3, 9, 13, 20, 3, 3, 1, 1),    # 13 columns, 20 channels (two vectors of them on AVX-512)
@@ -259,6 +260,7 @@ DIRECT_PATHS = [
     (1, 2, 13, 8, 7, 3, 3, 1, 1),     # interior rows in groups of 4, 2, 1 (8 lanes), borders alone
     (2, 4, 17, 10, 13, 3, 3, 1, 1),   # rows grouped by 2 (8 lanes; 16 lanes: backward data by 4), 13 channels
     (1, 3, 30, 24, 20, 5, 5, 1, 2),   # cudnn-like conv1 rows of 24 columns with padding rows
+    (9, 3, 12, 11, 16, 7, 4, 1, (3, 1)),  # filter with channels in the lanes: 7 kernel rows in blocks of 4 + 3
 ]
 
 
