@@ -236,3 +236,27 @@ def test_sgd_vs_torch_optim(F, seed):
         for p, tp in zip(params, tparams):
             assert_close(p, tp.detach().numpy(),
                          what=f"sgd_step vs torch.optim.SGD step {step} (lr={lr}, m={mom}, wd={wd}, nesterov={nest})")
+
+
+@pytest.mark.parametrize("momentum, nesterov", [(0.0, False), (0.9, False), (0.9, True)])
+def test_sgd_step_rounds_every_operation_like_float32_numpy(F, rng, momentum, nesterov):
+    """Every SIMD path's update loop (cpu/optim_kernel.inc, compiled without FMA contraction)
+    rounds each operation of math.h's formula: the same bits as NumPy doing those operations
+    in float32, at any level. 2 * 16384 + 37 values: two chunks of the parallel loop and a
+    vector tail."""
+    n = 2 * 16384 + 37
+    lr, wd, m = np.float32(0.05), np.float32(5e-4), np.float32(momentum)
+    p = rng.standard_normal(n).astype(np.float32)
+    v = rng.standard_normal(n).astype(np.float32) if momentum else None
+    rp, rv = p.copy(), None if v is None else v.copy()
+    for _ in range(3):
+        g = rng.standard_normal(n).astype(np.float32)
+        F.sgd_step(p, g, v, float(lr), momentum=momentum, weight_decay=float(wd), nesterov=nesterov)
+        d = g + wd * rp
+        if momentum:
+            rv = m * rv + d
+            d = d + m * rv if nesterov else rv
+        rp = rp - lr * d
+        np.testing.assert_array_equal(p, rp)
+        if momentum:
+            np.testing.assert_array_equal(v, rv)

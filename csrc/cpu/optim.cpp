@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/parallel.h"
+#include "core/simd.h"
 #include "ops/optim.h"
 
 namespace pylenet::cpu {
@@ -20,43 +21,50 @@ bool all_finite(int64_t count, const float* x) {
   return bad == 0;
 }
 
+// Per-SIMD-level update loops over [lo, hi) (optim_kernel.inc).
+#define PYL_DECLARE_OPTIM(ns)                                                                                     \
+  namespace ns {                                                                                                  \
+  void sgd_range(int64_t lo, int64_t hi, float* param, const float* grad, float* velocity, math::SgdParams opt);  \
+  void adam_range(int64_t lo, int64_t hi, float* param, const float* grad, float* m, float* v,                    \
+                  math::AdamParams opt);                                                                          \
+  void adadelta_range(int64_t lo, int64_t hi, float* param, const float* grad, float* square_avg, float* acc_delta, \
+                      math::AdadeltaParams opt);                                                                  \
+  }
+PYL_DECLARE_OPTIM(scalar)
+PYL_DECLARE_OPTIM(avx2)
+PYL_DECLARE_OPTIM(avx512)
+#undef PYL_DECLARE_OPTIM
+
 namespace {
-// Element-wise updates over fixed chunks of the flat parameter buffer. fn(lo, hi) runs a plain
-// loop over [lo, hi) with its options copied into a local first: read through a reference
-// or a closure, every store to a parameter might change an option (both are floats), so the
-// option branches stay inside the loop and it does not vectorise.
+// Element-wise updates over fixed chunks of the flat parameter buffer, each chunk by the copy
+// of the loop for the active SIMD level (all levels give the same bits).
 template <class F>
 void for_chunks(int64_t count, int threads, F&& fn) {
   constexpr int64_t kChunk = 1 << 14;
+  const simd::Level level = simd::active();
   parallel_for(threads, (count + kChunk - 1) / kChunk, [&](int64_t c, int) {
     const int64_t lo = c * kChunk;
-    fn(lo, std::min(count, lo + kChunk));
+    fn(level, lo, std::min(count, lo + kChunk));
   });
 }
 }  // namespace
 
 void sgd_step(int64_t count, float* param, const float* grad, float* velocity, const SgdParams& o, int threads) {
-  for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
-    const SgdParams opt = o;
-    if (!velocity)
-      for (int64_t i = lo; i < hi; ++i) math::sgd_update(param[i], grad[i], nullptr, opt);
-    else
-      for (int64_t i = lo; i < hi; ++i) math::sgd_update(param[i], grad[i], velocity + i, opt);
+  for_chunks(count, threads, [&](simd::Level level, int64_t lo, int64_t hi) {
+    PYL_SIMD_DISPATCH(level, sgd_range, lo, hi, param, grad, velocity, o);
   });
 }
 
 void adam_step(int64_t count, float* param, const float* grad, float* m, float* v, const AdamParams& o, int threads) {
-  for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
-    const AdamParams opt = o;
-    for (int64_t i = lo; i < hi; ++i) math::adam_update(param[i], grad[i], m[i], v[i], opt);
+  for_chunks(count, threads, [&](simd::Level level, int64_t lo, int64_t hi) {
+    PYL_SIMD_DISPATCH(level, adam_range, lo, hi, param, grad, m, v, o);
   });
 }
 
 void adadelta_step(int64_t count, float* param, const float* grad, float* square_avg, float* acc_delta,
                    const AdadeltaParams& o, int threads) {
-  for_chunks(count, threads, [&](int64_t lo, int64_t hi) {
-    const AdadeltaParams opt = o;
-    for (int64_t i = lo; i < hi; ++i) math::adadelta_update(param[i], grad[i], square_avg[i], acc_delta[i], opt);
+  for_chunks(count, threads, [&](simd::Level level, int64_t lo, int64_t hi) {
+    PYL_SIMD_DISPATCH(level, adadelta_range, lo, hi, param, grad, square_avg, acc_delta, o);
   });
 }
 
