@@ -151,7 +151,8 @@ def build_executor(module, t, *, capacity, device=("cpu", 0), optimizer=None, co
     """A native executor of traced graph `t` on the module's parameters and buffers where they
     live: for training when an optimizer is given (its state buffers are bound too), else
     inference. Tests: device_rules applies the CUDA backend's instruction fusions on the CPU
-    too; fuse=False leaves them out on CUDA (to compare the fused kernels' bits)."""
+    too; fuse=False leaves them out on CUDA, and the CPU's max pooling folded into the
+    convolution before it (to compare the fused kernels' bits)."""
     offsets, total = parameter_layout(module)
     params = dict(module.named_parameters())
     buffers = dict(module.named_buffers())

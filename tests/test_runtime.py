@@ -312,6 +312,54 @@ def test_inference_folds_max_pooling_into_the_convolution_with_the_same_bits(rng
         pylenet.set_num_threads(before)
 
 
+@pytest.mark.parametrize("name,size,batch", [("mnist_net", 28, 70), ("cudnn_lenet", 28, 33), ("lenet5", 28, 9),
+                                             ("convpool", 27, 20), ("convpool", 26, 1), ("twice", 26, 5),
+                                             ("view", 26, 5)])
+@pytest.mark.parametrize("conv_algo", ["heuristic", "winograd", "direct"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_folds_max_pooling_into_the_convolution_with_the_same_bits(rng, name, size, batch, conv_algo,
+                                                                             threads):
+    """CPU training folds the pooling too: on winograd the convolution's output is never
+    written, its place holds each window's winner, and the pooling's backward scatters by
+    them; through the convolution's output otherwise (direct; the heuristic's choice is per
+    chunk, so a short last chunk may take the other path). Two epochs with a partial batch,
+    ties (zero images) and an odd map: the same bits as the two kernels (fuse=False)."""
+    shape = (16, size, size) if name in ("convpool", "twice", "view") else (1, size, size)
+    n = 2 * batch + batch // 2 + 1
+    x = rng.standard_normal((n,) + shape).astype(np.float32)
+    x[::3] = 0.0
+    y = rng.integers(0, 10, n).astype(np.int64)
+    before = pylenet.get_num_threads()
+    try:
+        pylenet.set_num_threads(threads)
+        results = []
+        for fuse in (False, True):
+            pylenet.manual_seed(0)
+            m = {"convpool": lambda: _ConvPool(), "twice": lambda: _ConvPool(twice=True),
+                 "view": lambda: _ConvPool(view=True)}.get(name, lambda: models.create(name, seed=0))()
+            loss = F.nll_loss if name == "mnist_net" else F.cross_entropy
+            with runtime._EvalMode(m, training=True):
+                t = runtime.traced(m, shape, batch, loss)
+                ex = runtime.build_executor(m, t, capacity=batch, optimizer=optim.SGD(0.05, momentum=0.9), seed=5,
+                                            fuse=fuse, conv_algo=conv_algo)
+            ops = [i["op"] for i in ex.instructions()]
+            it = 0
+            for epoch in range(2):
+                order = np.random.default_rng(epoch).permutation(n).astype(np.int64)
+                stats, it = ex.train_epoch(x, y, order, batch, {"kind": "constant"}, it, None, 1)
+            results.append(({k: np.array(v) for k, v in m.state_dict().items()}, stats, ops))
+        (plain, s0, l0), (fused, s1, l1) = results
+        folded = sum(op.endswith("+max_pool2d") for op in l1)
+        assert folded == {"mnist_net": 1, "cudnn_lenet": 2, "lenet5": 2, "convpool": 1, "twice": 0, "view": 0}[name], l1
+        assert not any(op.endswith("+max_pool2d") for op in l0)
+        assert len(l1) == len(l0) - folded
+        assert s0 == s1
+        for k in plain:
+            np.testing.assert_array_equal(plain[k], fused[k], err_msg=k)
+    finally:
+        pylenet.set_num_threads(before)
+
+
 @pytest.mark.parametrize("algo", ["im2col", "direct", "naive", "winograd", "auto"])
 def test_eager_ops_from_several_threads(rng, algo):
     """Each thread has its own handle: no shared workspace is resized under another thread.
@@ -502,7 +550,7 @@ def test_winograd_backward_passes_run_as_one_instruction(rng):
     init = TwoConv().state_dict()
     fused, ins = _train_two_conv("heuristic", x, y, init)
     assert [(r["op"], r["algo"]) for r in ins if r["op"].startswith("conv2d")] == [
-        ("conv2d", "winograd"), ("conv2d", "winograd"),
+        ("conv2d", "winograd"), ("conv2d+max_pool2d", "winograd"),  # conv2 with its pooling (fuse_conv_max_pool)
         ("conv2d_backward", "winograd"),   # conv2: dx, dw, db
         ("conv2d_backward", "winograd")]   # conv1: dw, db (nothing needs the input's gradient)
     # "auto" times each pass alone and keeps them apart; where it picks winograd for all, the
@@ -531,9 +579,9 @@ def test_step_profile_names_every_instruction_and_the_update(rng):
     rows = step.profile()
     assert rows[-1]["op"] == "update" and rows[-1]["seconds"] > 0
     ops = [r["op"] for r in rows]
-    for op in ("conv2d", "conv2d_backward_data", "conv2d_backward_filter", "linear", "cross_entropy"):
-        assert op in ops
-    assert {r["scope"] for r in rows if r["op"] == "conv2d"} == {"Sequential.0", "Sequential.3"}
+    for op in ("conv2d+max_pool2d", "conv2d_backward_data", "conv2d_backward_filter", "linear", "cross_entropy"):
+        assert op in ops  # (each pooling folded into its convolution: fuse_conv_max_pool)
+    assert {r["scope"] for r in rows if r["op"] == "conv2d+max_pool2d"} == {"Sequential.0", "Sequential.3"}
     assert all(r["seconds"] >= 0 for r in rows) and abs(sum(r["share"] for r in rows) - 1) < 1e-9
     assert all(r["algo"] for r in rows if r["op"].startswith("conv2d") and "bias" not in r["op"])
     # the two convolutions (forward and backward) dominate LeNet-5's step
@@ -680,7 +728,7 @@ def test_cuda_lowering_rules_train_bit_for_bit_on_the_cpu(name, rng):
         with runtime._EvalMode(m, training=True):
             t = runtime.traced(m, (1, 28, 28), 32, loss)
             ex = runtime.build_executor(m, t, capacity=32, optimizer=optim.SGD(0.05, momentum=0.9), seed=5,
-                                        device_rules=rules)
+                                        device_rules=rules, fuse=rules)  # plain: not the CPU's own folds
         labels = [i["op"] for i in ex.instructions()]
         it = 0
         for epoch in range(2):

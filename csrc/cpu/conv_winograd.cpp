@@ -15,8 +15,8 @@ Geometry forward_geometry(const ConvShape& s) {
   return Geometry::make(s.n, s.c, s.h, s.w, s.k, s.oh, s.ow, s.ph, s.pw, s.r);
 }
 void run_forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,
-                 int threads, bool max_pool = false) {
-  PYL_SIMD_DISPATCH(simd::active(), forward, g, x, u, bias, y, ws, threads, max_pool);
+                 int threads, bool max_pool = false, float* index = nullptr) {
+  PYL_SIMD_DISPATCH(simd::active(), forward, g, x, u, bias, y, ws, threads, max_pool, index);
 }
 void run_backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads) {
   PYL_SIMD_DISPATCH(simd::active(), backward_data, g, dy, ut, dx, ws, threads);
@@ -129,10 +129,17 @@ void conv_forward_winograd_prepared(const ConvShape& s, const float* x, const fl
 }
 
 void conv_forward_winograd_prepared_max_pool(const ConvShape& s, const float* x, const float* prepared, bool bias,
-                                             float* y, float* ws, int threads) {
+                                             float* y, float* index, float* ws, int threads) {
   const Geometry g = winograd::forward_geometry(s);
   winograd::run_forward(g, x, prepared, bias ? prepared + round16(kPoints * g.cinp * g.coutp) : nullptr, y, ws,
-                        threads, true);
+                        threads, true, index);
+}
+
+void conv_forward_winograd_max_pool(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                                    float* index, float* ws, int threads) {
+  conv_winograd_prepare(s, w, b, ws, threads);
+  conv_forward_winograd_prepared_max_pool(s, x, ws, b != nullptr, y, index, ws + conv_winograd_prepared_floats(s),
+                                          threads);
 }
 
 void conv_forward_winograd(const ConvShape& s, const float* x, const float* w, const float* b, float* y, float* ws,

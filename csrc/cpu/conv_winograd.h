@@ -44,9 +44,14 @@ void conv_forward_winograd_prepared(const ConvShape& s, const float* x, const fl
                                     float* ws, int threads);
 // The same followed by a 2 x 2, stride 2 max pooling, done on the output tiles in registers:
 // y (n, k, oh / 2, ow / 2), the bits of conv_forward_winograd_prepared then cpu's max pooling
-// (its first-maximum and NaN rules), without writing the convolution's output.
+// (its first-maximum and NaN rules), without writing the convolution's output. Unless index
+// is null, index (shaped as y) = each window's winner, 0.0 (top left) to 3.0 (bottom right),
+// for max_pool2x2_backward_from_indices.
 void conv_forward_winograd_prepared_max_pool(const ConvShape& s, const float* x, const float* prepared, bool bias,
-                                             float* y, float* ws, int threads);
+                                             float* y, float* index, float* ws, int threads);
+// The same from the filter itself (transformed into ws first, as conv_forward_winograd does).
+void conv_forward_winograd_max_pool(const ConvShape& s, const float* x, const float* w, const float* b, float* y,
+                                    float* index, float* ws, int threads);
 void conv_backward_data_winograd(const ConvShape& s, const float* w, const float* dy, float* dx, float* ws,
                                  int threads);
 void conv_backward_filter_winograd(const ConvShape& s, const float* x, const float* dy, float* dw, float* ws,
@@ -98,9 +103,10 @@ struct Geometry {
   namespace ns {                                                                                     \
   /* y (n, cout, oh, ow) = the convolution of x (n, cin, h, w) whose transformed filter is U      */ \
   /* (36, cinp, coutp); bias (coutp,) zero-padded, or null. ws: workers x worker_floats().       */ \
-  /* max_pool: y (n, cout, oh / 2, ow / 2) = its 2 x 2 max pooling (stride 2) instead.            */ \
+  /* max_pool: y (n, cout, oh / 2, ow / 2) = its 2 x 2 max pooling (stride 2) instead, and unless */ \
+  /* index is null, index (the same shape) = each window's winner, 0.0 to 3.0 (row-major).        */ \
   void forward(const Geometry& g, const float* x, const float* u, const float* bias, float* y, float* ws,      \
-               int threads, bool max_pool);                                                          \
+               int threads, bool max_pool, float* index);                                            \
   /* S[chunk] (36, cinp, coutp) = sum over the chunk's tiles of V^T (A dy A^T), for x the input    */ \
   /* (n, cin, h, w) and dy the output gradient (n, cout, oh, ow).                                 */ \
   void filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads);  \

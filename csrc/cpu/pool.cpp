@@ -15,6 +15,8 @@ namespace pylenet::cpu {
                                   float* y);                                                                   \
   void max_pool2x2_backward_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, \
                                    const float* dy, float* dx);                                                \
+  void max_pool2x2_backward_from_indices_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,    \
+                                                const float* index, const float* dy, float* dx);               \
   }
 PYL_DECLARE_POOL(scalar)
 PYL_DECLARE_POOL(avx2)
@@ -86,6 +88,18 @@ void max_pool_backward(const PoolShape& s, const float* x, const float* dy, floa
     std::fill(d, d + s.h * s.w, 0.0f);
     for (int64_t oh = 0; oh < s.oh; ++oh)
       for (int64_t ow = 0; ow < s.ow; ++ow) d[argmax_in_window(s, plane, oh, ow)] += g[oh * s.ow + ow];
+  });
+}
+
+bool max_pool_from_indices_supported(const PoolShape& s) { return is_2x2_tiling(s); }
+
+void max_pool_backward_from_indices(const PoolShape& s, const float* index, const float* dy, float* dx, int threads) {
+  const simd::Level level = simd::active();
+  const int64_t planes = s.n * s.c;
+  parallel_for(threads, (planes + kPlaneBlock - 1) / kPlaneBlock, [&](int64_t b, int) {
+    const int64_t p0 = b * kPlaneBlock, np = std::min(kPlaneBlock, planes - p0);
+    PYL_SIMD_DISPATCH(level, max_pool2x2_backward_from_indices_planes, np, s.h, s.w, s.oh, s.ow,
+                      index + p0 * s.oh * s.ow, dy + p0 * s.oh * s.ow, dx + p0 * s.h * s.w);
   });
 }
 

@@ -184,16 +184,17 @@ void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const
   }
 }
 
-bool conv_max_pool_fusable(Device dev, ConvAlgo algo, const float* prepared) {
-  return dev == Device::CPU && algo == ConvAlgo::Winograd && prepared != nullptr;
-}
+bool conv_max_pool_fusable(Device dev, ConvAlgo algo) { return dev == Device::CPU && algo == ConvAlgo::Winograd; }
 
-void conv_run_max_pool(Handle& h, const ConvShape& s, const float* x, const float* prepared, bool bias, float* pooled) {
-  PYL_CHECK_ARG(conv_max_pool_fusable(h.device(), ConvAlgo::Winograd, prepared),
-                "conv2d + max_pool2d: fused only on the CPU, for winograd with a prepared filter");
+void conv_run_max_pool(Handle& h, const ConvShape& s, const float* x, const float* w, const float* bias,
+                       const float* prepared, float* pooled, float* index) {
+  PYL_CHECK_ARG(conv_max_pool_fusable(h.device(), ConvAlgo::Winograd),
+                "conv2d + max_pool2d: fused only on the CPU, for winograd");
   const size_t bytes = conv_workspace_size(h, ConvAlgo::Winograd, ConvPass::Forward, s);
-  cpu::conv_forward_winograd_prepared_max_pool(s, x, prepared, bias, pooled, bytes ? h.workspace(bytes) : nullptr,
-                                               h.threads());
+  float* ws = bytes ? h.workspace(bytes) : nullptr;
+  if (prepared) cpu::conv_forward_winograd_prepared_max_pool(s, x, prepared, bias != nullptr, pooled, index, ws,
+                                                             h.threads());
+  else cpu::conv_forward_winograd_max_pool(s, x, w, bias, pooled, index, ws, h.threads());
 }
 
 int64_t conv_prepared_filter_floats(Device dev, ConvAlgo algo, const ConvShape& s) {

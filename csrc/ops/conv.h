@@ -107,10 +107,15 @@ void conv_backward(Handle& h, ConvAlgo algo, const TensorDesc& xd, const float* 
 // read only where the algorithm has nothing prepared).
 void conv_run(Handle& h, ConvAlgo algo, ConvPass pass, const ConvShape& s, const float* x, const float* w,
               const float* bias, const float* dy, float* out, bool relu = false, const float* prepared = nullptr);
-// The CPU's winograd forward with a prepared filter followed by a 2 x 2, stride 2 max pooling,
-// in one pass: pooled (n, k, oh / 2, ow / 2), the bits of conv_run then pool_run_forward.
-bool conv_max_pool_fusable(Device dev, ConvAlgo algo, const float* prepared);
-void conv_run_max_pool(Handle& h, const ConvShape& s, const float* x, const float* prepared, bool bias, float* pooled);
+// The CPU's winograd forward followed by a 2 x 2, stride 2 max pooling, in one pass: pooled
+// (n, k, oh / 2, ow / 2), the bits of conv_run then pool_run_forward, from the prepared filter
+// (bias: whether it holds one) or, where prepared is null, from w and bias. Unless index is
+// null, also each window's winner, 0.0 (top left) to 3.0 (bottom right), shaped as pooled:
+// what pool_run_max_backward_from_indices reads, so training keeps it instead of the
+// convolution's output.
+bool conv_max_pool_fusable(Device dev, ConvAlgo algo);
+void conv_run_max_pool(Handle& h, const ConvShape& s, const float* x, const float* w, const float* bias,
+                       const float* prepared, float* pooled, float* index);
 // Filters prepared once for many forward passes, as inference engines prepack weights: the
 // CPU's winograd transform G w G^T (half of a single image's convolution) and direct's
 // transposed filter for narrow rows. 0 floats: the algorithm reads the filter as it is (and

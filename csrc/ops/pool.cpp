@@ -57,6 +57,16 @@ void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float
   else cpu::avg_pool_backward(s, dy, dx, h.threads());
 }
 
+bool pool_max_from_indices_supported(Device dev, const PoolShape& s) {
+  return dev == Device::CPU && cpu::max_pool_from_indices_supported(s);
+}
+
+void pool_run_max_backward_from_indices(Handle& h, const PoolShape& s, const float* index, const float* dy, float* dx) {
+  PYL_CHECK_ARG(pool_max_from_indices_supported(h.device(), s),
+                "max_pool2d backward from indices: the CPU's 2 x 2, stride 2 pooling without padding only");
+  cpu::max_pool_backward_from_indices(s, index, dy, dx, h.threads());
+}
+
 void pool_backward(Handle& h, const PoolDesc& p, const TensorDesc& xd, const float* x, const TensorDesc& dyd,
                    const float* dy, const TensorDesc& dxd, float* dx) {
   const char* op = pool_op_name(p.mode, true);

@@ -43,7 +43,15 @@ void pool_run_forward(Handle& h, PoolMode mode, const PoolShape& s, const float*
 void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float* x, const float* dy, float* dx,
                        const float* relu_y = nullptr);
 
+// The CPU's 2 x 2, stride 2 max pooling backward from each window's winner (index, shaped as
+// dy: 0.0 top left to 3.0 bottom right) instead of the pooling's input, as the fused forward
+// conv_run_max_pool leaves them.
+bool pool_max_from_indices_supported(Device dev, const PoolShape& s);
+void pool_run_max_backward_from_indices(Handle& h, const PoolShape& s, const float* index, const float* dy, float* dx);
+
 namespace cpu {
+bool max_pool_from_indices_supported(const PoolShape& s);
+void max_pool_backward_from_indices(const PoolShape& s, const float* index, const float* dy, float* dx, int threads);
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads);
 void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads);
 void avg_pool_forward(const PoolShape& s, const float* x, float* y, int threads);

@@ -566,7 +566,7 @@ void Executor::lower() {
   if ((on_device() && cfg_.fuse) || cfg_.device_rules) {
     fuse_relu();
     if (cfg_.train && cfg_.capacity <= 1024) fuse_loss_head();  // one CUDA block does the whole batch
-  } else if (!on_device() && !cfg_.train && cfg_.fuse) {
+  } else if (!on_device() && cfg_.fuse) {
     fuse_conv_max_pool();
   }
   // Phases: runs of chunk instructions, split by batch instructions; the Linear jobs last.
@@ -667,23 +667,28 @@ void Executor::fuse_relu() {
   drop_instrs(drop);
 }
 
-// CPU inference: a 2x2, stride-2 max pooling that alone reads a convolution's output joins the
-// convolution's instruction. Where the convolution runs winograd with a prepared filter (the
+// CPU: a 2x2, stride-2 max pooling that alone reads a convolution's output (and, training, its
+// backward) joins the convolution's instruction. Where the convolution runs winograd (the
 // second layers of mnist_net and cudnn_lenet) the pooling is done on the output tiles in
 // registers and the convolution's output is never written: mnist_net's conv2 wrote 147 KB per
-// image back to NCHW (15 of its 62 us) for the pooling to read again (8 us). Otherwise the
-// instruction runs the two kernels, through the convolution's own output (out[1]), which the
-// plan keeps for that.
+// image back to NCHW (15 of its 62 us) for the pooling to read again (8 us). Training keeps
+// each window's winner in that output's place instead (a quarter of it), and the pooling's
+// backward scatters its gradient by them rather than finding the winners again in the
+// convolution's output. Otherwise the instruction runs the two kernels, through the
+// convolution's own output (out[1]), which the plan keeps for that; the backward then reads it
+// as usual. Which of the two ran depends on the algorithm of a chunk's size (conv_algo_for),
+// so the backward asks the same question (pool_reads_winners).
 void Executor::fuse_conv_max_pool() {
   const auto& nodes = g_.nodes();
   const std::vector<int> readers = readers_by_root();  // a view's reader reads its root too
   const int out_root = g_.output() >= 0 ? view_root(g_.output()) : -1;
   std::vector<char> drop(instrs_.size(), 0);
+  std::vector<std::pair<int, int>> pairs;  // (pooling's backward, its convolution's forward) to link after the drop
   for (size_t k = 0; k + 1 < instrs_.size(); ++k) {
     Instr& conv = instrs_[k];
     if (conv.kind != Instr::ConvFwd || conv.relu || conv.out.empty()) continue;
     const int y = conv.out[0];
-    if (y < 0 || view_root(y) != y || y == out_root || readers[y] != 1) continue;
+    if (y < 0 || view_root(y) != y || y == out_root) continue;
     size_t q = k + 1;
     while (q < instrs_.size() && !(instrs_[q].kind == Instr::PoolFwd && instrs_[q].in[0] == y)) ++q;
     if (q == instrs_.size()) continue;
@@ -692,14 +697,33 @@ void Executor::fuse_conv_max_pool() {
     if (nodes[pool.node].attrs.pool != PoolMode::Max || pool.relu || p.kh != 2 || p.kw != 2 || p.sh != 2 ||
         p.sw != 2 || p.ph != 0 || p.pw != 0 || p.oh != conv.conv.oh / 2 || p.ow != conv.conv.ow / 2)
       continue;
+    // Training: the pooling's backward, reading y as its input, is y's only other reader.
+    int back = -1;
+    for (size_t b = q + 1; b < instrs_.size(); ++b)
+      if (instrs_[b].kind == Instr::PoolBwd && nodes[instrs_[b].node].attrs.forward == pool.node &&
+          !instrs_[b].in.empty() && instrs_[b].in[0] == y && !instrs_[b].relu)
+        back = static_cast<int>(b);
+    if (readers[y] != (back >= 0 ? 2 : 1)) continue;
     // The pooling reads y alone, which nothing else reads: it can run at the convolution's place.
     conv.out = {pool.out[0], y};
     conv.max_pool = true;
     conv.pool = p;
     conv.label += "+max_pool2d";
     drop[q] = 1;
+    if (back >= 0) pairs.emplace_back(back, static_cast<int>(k));
   }
+  // Positions after the drop, for the links.
+  std::vector<int> after(instrs_.size(), -1);
+  for (size_t k = 0, kept = 0; k < instrs_.size(); ++k)
+    if (!drop[k]) after[k] = static_cast<int>(kept++);
+  for (auto [back, conv] : pairs) instrs_[back].fused_conv = after[conv];
   drop_instrs(drop);
+}
+
+bool Executor::pool_reads_winners(const Instr& conv, int64_t m) const {
+  ConvShape s = conv.conv;
+  s.n = m;
+  return cfg_.train && conv_max_pool_fusable(cfg_.device, conv_algo_for(conv, ConvPass::Forward, s));
 }
 
 // CUDA, training: the loss, its gradient and the accuracy count in one launch (ops/loss.h
@@ -1273,8 +1297,8 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       const ConvAlgo algo = conv_algo_for(ins, ConvPass::Forward, s);
       if (!ins.max_pool) {
         conv_run(h, algo, ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0), ins.relu, prep);
-      } else if (conv_max_pool_fusable(h.device(), algo, prep)) {
-        conv_run_max_pool(h, s, in(0), prep, in(2) != nullptr, out(0));
+      } else if (conv_max_pool_fusable(h.device(), algo)) {  // training: the winners in the output's place
+        conv_run_max_pool(h, s, in(0), in(1), in(2), prep, out(0), cfg_.train ? out(1) : nullptr);
       } else {  // the two kernels, through the convolution's own output
         conv_run(h, algo, ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(1), false, prep);
         PoolShape p = ins.pool;
@@ -1346,7 +1370,10 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::PoolBwd: {
       PoolShape s = ins.pool;
       s.n = m;
-      pool_run_backward(h, a.pool, s, in(0), in(1), out(0), ins.relu ? in(2) : nullptr);
+      if (ins.fused_conv >= 0 && pool_reads_winners(instrs_[static_cast<size_t>(ins.fused_conv)], m))
+        pool_run_max_backward_from_indices(h, s, in(0), in(1), out(0));
+      else
+        pool_run_backward(h, a.pool, s, in(0), in(1), out(0), ins.relu ? in(2) : nullptr);
       return;
     }
     case Instr::ActFwd:
