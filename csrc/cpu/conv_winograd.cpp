@@ -25,8 +25,8 @@ void run_filter_sums(const Geometry& g, const float* x, const float* dy, float* 
   PYL_SIMD_DISPATCH(simd::active(), filter_sums, g, x, dy, sums, ws, threads);
 }
 void run_backward(const Geometry& g, const float* x, const float* dy, const float* ut, float* dx, float* sums,
-                  float* planes, float* ws, int threads) {
-  PYL_SIMD_DISPATCH(simd::active(), backward, g, x, dy, ut, dx, sums, planes, ws, threads);
+                  float* planes, float* ws, int threads, const float* winners = nullptr) {
+  PYL_SIMD_DISPATCH(simd::active(), backward, g, x, dy, ut, dx, sums, planes, ws, threads, winners);
 }
 // U (36, C, K) of the forward pass, or transposed (36, K, C) for backward data.
 void run_filter_transform(const ConvShape& s, const float* w, bool transposed, const Geometry& g, float* u,
@@ -172,7 +172,7 @@ int64_t conv_winograd_backward_workspace_floats(const ConvShape& s, int threads)
 }
 
 void conv_backward_winograd(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
-                            float* db, float* ws, int threads) {
+                            float* db, float* ws, int threads, const float* winners) {
   const Geometry g = winograd::forward_geometry(s);
   const int64_t plane = kPoints * g.cinp * g.coutp;
   float* ut = ws;
@@ -180,7 +180,7 @@ void conv_backward_winograd(const ConvShape& s, const float* x, const float* w, 
   float* planes = sums + winograd::chunks(g) * plane;
   float* scratch = planes + round16(g.n * g.coutp);
   if (dx) winograd::run_filter_transform(s, w, true, g, ut, threads);
-  winograd::run_backward(g, x, dy, ut, dx, sums, db ? planes : nullptr, scratch, threads);
+  winograd::run_backward(g, x, dy, ut, dx, sums, db ? planes : nullptr, scratch, threads, winners);
   winograd::filter_from_sums(s, g, sums, dw, threads);
   if (db)
     for (int64_t k = 0; k < s.k; ++k) {

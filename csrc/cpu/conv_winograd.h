@@ -61,8 +61,11 @@ void conv_backward_filter_winograd(const ConvShape& s, const float* x, const flo
 // once each) and db is summed from the transposed copy, in the same order as the separate
 // passes, so every bit equals theirs (db: cpu::conv_backward_bias's).
 int64_t conv_winograd_backward_workspace_floats(const ConvShape& s, int threads);
+// winners (unless null): dy is then the gradient of the 2 x 2, stride 2 max pooling of the
+// output, (n, k, oh / 2, ow / 2), and winners the windows' winners that
+// conv_forward_winograd_max_pool left: the bits of max_pool2x2_backward_from_indices first.
 void conv_backward_winograd(const ConvShape& s, const float* x, const float* w, const float* dy, float* dx, float* dw,
-                            float* db, float* ws, int threads);
+                            float* db, float* ws, int threads, const float* winners = nullptr);
 
 namespace winograd {
 
@@ -112,8 +115,10 @@ struct Geometry {
   void filter_sums(const Geometry& g, const float* x, const float* dy, float* sums, float* ws, int threads);  \
   /* filter_sums and, unless dx is null, backward_data in one pass; planes (n, coutp), unless   */ \
   /* null: each image's per-channel sum of dy. ws: workers x backward_worker_floats().          */ \
+  /* winners: dy is the gradient of a 2 x 2 max pooling of the output (n, cout, oh / 2, ow / 2)  */ \
+  /* and winners its windows' winners (the fused forward's), unless null.                        */ \
   void backward(const Geometry& g, const float* x, const float* dy, const float* ut, float* dx, float* sums,   \
-                float* planes, float* ws, int threads);                                              \
+                float* planes, float* ws, int threads, const float* winners);                        \
   /* dx (n, cin, h, w) from dy (n, cout, oh, ow): sum over tiles of B (U^T . A dy A^T) B^T, added */ \
   /* into the overlapping patches tile after tile; ut (36, coutp, cinp) is U transposed.        */ \
   void backward_data(const Geometry& g, const float* dy, const float* ut, float* dx, float* ws, int threads); \

@@ -274,11 +274,17 @@ size_t conv_backward_workspace_size(Handle& h, ConvAlgo data_algo, ConvAlgo filt
   return bytes;
 }
 
+bool conv_backward_unpools(Device dev, ConvAlgo data_algo, ConvAlgo filter_algo, bool with_dx) {
+  return dev == Device::CPU && filter_algo == ConvAlgo::Winograd && (!with_dx || data_algo == ConvAlgo::Winograd);
+}
+
 void conv_run_backward(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s, const float* x,
-                       const float* w, const float* dy, float* dx, float* dw, float* db) {
+                       const float* w, const float* dy, float* dx, float* dw, float* db, const float* winners) {
+  PYL_CHECK_ARG(!winners || conv_backward_unpools(h.device(), data_algo, filter_algo, dx != nullptr),
+                "conv2d_backward: a pooling's gradient with its winners is read by the CPU's winograd pass only");
   if (fused_backward(h, data_algo, filter_algo, dx != nullptr)) {
     const size_t bytes = sizeof(float) * static_cast<size_t>(cpu::conv_winograd_backward_workspace_floats(s, h.threads()));
-    cpu::conv_backward_winograd(s, x, w, dy, dx, dw, db, h.workspace(bytes), h.threads());
+    cpu::conv_backward_winograd(s, x, w, dy, dx, dw, db, h.workspace(bytes), h.threads(), winners);
     return;
   }
   if (dx) conv_run(h, data_algo, ConvPass::BackwardData, s, nullptr, w, nullptr, dy, dx);

@@ -134,8 +134,14 @@ void conv_run_backward_bias(Handle& h, const ConvShape& s, const float* dy, floa
 // dy is transposed and transformed once instead of twice, and db comes from that copy; the
 // bits are those of the separate passes (cpu::conv_backward_winograd). Otherwise it runs the
 // passes one after the other. Algorithms must be concrete.
+// winners (only where conv_backward_unpools): dy is then the gradient of a 2 x 2, stride 2 max
+// pooling of this convolution's output and winners its windows' winners (conv_run_max_pool);
+// the one pass scatters it into the tiles itself, with the bits of
+// pool_run_max_backward_from_indices followed by this call.
+bool conv_backward_unpools(Device dev, ConvAlgo data_algo, ConvAlgo filter_algo, bool with_dx);
 void conv_run_backward(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s, const float* x,
-                       const float* w, const float* dy, float* dx, float* dw, float* db);
+                       const float* w, const float* dy, float* dx, float* dw, float* db,
+                       const float* winners = nullptr);
 size_t conv_backward_workspace_size(Handle& h, ConvAlgo data_algo, ConvAlgo filter_algo, const ConvShape& s);
 
 // Like cudnnFindConvolution*Algorithm: runs every algorithm of the handle's device for this

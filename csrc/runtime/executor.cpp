@@ -710,7 +710,28 @@ void Executor::fuse_conv_max_pool() {
     conv.pool = p;
     conv.label += "+max_pool2d";
     drop[q] = 1;
-    if (back >= 0) pairs.emplace_back(back, static_cast<int>(k));
+    if (back < 0) continue;
+    // And where the pooling's gradient feeds nothing but this convolution's one-pass backward
+    // (conv2d_backward: winograd), that joins it too: dy is then the pooled gradient, in[3] y,
+    // and out[3] the convolution's gradient for the chunks whose passes cannot read the winners.
+    const int dconv = instrs_[back].out[0];
+    int cb = -1;
+    if (dconv >= 0 && view_root(dconv) == dconv && readers[dconv] == 1)
+      for (size_t b = back + 1; b < instrs_.size(); ++b)
+        if (instrs_[b].kind == Instr::ConvBwd && instrs_[b].in[2] == dconv && instrs_[b].in[0] == conv.in[0] &&
+            instrs_[b].in[1] == conv.in[1])
+          cb = static_cast<int>(b);
+    if (cb >= 0) {
+      Instr& c = instrs_[cb];
+      c.in = {c.in[0], c.in[1], instrs_[back].in[1], y};
+      c.out.push_back(dconv);
+      c.pool = p;
+      c.label += "+max_pool2d";
+      drop[back] = 1;
+      pairs.emplace_back(cb, static_cast<int>(k));
+    } else {
+      pairs.emplace_back(back, static_cast<int>(k));
+    }
   }
   // Positions after the drop, for the links.
   std::vector<int> after(instrs_.size(), -1);
@@ -1007,10 +1028,12 @@ void Executor::choose_algorithms() {
         s.n = chunk_;
         float* dx = ptr(ins.out[0], 0, 0);  // null: nothing needs the input gradient
         try {
+          // A folded pooling's backward (fuse_conv_max_pool): the convolution's gradient is out[3].
+          const float* dy = ptr(ins.fused_conv >= 0 ? ins.out[3] : ins.in[2], 0, 0);
           ins.algo = conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardFilter, s, ptr(ins.in[0], 0, 0), nullptr,
-                                       ptr(ins.in[2], 0, 0), grad_ptr(ins.out[1], 0));
+                                       dy, grad_ptr(ins.out[1], 0));
           ins.algo_data = dx ? conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardData, s, nullptr,
-                                                 ptr(ins.in[1], 0, 0), ptr(ins.in[2], 0, 0), dx)
+                                                 ptr(ins.in[1], 0, 0), dy, dx)
                              : ins.algo;
         } catch (const Error& e) {
           const Node& n = g_.nodes()[ins.node];
@@ -1328,8 +1351,23 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::ConvBwd: {
       ConvShape s = ins.conv;
       s.n = m;
-      conv_run_backward(h, conv_algo_for(ins, ConvPass::BackwardData, s), conv_algo_for(ins, ConvPass::BackwardFilter, s),
-                        s, in(0), in(1), in(2), out(0), out(1), out(2));  // absent outputs: null
+      const ConvAlgo data = conv_algo_for(ins, ConvPass::BackwardData, s);
+      const ConvAlgo filter = conv_algo_for(ins, ConvPass::BackwardFilter, s);
+      const float* dy = in(2);
+      const float* winners = nullptr;
+      if (ins.fused_conv >= 0) {  // dy: the pooling's gradient; in(3): the convolution's output, or its winners
+        PoolShape p = ins.pool;
+        p.n = m;
+        const bool from_winners = pool_reads_winners(instrs_[static_cast<size_t>(ins.fused_conv)], m);
+        if (from_winners && conv_backward_unpools(h.device(), data, filter, out(0) != nullptr)) {
+          winners = in(3);
+        } else {  // the pooling's backward first, into out(3)
+          if (from_winners) pool_run_max_backward_from_indices(h, p, in(3), dy, out(3));
+          else pool_run_backward(h, PoolMode::Max, p, in(3), dy, out(3));
+          dy = out(3);
+        }
+      }
+      conv_run_backward(h, data, filter, s, in(0), in(1), dy, out(0), out(1), out(2), winners);  // absent outputs: null
       return;
     }
     case Instr::LinearFwd:

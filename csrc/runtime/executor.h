@@ -151,8 +151,10 @@ struct Instr {
   bool max_pool = false;           // ConvFwd (CPU): a 2x2 max pooling folded in (fuse_conv_max_pool);
                                    // out = (pooled, the convolution's own, which in training holds
                                    // the windows' winners where the fused kernel ran)
-  int fused_conv = -1;             // PoolBwd (CPU training): the ConvFwd its pooling was folded
-                                   // into; in[0] is then that convolution's own output
+  int fused_conv = -1;             // PoolBwd / ConvBwd (CPU training): the ConvFwd a pooling was
+                                   // folded into; PoolBwd's in[0] is then that convolution's own
+                                   // output. A ConvBwd that took the pooling's backward in too
+                                   // reads (x, w, the pooling's dy, that output) and has out[3]
   bool wide = false;               // CPU: runs on all workers when the batch is one chunk
   std::string label;               // for profiles
 };
