@@ -475,6 +475,29 @@ def test_predict_single_image_forms(model, rng):
     assert model.predict(np.zeros((28, 28), np.uint8)).shape == (1,)
 
 
+def test_predict_repeated_calls_stay_in_eval_mode_and_see_new_weights(rng):
+    """Later calls find the evaluation executor without switching modes (the single-image fast
+    path): a model left in training mode still predicts with dropout off, keeps its mode, and a
+    load_state_dict between calls is seen."""
+    from pylenet import models
+    m = models.mnist_net(seed=0)
+    m.train()
+    x = rng.standard_normal((5, 1, 28, 28)).astype(np.float32)
+    first = m.predict(x, return_probs=True)[1]
+    again = m.predict(x, return_probs=True)[1]
+    np.testing.assert_array_equal(first, again)
+    assert all(mod.training for mod in m.modules())
+    m.eval()
+    ref = m(x)
+    np.testing.assert_array_equal(m.predict(x), ref.argmax(axis=1))
+    m.train()
+    other = models.mnist_net(seed=1).state_dict()
+    m.load_state_dict(other)
+    twin = models.mnist_net(seed=1)
+    np.testing.assert_array_equal(m.predict(x, return_probs=True)[1], twin.predict(x, return_probs=True)[1])
+    assert all(mod.training for mod in m.modules())
+
+
 def test_predict_large_batch_matches_chunks(model, rng):
     x = rng.standard_normal((1000, 1, 28, 28)).astype(np.float32)  # > the 256-image inference batch
     ids, probs = model.predict(x, return_probs=True)
