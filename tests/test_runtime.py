@@ -320,11 +320,11 @@ def test_inference_folds_max_pooling_into_the_convolution_with_the_same_bits(rng
 def test_training_folds_max_pooling_into_the_convolution_with_the_same_bits(rng, name, size, batch, conv_algo,
                                                                              threads):
     """CPU training folds the pooling too: on winograd the convolution's output is never
-    written, its place holds each window's winner, and the pooling's backward scatters by
-    them, inside the convolution's one-pass backward where that follows (winograd: straight
-    into its tiles); through the convolution's output otherwise (direct; the heuristic's choice is per
-    chunk, so a short last chunk may take the other path). Two epochs with a partial batch,
-    ties (zero images) and an odd map: the same bits as the two kernels (fuse=False)."""
+    written; otherwise (direct, or the heuristic's choice for a short last chunk) the pooling
+    reads it. Either way its place then holds each window's winner, and the pooling's backward
+    scatters by them, inside the convolution's one-pass backward where that follows (winograd:
+    straight into its tiles). Two epochs with a partial batch, ties (zero images) and an odd
+    map: the same bits as the two kernels (fuse=False)."""
     shape = (16, size, size) if name in ("convpool", "twice", "view") else (1, size, size)
     n = 2 * batch + batch // 2 + 1
     x = rng.standard_normal((n,) + shape).astype(np.float32)

@@ -12,7 +12,7 @@ namespace pylenet::cpu {
 #define PYL_DECLARE_POOL(ns)                                                                                   \
   namespace ns {                                                                                               \
   void max_pool2x2_forward_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, \
-                                  float* y);                                                                   \
+                                  float* y, float* winners);                                                   \
   void max_pool2x2_backward_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow, const float* x, \
                                    const float* dy, float* dx);                                                \
   void max_pool2x2_backward_from_indices_planes(int64_t planes, int64_t h, int64_t w, int64_t oh, int64_t ow,    \
@@ -58,7 +58,7 @@ void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads)
     parallel_for(threads, (planes + kPlaneBlock - 1) / kPlaneBlock, [&](int64_t b, int) {
       const int64_t p0 = b * kPlaneBlock, np = std::min(kPlaneBlock, planes - p0);
       PYL_SIMD_DISPATCH(level, max_pool2x2_forward_planes, np, s.h, s.w, s.oh, s.ow, x + p0 * s.h * s.w,
-                        y + p0 * s.oh * s.ow);
+                        y + p0 * s.oh * s.ow, nullptr);
     });
     return;
   }
@@ -92,6 +92,11 @@ void max_pool_backward(const PoolShape& s, const float* x, const float* dy, floa
 }
 
 bool max_pool_from_indices_supported(const PoolShape& s) { return is_2x2_tiling(s); }
+
+void max_pool_forward_with_winners(const PoolShape& s, float* x, float* y) {
+  // One pass over the planes in order: the winners overwrite x behind the reads (pool_kernel.inc).
+  PYL_SIMD_DISPATCH(simd::active(), max_pool2x2_forward_planes, s.n * s.c, s.h, s.w, s.oh, s.ow, x, y, x);
+}
 
 void max_pool_backward_from_indices(const PoolShape& s, const float* index, const float* dy, float* dx, int threads) {
   const simd::Level level = simd::active();

@@ -61,6 +61,12 @@ bool pool_max_from_indices_supported(Device dev, const PoolShape& s) {
   return dev == Device::CPU && cpu::max_pool_from_indices_supported(s);
 }
 
+void pool_run_max_forward_with_winners(Handle& h, const PoolShape& s, float* x, float* y) {
+  PYL_CHECK_ARG(pool_max_from_indices_supported(h.device(), s),
+                "max_pool2d with winners: the CPU's 2 x 2, stride 2 pooling without padding only");
+  cpu::max_pool_forward_with_winners(s, x, y);
+}
+
 void pool_run_max_backward_from_indices(Handle& h, const PoolShape& s, const float* index, const float* dy, float* dx) {
   PYL_CHECK_ARG(pool_max_from_indices_supported(h.device(), s),
                 "max_pool2d backward from indices: the CPU's 2 x 2, stride 2 pooling without padding only");

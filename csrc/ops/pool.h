@@ -47,10 +47,14 @@ void pool_run_backward(Handle& h, PoolMode mode, const PoolShape& s, const float
 // dy: 0.0 top left to 3.0 bottom right) instead of the pooling's input, as the fused forward
 // conv_run_max_pool leaves them.
 bool pool_max_from_indices_supported(Device dev, const PoolShape& s);
+// The pooling forward that leaves those winners in its input's place (x is then overwritten
+// from its start: its first n c oh ow floats), for a fused convolution's training pass.
+void pool_run_max_forward_with_winners(Handle& h, const PoolShape& s, float* x, float* y);
 void pool_run_max_backward_from_indices(Handle& h, const PoolShape& s, const float* index, const float* dy, float* dx);
 
 namespace cpu {
 bool max_pool_from_indices_supported(const PoolShape& s);
+void max_pool_forward_with_winners(const PoolShape& s, float* x, float* y);  // one thread: see pool_kernel.inc
 void max_pool_backward_from_indices(const PoolShape& s, const float* index, const float* dy, float* dx, int threads);
 void max_pool_forward(const PoolShape& s, const float* x, float* y, int threads);
 void max_pool_backward(const PoolShape& s, const float* x, const float* dy, float* dx, int threads);

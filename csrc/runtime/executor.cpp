@@ -671,13 +671,11 @@ void Executor::fuse_relu() {
 // backward) joins the convolution's instruction. Where the convolution runs winograd (the
 // second layers of mnist_net and cudnn_lenet) the pooling is done on the output tiles in
 // registers and the convolution's output is never written: mnist_net's conv2 wrote 147 KB per
-// image back to NCHW (15 of its 62 us) for the pooling to read again (8 us). Training keeps
-// each window's winner in that output's place instead (a quarter of it), and the pooling's
-// backward scatters its gradient by them rather than finding the winners again in the
-// convolution's output. Otherwise the instruction runs the two kernels, through the
-// convolution's own output (out[1]), which the plan keeps for that; the backward then reads it
-// as usual. Which of the two ran depends on the algorithm of a chunk's size (conv_algo_for),
-// so the backward asks the same question (pool_reads_winners).
+// image back to NCHW (15 of its 62 us) for the pooling to read again (8 us). Otherwise the
+// instruction runs the two kernels, through the convolution's own output (out[1]), which the
+// plan keeps for that. Training keeps each window's winner in that output's place (a quarter
+// of it) either way, and the pooling's backward scatters its gradient by them rather than
+// finding the winners again in the convolution's output.
 void Executor::fuse_conv_max_pool() {
   const auto& nodes = g_.nodes();
   const std::vector<int> readers = readers_by_root();  // a view's reader reads its root too
@@ -739,12 +737,6 @@ void Executor::fuse_conv_max_pool() {
     if (!drop[k]) after[k] = static_cast<int>(kept++);
   for (auto [back, conv] : pairs) instrs_[back].fused_conv = after[conv];
   drop_instrs(drop);
-}
-
-bool Executor::pool_reads_winners(const Instr& conv, int64_t m) const {
-  ConvShape s = conv.conv;
-  s.n = m;
-  return cfg_.train && conv_max_pool_fusable(cfg_.device, conv_algo_for(conv, ConvPass::Forward, s));
 }
 
 // CUDA, training: the loss, its gradient and the accuracy count in one launch (ops/loss.h
@@ -1322,11 +1314,12 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
         conv_run(h, algo, ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(0), ins.relu, prep);
       } else if (conv_max_pool_fusable(h.device(), algo)) {  // training: the winners in the output's place
         conv_run_max_pool(h, s, in(0), in(1), in(2), prep, out(0), cfg_.train ? out(1) : nullptr);
-      } else {  // the two kernels, through the convolution's own output
+      } else {  // the two kernels, through the convolution's own output (training: then the winners)
         conv_run(h, algo, ConvPass::Forward, s, in(0), in(1), in(2), nullptr, out(1), false, prep);
         PoolShape p = ins.pool;
         p.n = m;
-        pool_run_forward(h, PoolMode::Max, p, out(1), out(0));
+        if (cfg_.train) pool_run_max_forward_with_winners(h, p, out(1), out(0));
+        else pool_run_forward(h, PoolMode::Max, p, out(1), out(0));
       }
       return;
     }
@@ -1355,15 +1348,13 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
       const ConvAlgo filter = conv_algo_for(ins, ConvPass::BackwardFilter, s);
       const float* dy = in(2);
       const float* winners = nullptr;
-      if (ins.fused_conv >= 0) {  // dy: the pooling's gradient; in(3): the convolution's output, or its winners
-        PoolShape p = ins.pool;
-        p.n = m;
-        const bool from_winners = pool_reads_winners(instrs_[static_cast<size_t>(ins.fused_conv)], m);
-        if (from_winners && conv_backward_unpools(h.device(), data, filter, out(0) != nullptr)) {
+      if (ins.fused_conv >= 0) {  // dy: the pooling's gradient; in(3): the windows' winners
+        if (conv_backward_unpools(h.device(), data, filter, out(0) != nullptr)) {
           winners = in(3);
         } else {  // the pooling's backward first, into out(3)
-          if (from_winners) pool_run_max_backward_from_indices(h, p, in(3), dy, out(3));
-          else pool_run_backward(h, PoolMode::Max, p, in(3), dy, out(3));
+          PoolShape p = ins.pool;
+          p.n = m;
+          pool_run_max_backward_from_indices(h, p, in(3), dy, out(3));
           dy = out(3);
         }
       }
@@ -1408,8 +1399,7 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
     case Instr::PoolBwd: {
       PoolShape s = ins.pool;
       s.n = m;
-      if (ins.fused_conv >= 0 && pool_reads_winners(instrs_[static_cast<size_t>(ins.fused_conv)], m))
-        pool_run_max_backward_from_indices(h, s, in(0), in(1), out(0));
+      if (ins.fused_conv >= 0) pool_run_max_backward_from_indices(h, s, in(0), in(1), out(0));  // in(0): winners
       else
         pool_run_backward(h, a.pool, s, in(0), in(1), out(0), ins.relu ? in(2) : nullptr);
       return;

@@ -149,11 +149,11 @@ struct Instr {
                                    // in (fuse_relu); PoolBwd's in[2] is then the ReLU's output
   int prepared = -1;               // ConvFwd (CPU inference): its prepared filter (Store::Prepared)
   bool max_pool = false;           // ConvFwd (CPU): a 2x2 max pooling folded in (fuse_conv_max_pool);
-                                   // out = (pooled, the convolution's own, which in training holds
-                                   // the windows' winners where the fused kernel ran)
+                                   // out = (pooled, the convolution's own, which in training then
+                                   // holds the windows' winners)
   int fused_conv = -1;             // PoolBwd / ConvBwd (CPU training): the ConvFwd a pooling was
-                                   // folded into; PoolBwd's in[0] is then that convolution's own
-                                   // output. A ConvBwd that took the pooling's backward in too
+                                   // folded into; PoolBwd's in[0] then holds the winners. A
+                                   // ConvBwd that took the pooling's backward in too
                                    // reads (x, w, the pooling's dy, that output) and has out[3]
   bool wide = false;               // CPU: runs on all workers when the batch is one chunk
   std::string label;               // for profiles
@@ -256,8 +256,6 @@ class Executor {
   void drop_instrs(const std::vector<char>& drop);
   void fuse_relu();       // CUDA: a ReLU after a pooling, conv or Linear becomes its epilogue
   void fuse_conv_max_pool();  // CPU: a 2x2 max pooling after a convolution joins it
-  // Training: whether the convolution's own output holds the winners for a chunk of m samples.
-  bool pool_reads_winners(const Instr& conv, int64_t m) const;
   void fuse_loss_head();  // CUDA training: loss, gradient and accuracy in one launch
   void copy_output(const float* scores, int64_t start, int64_t m);  // output rows -> forward()'s out
   void plan_memory();
