@@ -263,15 +263,14 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
     float* out = chunks > 1 ? partials + chunk * kcrs : dw;
     std::fill(out, out + kcrs, 0.0f);
     const int64_t n0 = chunk * kFilterChunk, n1 = std::min(s.n, n0 + kFilterChunk);
-    if (!kblocks || tail0 < s.ow) std::fill(dyp, dyp + (n1 - n0) * dyimg, 0.0f);
+    // (the k-lanes copy writes every lane itself)
+    if (!klanes && (!kblocks || tail0 < s.ow)) std::fill(dyp, dyp + (n1 - n0) * dyimg, 0.0f);
     for (int64_t n = n0; n < n1; ++n) {
       pad_image(x + n * s.c * s.h * s.w, s.c, s.h, s.w, s.ph, s.pw, d, xp + (n - n0) * ximg);
       const float* g = dy + n * s.k * s.oh * s.ow;
       float* out_n = dyp + (n - n0) * dyimg;
       if (klanes) {  // (pixels, KP): dy transposed, channels contiguous
-        const int64_t pix = s.oh * s.ow;
-        for (int64_t k = 0; k < s.k; ++k)
-          for (int64_t p = 0; p < pix; ++p) out_n[p * kp + k] = g[k * pix + p];
+        PYL_DIRECT_DISPATCH(copy, direct_dy_to_klanes, g, s.k, s.oh * s.ow, kp, out_n);
       } else if (kblocks) {  // only the last partial vector of each row, zero-padded
         if (tail0 < s.ow)
           PYL_SIMD_DISPATCH(level, copy_rows, s.k * s.oh, s.ow - tail0, g + tail0, s.ow, out_n, vw);

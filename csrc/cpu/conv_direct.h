@@ -59,6 +59,8 @@ void conv_backward_filter_direct(const ConvShape& s, const float* x, const float
   bool filter_uses_klanes(const ConvShape& s);                                                            \
   void direct_filter_klanes(const ConvShape& s, int64_t nimg, int64_t hp, int64_t wp, const float* xp,    \
                             int64_t kp, const float* dyt, float* dw);                                     \
+  /* dyt (pixels, KP) = dy (K, pixels) transposed, lanes past K zero (KP a multiple of the width) */      \
+  void direct_dy_to_klanes(const float* dy, int64_t k, int64_t pixels, int64_t kp, float* dyt);          \
   }
 PYL_DECLARE_DIRECT(scalar)
 PYL_DECLARE_DIRECT(avx2)
