@@ -721,8 +721,21 @@ void Executor::fuse_conv_max_pool() {
           cb = static_cast<int>(b);
     if (cb >= 0) {
       Instr& c = instrs_[cb];
+      // The scratch only where some chunk size may take another algorithm (the heuristic's
+      // 5x5 rule below 4 images; 3x3 layers are winograd for any count): mnist_net's would be
+      // 4.7 MB of plan never used.
+      bool always = cfg_.conv_algo == ConvAlgo::Winograd;
+      if (cfg_.conv_algo == ConvAlgo::Heuristic) {
+        always = true;
+        for (int64_t m = 1; m <= chunk_; ++m) {
+          ConvShape sm = c.conv;
+          sm.n = m;
+          always = always && conv_heuristic_algo(cfg_.device, ConvPass::BackwardFilter, sm) == ConvAlgo::Winograd &&
+                   (c.out[0] < 0 || conv_heuristic_algo(cfg_.device, ConvPass::BackwardData, sm) == ConvAlgo::Winograd);
+        }
+      }
       c.in = {c.in[0], c.in[1], instrs_[back].in[1], y};
-      c.out.push_back(dconv);
+      c.out.push_back(always ? -1 : dconv);
       c.pool = p;
       c.label += "+max_pool2d";
       drop[back] = 1;
@@ -1020,8 +1033,10 @@ void Executor::choose_algorithms() {
         s.n = chunk_;
         float* dx = ptr(ins.out[0], 0, 0);  // null: nothing needs the input gradient
         try {
-          // A folded pooling's backward (fuse_conv_max_pool): the convolution's gradient is out[3].
-          const float* dy = ptr(ins.fused_conv >= 0 ? ins.out[3] : ins.in[2], 0, 0);
+          // A folded pooling's backward (fuse_conv_max_pool): the convolution's gradient is out[3],
+          // or (always winograd) nowhere: the pooled gradient then stands in, as large as needed
+          // only for "auto", which keeps the passes apart and never gets here.
+          const float* dy = ptr(ins.fused_conv >= 0 && ins.out[3] >= 0 ? ins.out[3] : ins.in[2], 0, 0);
           ins.algo = conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardFilter, s, ptr(ins.in[0], 0, 0), nullptr,
                                        dy, grad_ptr(ins.out[1], 0));
           ins.algo_data = dx ? conv_resolve_algo(h, cfg_.conv_algo, ConvPass::BackwardData, s, nullptr,
@@ -1352,6 +1367,7 @@ void Executor::exec(const Instr& ins, Handle& h, int64_t c, int w, int64_t start
         if (conv_backward_unpools(h.device(), data, filter, out(0) != nullptr)) {
           winners = in(3);
         } else {  // the pooling's backward first, into out(3)
+          if (!out(3)) fail(ErrorKind::Runtime, "conv2d_backward+max_pool2d: no buffer planned for this chunk's algorithms");
           PoolShape p = ins.pool;
           p.n = m;
           pool_run_max_backward_from_indices(h, p, in(3), dy, out(3));
